@@ -1,0 +1,4 @@
+"""Item side: text -> vector (embedder), vector index (FAISS), reindex jobs.
+
+Never imports Flask.
+"""

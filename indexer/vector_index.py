@@ -1,0 +1,199 @@
+"""A vector index over FAISS with stable int64 ids (driftrec item ids) and inner-product scores.
+
+Small catalogues use exact search (``IndexIDMap2(IndexFlatIP)``); above a configurable size an
+IVF index (``IndexIVFFlat``, which keeps ids and supports removal) is chosen automatically, with
+``nprobe`` set for high recall. Search takes an exclusion set applied inside FAISS through an id
+selector, so exclusions never starve the results, plus an optional post-filter with adaptive
+over-fetch for conditions only the caller can check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.errors import IndexCorrupt
+
+FLAT = "flat"
+IVF = "ivf"
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: int
+    score: float
+
+
+def choose_kind(n_items: int, exact_max_items: int) -> str:
+    return FLAT if n_items <= exact_max_items else IVF
+
+
+def _ivf_lists(n_items: int) -> int:
+    # ~4 sqrt(n) lists, and at least 39 training points per list as FAISS recommends.
+    return max(1, min(int(4 * math.sqrt(n_items)), n_items // 39))
+
+
+class VectorIndex:
+    """add / remove / search with a filter / save / load."""
+
+    def __init__(self, index: faiss.Index, kind: str) -> None:
+        self._index = index
+        self.kind = kind
+        self.nprobe = 0
+        if kind == IVF:
+            ivf = faiss.extract_index_ivf(index)
+            self.nprobe = max(1, min(ivf.nlist, int(round(ivf.nlist * 0.08)) or 1))
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, *, exact_max_items: int) -> VectorIndex:
+        """Build the index kind that suits the catalogue size and add the vectors."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        dim = vectors.shape[1]
+        kind = choose_kind(len(ids), exact_max_items)
+        if kind == FLAT:
+            index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        else:
+            quantizer = faiss.IndexFlatIP(dim)
+            index = faiss.IndexIVFFlat(quantizer, dim, _ivf_lists(len(ids)),
+                                       faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+        built = cls(index, kind)
+        built.add(ids, vectors)
+        return built
+
+    @classmethod
+    def empty(cls, dim: int) -> VectorIndex:
+        return cls(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), FLAT)
+
+    @property
+    def dim(self) -> int:
+        return int(self._index.d)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Insert or replace the vectors of ``ids``."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        self.remove(ids)
+        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0 or len(self) == 0:
+            return 0
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def reconstruct(self, item_id: int) -> np.ndarray | None:
+        """The stored vector of ``item_id`` (exact index only), or None."""
+        if self.kind != FLAT:
+            return None
+        try:
+            return self._index.reconstruct(int(item_id))
+        except RuntimeError:
+            return None
+
+    def _params(self, exclude: Collection[int]) -> faiss.SearchParameters | None:
+        keep: list[object] = []
+        selector = None
+        if exclude:
+            batch = faiss.IDSelectorBatch(np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+            selector = faiss.IDSelectorNot(batch)
+            keep.append(batch)
+        if self.kind == IVF:
+            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+            if selector is not None:
+                params.sel = selector
+        elif selector is not None:
+            params = faiss.SearchParameters(sel=selector)
+        else:
+            return None
+        params._keep = keep + [selector]  # the C++ objects must outlive the search
+        return params
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[int] = (),
+        accept: Callable[[int], bool] | None = None,
+    ) -> list[Hit]:
+        """Top ``k`` by inner product, never returning ``exclude`` and only ids ``accept`` keeps.
+
+        The post-filter over-fetches and doubles the fetch size until ``k`` hits are found or the
+        index is exhausted.
+        """
+        total = len(self)
+        if total == 0 or k <= 0:
+            return []
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        params = self._params(exclude)
+        fetch = min(total, k if accept is None else 2 * k + 8)
+        while True:
+            scores, ids = self._index.search(query, fetch, params=params)
+            hits = [
+                Hit(int(i), float(s))
+                for s, i in zip(scores[0], ids[0], strict=True)
+                if i >= 0 and (accept is None or accept(int(i)))
+            ]
+            if len(hits) >= k or fetch >= total:
+                return hits[:k]
+            fetch = min(total, fetch * 4)
+
+    def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered batched search: (scores, ids), each (n, k); used by offline jobs."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return self._index.search(queries, min(k, max(1, len(self))), params=self._params(()))
+
+    def save(self, path: Path) -> str:
+        """Write atomically (temporary file, fsync, rename) and return the file's sha256."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(self._index, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        checksum = file_sha256(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return checksum
+
+    @classmethod
+    def load(cls, path: Path, checksum: str | None = None, *, mmap: bool = False) -> VectorIndex:
+        if not path.exists():
+            raise IndexCorrupt(f"index file {path} is missing")
+        if checksum is not None and file_sha256(path) != checksum:
+            raise IndexCorrupt(f"index file {path} does not match its recorded checksum")
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as exc:
+            raise IndexCorrupt(f"cannot read index file {path}: {exc}") from exc
+        kind = IVF if faiss.try_extract_index_ivf(index) is not None else FLAT
+        return cls(index, kind)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

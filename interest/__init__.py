@@ -1,0 +1,4 @@
+"""User side: decayed profiles, the correction network, training, offline evaluation.
+
+Never imports Flask.
+"""

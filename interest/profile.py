@@ -1,0 +1,138 @@
+"""Time-decayed interest profiles, updated in O(dimension) per event.
+
+A profile keeps one accumulator per half-life. With decay rate ``lam = ln 2 / half_life`` and a
+reference time ``t_ref`` (the newest event seen), an event of weight ``w`` on an item with vector
+``v`` at time ``t`` adds ``w * exp(-lam * (t_ref - t)) * v``. A newer event first moves the
+reference time forward, which rescales the accumulator by ``exp(-lam * (t - t_ref))``. Every
+event's contribution is therefore ``w * exp(-lam * (t_ref - t)) * v`` whatever order events
+arrive in, late events included, so the profile equals the one rebuilt from the log up to float
+error. Alongside, a bounded buffer keeps the most recent events (time, item id, weight) for the
+sequence-aware correction network.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from store.models import Profile
+
+
+def decay_rates(half_lives: Sequence[float]) -> np.ndarray:
+    """ln 2 / half-life per accumulator; an infinite (or zero, as stored) half-life never decays."""
+    return np.array(
+        [0.0 if (h == 0 or math.isinf(h)) else math.log(2.0) / h for h in half_lives],
+        dtype=np.float64,
+    )
+
+
+@dataclass
+class ProfileState:
+    half_lives: tuple[float, ...]
+    accumulators: np.ndarray  # (len(half_lives), dim) float64
+    weight_sums: np.ndarray  # (len(half_lives),) float64
+    ref_time: float = 0.0
+    recent: list[tuple[float, int, float]] = field(default_factory=list)
+    event_count: int = 0
+
+    @classmethod
+    def empty(cls, half_lives: Sequence[float], dim: int) -> ProfileState:
+        k = len(half_lives)
+        return cls(
+            half_lives=tuple(float(h) for h in half_lives),
+            accumulators=np.zeros((k, dim), dtype=np.float64),
+            weight_sums=np.zeros(k, dtype=np.float64),
+        )
+
+    @property
+    def dim(self) -> int:
+        return int(self.accumulators.shape[1])
+
+    def apply(
+        self, vector: np.ndarray, weight: float, t: float, item_id: int, buffer_size: int
+    ) -> None:
+        """Fold one event into the profile: O(dimension) plus the bounded buffer insert."""
+        rates = decay_rates(self.half_lives)
+        if self.event_count == 0:
+            self.ref_time = t
+        elif t > self.ref_time:
+            scale = np.exp(-rates * (t - self.ref_time))
+            self.accumulators *= scale[:, None]
+            self.weight_sums *= scale
+            self.ref_time = t
+        factor = weight * np.exp(-rates * (self.ref_time - t))
+        self.accumulators += factor[:, None] * vector.astype(np.float64)[None, :]
+        self.weight_sums += np.abs(factor)
+        self.event_count += 1
+        if buffer_size > 0:
+            bisect.insort(self.recent, (float(t), int(item_id), float(weight)))
+            del self.recent[:-buffer_size]
+
+    def accumulators_at(self, t: float) -> np.ndarray:
+        """The accumulators decayed to time ``t`` (>= the reference time)."""
+        if t <= self.ref_time:
+            return self.accumulators
+        scale = np.exp(-decay_rates(self.half_lives) * (t - self.ref_time))
+        return self.accumulators * scale[:, None]
+
+
+def apply_events(
+    state: ProfileState,
+    events: Iterable[tuple[np.ndarray, float, float, int]],
+    buffer_size: int,
+) -> ProfileState:
+    """Apply (vector, weight, epoch seconds, item id) events in the order given."""
+    for vector, weight, t, item_id in events:
+        state.apply(vector, weight, t, item_id, buffer_size)
+    return state
+
+
+def _encode_half_lives(half_lives: Sequence[float]) -> list[float]:
+    return [0.0 if math.isinf(h) else float(h) for h in half_lives]
+
+
+def _decode_half_lives(stored: Sequence[float]) -> tuple[float, ...]:
+    return tuple(math.inf if h == 0 else float(h) for h in stored)
+
+
+def state_from_row(row: Profile) -> ProfileState:
+    half_lives = _decode_half_lives(row.half_lives)
+    return ProfileState(
+        half_lives=half_lives,
+        accumulators=np.frombuffer(row.accumulators, dtype=np.float64)
+        .reshape(len(half_lives), row.dim)
+        .copy(),
+        weight_sums=np.frombuffer(row.weight_sums, dtype=np.float64).copy(),
+        ref_time=row.ref_time,
+        recent=[(float(t), int(i), float(w)) for t, i, w in row.recent],
+        event_count=row.event_count,
+    )
+
+
+def write_state(row: Profile, state: ProfileState) -> None:
+    """Copy ``state`` into the ORM row (the caller's transaction persists it)."""
+    row.dim = state.dim
+    row.half_lives = _encode_half_lives(state.half_lives)
+    row.accumulators = state.accumulators.astype(np.float64).tobytes()
+    row.weight_sums = state.weight_sums.astype(np.float64).tobytes()
+    row.ref_time = state.ref_time
+    row.recent = [[t, i, w] for t, i, w in state.recent]
+    row.event_count = state.event_count
+    row.last_event_at = (
+        datetime.fromtimestamp(state.ref_time, UTC) if state.event_count else None
+    )
+
+
+def new_row(user_id: int, state: ProfileState) -> Profile:
+    row = Profile(user_id=user_id)
+    write_state(row, state)
+    return row
+
+
+def matches_settings(state: ProfileState, half_lives: Sequence[float], dim: int) -> bool:
+    return tuple(float(h) for h in half_lives) == state.half_lives and state.dim == dim

@@ -1,0 +1,61 @@
+"""The seam between profiles and retrieval: a query encoder maps profiles to query vectors.
+
+`PlainBlend` (no trained model) uses one normalised decayed accumulator as the query and the raw
+item vectors as the index. A trained correction network (`interest.model`) implements the same
+protocol and may also transform the item side, which is why the index records the model version
+it was built for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from interest.profile import ProfileState
+
+
+class QueryEncoder(Protocol):
+    #: Model version the encoder belongs to; ``None`` for the plain blend.
+    version_id: int | None
+
+    def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
+        """Return float32 query vectors, one row per profile, in the index's space."""
+        ...
+
+    def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Map raw embedder vectors of items (rows) to the index's space."""
+        ...
+
+
+def normalise(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class PlainBlend:
+    """Query = the normalised accumulator whose half-life is closest to ``half_life``."""
+
+    version_id: int | None = None
+
+    def __init__(self, half_life: float) -> None:
+        self.half_life = half_life
+
+    def _slot(self, half_lives: Sequence[float]) -> int:
+        def distance(h: float) -> float:
+            if math.isinf(h) or math.isinf(self.half_life):
+                return 0.0 if math.isinf(h) and math.isinf(self.half_life) else math.inf
+            return abs(math.log(h / self.half_life))
+
+        return min(range(len(half_lives)), key=lambda i: distance(half_lives[i]))
+
+    def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
+        if not states:
+            return np.zeros((0, 0), dtype=np.float32)
+        rows = np.stack([s.accumulators[self._slot(s.half_lives)] for s in states])
+        return normalise(rows)
+
+    def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(raw, dtype=np.float32)

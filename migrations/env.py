@@ -1,0 +1,39 @@
+"""Alembic environment: the URL comes from the same settings loader as the app."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from store.db import make_engine
+from store.models import Base
+from store.settings import load_settings
+
+target_metadata = Base.metadata
+config = context.config
+
+
+def _url() -> str:
+    return config.attributes.get("database_url") or load_settings().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=_url(), target_metadata=target_metadata, render_as_batch=True,
+                      literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(_url())
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

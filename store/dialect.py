@@ -1,0 +1,31 @@
+"""Dialect-specific statements behind one portable function."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignoring_conflicts(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    conflict_column: str,
+    returning: Sequence[str] = (),
+) -> list[Any]:
+    """INSERT ... ON CONFLICT (conflict_column) DO NOTHING; return the inserted rows' columns."""
+    if not rows:
+        return []
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    stmt = module.insert(table).values(list(rows)).on_conflict_do_nothing(
+        index_elements=[conflict_column]
+    )
+    if returning:
+        stmt = stmt.returning(*(table.c[name] for name in returning))
+        return list(session.execute(stmt).all())
+    session.execute(stmt)
+    return []

@@ -1,0 +1,163 @@
+"""Data access for users, events and profiles. Functions take a `Session` and never commit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from store.dialect import insert_ignoring_conflicts
+from store.errors import NotFound
+from store.models import Event, Profile, User
+from store.types import utcnow
+
+
+@dataclass(frozen=True)
+class EventRow:
+    event_id: str
+    user_id: int
+    item_id: int
+    type: str
+    value: float | None
+    timestamp: datetime
+
+
+def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
+    """Return internal ids for ``external_ids``, creating the users that do not exist yet."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    now = utcnow()
+    insert_ignoring_conflicts(
+        session,
+        User.__table__,
+        [{"external_id": external_id, "created_at": now} for external_id in wanted],
+        "external_id",
+    )
+    return user_ids(session, wanted)
+
+
+def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
+    wanted = list(set(external_ids))
+    rows = session.execute(select(User.external_id, User.id).where(User.external_id.in_(wanted)))
+    return {external_id: user_id for external_id, user_id in rows}
+
+
+def get_user(session: Session, external_id: str) -> User:
+    user = session.scalar(select(User).where(User.external_id == external_id))
+    if user is None:
+        raise NotFound(f"user {external_id!r} not found")
+    return user
+
+
+def delete_user(session: Session, external_id: str) -> None:
+    """Remove the user with their events and profile."""
+    user = get_user(session, external_id)
+    session.execute(delete(Event).where(Event.user_id == user.id))
+    session.execute(delete(Profile).where(Profile.user_id == user.id))
+    session.delete(user)
+    session.flush()
+
+
+def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
+    """Insert events, skipping ids already stored; return the event ids actually inserted."""
+    now = utcnow()
+    inserted = insert_ignoring_conflicts(
+        session,
+        Event.__table__,
+        [
+            {
+                "event_id": row.event_id,
+                "user_id": row.user_id,
+                "item_id": row.item_id,
+                "type": row.type,
+                "value": row.value,
+                "timestamp": row.timestamp,
+                "received_at": now,
+            }
+            for row in rows
+        ],
+        "event_id",
+        returning=("event_id",),
+    )
+    return {event_id for (event_id,) in inserted}
+
+
+def lock_profiles(session: Session, ids: Iterable[int]) -> dict[int, Profile]:
+    """Load profiles for update, locked in user-id order so concurrent writers cannot deadlock."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    stmt = select(Profile).where(Profile.user_id.in_(wanted)).order_by(Profile.user_id)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return {profile.user_id: profile for profile in session.scalars(stmt)}
+
+
+def get_profile(session: Session, user_id: int) -> Profile | None:
+    return session.get(Profile, user_id)
+
+
+def user_events(session: Session, user_id: int, *, newest_first: bool = False,
+                limit: int | None = None) -> list[Event]:
+    order = (Event.timestamp.desc(), Event.id.desc()) if newest_first else (
+        Event.timestamp, Event.id)
+    stmt = select(Event).where(Event.user_id == user_id).order_by(*order)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def seen_item_ids(session: Session, user_id: int) -> set[int]:
+    return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))
+
+
+def iter_events_by_user(session: Session, *, batch_users: int = 500
+                        ) -> Iterator[tuple[int, list[Event]]]:
+    """Yield (user id, events in time order) for every user, a batch of users at a time."""
+    last_user = 0
+    while True:
+        users = list(
+            session.scalars(
+                select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
+            )
+        )
+        if not users:
+            return
+        events = session.scalars(
+            select(Event)
+            .where(Event.user_id.in_(users))
+            .order_by(Event.user_id, Event.timestamp, Event.id)
+        )
+        grouped: dict[int, list[Event]] = {user_id: [] for user_id in users}
+        for event in events:
+            grouped[event.user_id].append(event)
+        yield from grouped.items()
+        last_user = users[-1]
+
+
+def event_log(session: Session) -> list[tuple[int, int, str, float | None, datetime]]:
+    """Every event as (user id, item id, type, value, timestamp), in time order."""
+    rows = session.execute(
+        select(Event.user_id, Event.item_id, Event.type, Event.value, Event.timestamp).order_by(
+            Event.timestamp, Event.item_id, Event.id
+        )
+    )
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def popular_item_ids(session: Session, *, since: datetime | None = None, limit: int = 1000
+                     ) -> list[tuple[int, int]]:
+    """(item id, event count) in decreasing count, optionally only counting events since a time."""
+    stmt = select(Event.item_id, func.count().label("n")).group_by(Event.item_id)
+    if since is not None:
+        stmt = stmt.where(Event.timestamp >= since)
+    stmt = stmt.order_by(func.count().desc(), Event.item_id).limit(limit)
+    return [(item_id, count) for item_id, count in session.execute(stmt)]
+
+
+def count_events(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Event))

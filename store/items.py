@@ -1,0 +1,172 @@
+"""Data access for items. Functions take a `Session` and never commit."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from store.errors import NotFound
+from store.models import Item
+from store.types import utcnow
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    external_id: str
+    title: str
+    text: str | None = None
+    categories: list[str] = field(default_factory=list)
+    properties: dict[str, Any] = field(default_factory=dict)
+    available: bool = True
+    expires_at: datetime | None = None
+
+
+def embedding_text(title: str, text: str | None) -> str:
+    """The text the embedder sees for an item."""
+    return f"{title}. {text}" if text else title
+
+
+def content_hash(title: str, text: str | None) -> str:
+    return hashlib.sha256(embedding_text(title, text).encode("utf-8")).hexdigest()
+
+
+def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:
+    """Insert new items and update existing ones (an upsert revives a deleted item)."""
+    by_id = {item.external_id: item for item in inputs}  # last one wins within a batch
+    existing = {
+        item.external_id: item
+        for item in session.scalars(select(Item).where(Item.external_id.in_(list(by_id))))
+    }
+    result = []
+    for external_id, data in by_id.items():
+        item = existing.get(external_id)
+        if item is None:
+            item = Item(external_id=external_id)
+            session.add(item)
+        item.title = data.title
+        item.text = data.text
+        item.categories = list(data.categories)
+        item.properties = dict(data.properties)
+        item.available = data.available
+        item.expires_at = data.expires_at
+        item.content_hash = content_hash(data.title, data.text)
+        item.deleted_at = None
+        result.append(item)
+    session.flush()
+    return result
+
+
+def get_item(session: Session, external_id: str, *, include_deleted: bool = False) -> Item:
+    item = session.scalar(select(Item).where(Item.external_id == external_id))
+    if item is None or (item.deleted_at is not None and not include_deleted):
+        raise NotFound(f"item {external_id!r} not found")
+    return item
+
+
+def items_by_ids(session: Session, ids: Iterable[int]) -> dict[int, Item]:
+    ids = list(set(ids))
+    if not ids:
+        return {}
+    return {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids)))}
+
+
+def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
+    """Map live (not deleted) items' external ids to internal ids; unknown ids are absent."""
+    wanted = list(set(external_ids))
+    result: dict[str, int] = {}
+    for start in range(0, len(wanted), 5_000):
+        chunk = wanted[start : start + 5_000]
+        rows = session.execute(
+            select(Item.external_id, Item.id).where(
+                Item.external_id.in_(chunk), Item.deleted_at.is_(None)
+            )
+        )
+        result.update({external_id: item_id for external_id, item_id in rows})
+    return result
+
+
+def delete_item(session: Session, external_id: str) -> Item:
+    item = get_item(session, external_id)
+    item.deleted_at = utcnow()
+    session.flush()
+    return item
+
+
+def count_live_items(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Item).where(Item.deleted_at.is_(None)))
+
+
+def stale_vector_ids(session: Session, model: str, *, limit: int | None = None) -> list[int]:
+    """Live items whose stored vector is missing or was made from other text or another model."""
+    stmt = (
+        select(Item.id)
+        .where(
+            Item.deleted_at.is_(None),
+            or_(
+                Item.vector.is_(None),
+                Item.vector_hash.is_(None),
+                Item.vector_hash != Item.content_hash,
+                Item.vector_model != model,
+            ),
+        )
+        .order_by(Item.id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def store_vectors(
+    session: Session, model: str, dim: int, vectors: Iterable[tuple[int, str, bytes]]
+) -> None:
+    """Record (item id, content hash the vector was made from, float32 bytes) for each item."""
+    for item_id, made_from_hash, vector in vectors:
+        session.execute(
+            update(Item)
+            .where(Item.id == item_id)
+            .values(vector=vector, vector_dim=dim, vector_model=model, vector_hash=made_from_hash)
+        )
+
+
+def iter_live_vectors(
+    session: Session, model: str, *, batch_size: int = 10_000
+) -> Iterator[list[tuple[int, bytes]]]:
+    """Yield batches of (item id, vector bytes) for live items with a current vector."""
+    last_id = 0
+    while True:
+        rows = session.execute(
+            select(Item.id, Item.vector)
+            .where(
+                Item.id > last_id,
+                Item.deleted_at.is_(None),
+                Item.vector.is_not(None),
+                Item.vector_model == model,
+                Item.vector_hash == Item.content_hash,
+            )
+            .order_by(Item.id)
+            .limit(batch_size)
+        ).all()
+        if not rows:
+            return
+        yield [(item_id, vector) for item_id, vector in rows]
+        last_id = rows[-1][0]
+
+
+def unservable_ids(session: Session, now: datetime) -> set[int]:
+    """Items that must not be recommended now: deleted, unavailable or expired."""
+    rows = session.scalars(
+        select(Item.id).where(
+            or_(
+                Item.deleted_at.is_not(None),
+                Item.available.is_(False),
+                Item.expires_at <= now,
+            )
+        )
+    )
+    return set(rows)

@@ -1,0 +1,104 @@
+"""One typed settings object, read once from ``DRIFTREC_*`` environment variables.
+
+Defaults make the embedded setup work with no configuration: SQLite and data under ``./var/``
+and the bundled MiniLM model. Settings are read at the edges (``create_app``, the CLI,
+``migrations/env.py``) and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "like": 4.0,
+    "rating": 4.0,
+    "purchase": 8.0,
+    "dislike": -4.0,
+}
+
+# Wall-clock half-lives of the decayed accumulators every profile keeps, in seconds. The last one
+# is infinite: the plain (undecayed) sum. Changing them needs `driftrec rebuild-profiles`.
+DAY = 86_400.0
+DEFAULT_HALF_LIVES: tuple[float, ...] = (3_600.0, DAY, 7 * DAY, 30 * DAY, 365 * DAY, float("inf"))
+
+
+class SettingsError(ValueError):
+    """A DRIFTREC_* variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    data_dir: Path = Path("var")
+    embedder_model: str = "bundled:all-MiniLM-L6-v2"
+    embed_batch_size: int = 64
+    torch_threads: int = 1
+    half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
+    recent_buffer_size: int = 50
+    event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    exact_index_max_items: int = 50_000
+    max_batch_size: int = 1_000
+    max_k: int = 1_000
+    reload_interval_s: float = 2.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'driftrec.db'}")
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "indexes"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _float_list(raw: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in raw.split(",") if part.strip())
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build the settings from ``environ`` (default: ``os.environ``) plus explicit overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    parsers: dict[str, tuple[str, object]] = {
+        "DRIFTREC_DATABASE_URL": ("database_url", str),
+        "DRIFTREC_DATA_DIR": ("data_dir", Path),
+        "DRIFTREC_EMBEDDER_MODEL": ("embedder_model", str),
+        "DRIFTREC_EMBED_BATCH_SIZE": ("embed_batch_size", int),
+        "DRIFTREC_TORCH_THREADS": ("torch_threads", int),
+        "DRIFTREC_HALF_LIVES": ("half_lives", _float_list),
+        "DRIFTREC_RECENT_BUFFER_SIZE": ("recent_buffer_size", int),
+        "DRIFTREC_EVENT_WEIGHTS": ("event_weights", json.loads),
+        "DRIFTREC_EXACT_INDEX_MAX_ITEMS": ("exact_index_max_items", int),
+        "DRIFTREC_MAX_BATCH_SIZE": ("max_batch_size", int),
+        "DRIFTREC_MAX_K": ("max_k", int),
+        "DRIFTREC_RELOAD_INTERVAL_S": ("reload_interval_s", float),
+        "DRIFTREC_LOG_LEVEL": ("log_level", str),
+    }
+    for variable, (name, parse) in parsers.items():
+        raw = env.get(variable)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)  # type: ignore[operator]
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{variable}={raw!r} is not valid: {exc}") from exc
+    values.update(overrides)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if not settings.half_lives:
+        raise SettingsError("DRIFTREC_HALF_LIVES must name at least one half-life")
+    return settings

@@ -1,0 +1,65 @@
+"""Index and model versions: published atomically, one active at a time."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from store.errors import NotFound
+from store.models import IndexVersion, ModelVersion
+
+
+def add_index_version(session: Session, version: IndexVersion, *, activate: bool) -> IndexVersion:
+    session.add(version)
+    session.flush()
+    if activate:
+        activate_index_version(session, version.id)
+    return version
+
+
+def activate_index_version(session: Session, version_id: int) -> None:
+    if session.get(IndexVersion, version_id) is None:
+        raise NotFound(f"index version {version_id} not found")
+    session.execute(update(IndexVersion).values(active=IndexVersion.id == version_id))
+
+
+def active_index_version(session: Session) -> IndexVersion | None:
+    return session.scalar(
+        select(IndexVersion).where(IndexVersion.active.is_(True)).order_by(IndexVersion.id.desc())
+    )
+
+
+def list_index_versions(session: Session) -> list[IndexVersion]:
+    return list(session.scalars(select(IndexVersion).order_by(IndexVersion.id)))
+
+
+def add_model_version(session: Session, version: ModelVersion, *, activate: bool) -> ModelVersion:
+    session.add(version)
+    session.flush()
+    if activate:
+        activate_model_version(session, version.id)
+    return version
+
+
+def activate_model_version(session: Session, version_id: int | None) -> None:
+    """Make ``version_id`` the active model; ``None`` deactivates all (plain decayed blend)."""
+    if version_id is not None and session.get(ModelVersion, version_id) is None:
+        raise NotFound(f"model version {version_id} not found")
+    session.execute(update(ModelVersion).values(active=ModelVersion.id == version_id))
+
+
+def active_model_version(session: Session) -> ModelVersion | None:
+    return session.scalar(
+        select(ModelVersion).where(ModelVersion.active.is_(True)).order_by(ModelVersion.id.desc())
+    )
+
+
+def get_model_version(session: Session, version_id: int) -> ModelVersion:
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise NotFound(f"model version {version_id} not found")
+    return version
+
+
+def list_model_versions(session: Session) -> list[ModelVersion]:
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id)))
