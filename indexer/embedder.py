@@ -73,6 +73,7 @@ def load_embedder(model_name: str, *, batch_size: int = 64, threads: int = 1) ->
     key = (model_name, batch_size, threads)
     if key not in _cache:
         log.info("embedder loading model=%s", model_name)
-        _cache[key] = SentenceTransformerEmbedder(model_name, batch_size=batch_size,
-                                                  threads=threads)
+        _cache[key] = SentenceTransformerEmbedder(
+            model_name, batch_size=batch_size, threads=threads
+        )
     return _cache[key]

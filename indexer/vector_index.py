@@ -62,8 +62,9 @@ class VectorIndex:
             index: faiss.Index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         else:
             quantizer = faiss.IndexFlatIP(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, _ivf_lists(len(ids)),
-                                       faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(
+                quantizer, dim, _ivf_lists(len(ids)), faiss.METRIC_INNER_PRODUCT
+            )
             index.train(vectors)
         built = cls(index, kind)
         built.add(ids, vectors)

@@ -123,9 +123,7 @@ def write_state(row: Profile, state: ProfileState) -> None:
     row.ref_time = state.ref_time
     row.recent = [[t, i, w] for t, i, w in state.recent]
     row.event_count = state.event_count
-    row.last_event_at = (
-        datetime.fromtimestamp(state.ref_time, UTC) if state.event_count else None
-    )
+    row.last_event_at = datetime.fromtimestamp(state.ref_time, UTC) if state.event_count else None
 
 
 def new_row(user_id: int, state: ProfileState) -> Profile:

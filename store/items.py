@@ -11,8 +11,9 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
-from store.models import Item
+from store.models import Counter, Item
 from store.types import utcnow
 
 
@@ -36,8 +37,34 @@ def content_hash(title: str, text: str | None) -> str:
     return hashlib.sha256(embedding_text(title, text).encode("utf-8")).hexdigest()
 
 
+CATALOGUE_COUNTER = "catalogue"
+
+
+def next_revision(session: Session) -> int:
+    """Bump and return the catalogue revision.
+
+    The counter row stays locked until the transaction ends, so catalogue writes commit in
+    revision order and a server that has applied revision r has seen every change <= r.
+    """
+    insert_ignoring_conflicts(
+        session, Counter.__table__, [{"name": CATALOGUE_COUNTER, "value": 0}], "name"
+    )
+    return session.execute(
+        update(Counter)
+        .where(Counter.name == CATALOGUE_COUNTER)
+        .values(value=Counter.value + 1)
+        .returning(Counter.value)
+    ).scalar_one()
+
+
+def catalogue_revision(session: Session) -> int:
+    value = session.scalar(select(Counter.value).where(Counter.name == CATALOGUE_COUNTER))
+    return int(value or 0)
+
+
 def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:
     """Insert new items and update existing ones (an upsert revives a deleted item)."""
+    revision = next_revision(session)
     by_id = {item.external_id: item for item in inputs}  # last one wins within a batch
     existing = {
         item.external_id: item
@@ -57,6 +84,7 @@ def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:
         item.expires_at = data.expires_at
         item.content_hash = content_hash(data.title, data.text)
         item.deleted_at = None
+        item.revision = revision
         result.append(item)
     session.flush()
     return result
@@ -94,8 +122,16 @@ def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, 
 def delete_item(session: Session, external_id: str) -> Item:
     item = get_item(session, external_id)
     item.deleted_at = utcnow()
+    item.revision = next_revision(session)
     session.flush()
     return item
+
+
+def changed_since(session: Session, revision: int) -> list[Item]:
+    """Items changed after catalogue ``revision``, oldest change first."""
+    return list(
+        session.scalars(select(Item).where(Item.revision > revision).order_by(Item.revision))
+    )
 
 
 def count_live_items(session: Session) -> int:
@@ -158,15 +194,16 @@ def iter_live_vectors(
         last_id = rows[-1][0]
 
 
-def unservable_ids(session: Session, now: datetime) -> set[int]:
-    """Items that must not be recommended now: deleted, unavailable or expired."""
-    rows = session.scalars(
-        select(Item.id).where(
-            or_(
-                Item.deleted_at.is_not(None),
-                Item.available.is_(False),
-                Item.expires_at <= now,
+def unservable_rows(session: Session) -> list[Item]:
+    """Items that are deleted, unavailable or carry an expiry time (checked at query time)."""
+    return list(
+        session.scalars(
+            select(Item).where(
+                or_(
+                    Item.deleted_at.is_not(None),
+                    Item.available.is_(False),
+                    Item.expires_at.is_not(None),
+                )
             )
         )
     )
-    return set(rows)

@@ -62,6 +62,18 @@ class Item(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None]
+    # Catalogue revision of the last change to this row (see `store.items.next_revision`): servers
+    # apply changes newer than their index to their in-memory overlay.
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
+
+
+class Counter(Base):
+    """Named monotonic counters; bumping one locks its row, so revisions commit in order."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class User(Base):
@@ -125,6 +137,8 @@ class IndexVersion(Base):
         ForeignKey("model_versions.id", ondelete="SET NULL")
     )
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # The catalogue revision the file reflects; later item changes are applied on load.
+    catalogue_revision: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
 

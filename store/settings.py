@@ -48,6 +48,10 @@ class Settings:
     max_batch_size: int = 1_000
     max_k: int = 1_000
     reload_interval_s: float = 2.0
+    #: Half-life (seconds) of the accumulator used as the query when no model is trained.
+    blend_half_life: float = DAY
+    #: Cold start: popularity over this window before the newest event (seconds).
+    cold_start_window: float = 30 * DAY
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -88,6 +92,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_MAX_K": ("max_k", int),
         "DRIFTREC_RELOAD_INTERVAL_S": ("reload_interval_s", float),
         "DRIFTREC_LOG_LEVEL": ("log_level", str),
+        "DRIFTREC_BLEND_HALF_LIFE": ("blend_half_life", float),
+        "DRIFTREC_COLD_START_WINDOW": ("cold_start_window", float),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

@@ -5,8 +5,9 @@ Revises:
 Create Date: 2026-11-28
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = "0001"
 down_revision = None
@@ -16,6 +17,12 @@ depends_on = None
 
 def upgrade() -> None:
 
+    op.create_table(
+        "counters",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_counters")),
+    )
     op.create_table(
         "items",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -34,9 +41,13 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revision", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_items")),
         sa.UniqueConstraint("external_id", name=op.f("uq_items_external_id")),
     )
+    with op.batch_alter_table("items", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_items_revision"), ["revision"], unique=False)
+
     op.create_table(
         "model_versions",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -92,6 +103,7 @@ def upgrade() -> None:
             "model_version_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
         sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("catalogue_revision", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -133,4 +145,8 @@ def downgrade() -> None:
     op.drop_table("events")
     op.drop_table("users")
     op.drop_table("model_versions")
+    with op.batch_alter_table("items", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_items_revision"))
+
     op.drop_table("items")
+    op.drop_table("counters")

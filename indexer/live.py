@@ -1,0 +1,202 @@
+"""The index a server searches: the active published version plus an in-memory overlay.
+
+A published index file reflects the catalogue at one revision. Items changed later (upserts and
+deletes through the API, possibly handled by another worker) are read from the database by
+revision and kept in a small exact overlay; their entries in the base file are masked. Each
+server refreshes cheaply before it searches (one indexed query), so an item is searchable in
+every worker as soon as the write that added it has committed, and a newly activated index
+version is swapped in without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from indexer.reindex import ItemTransform, identity_transform
+from indexer.vector_index import Hit, VectorIndex
+from store.db import Database
+from store.items import catalogue_revision, changed_since, unservable_rows
+from store.models import IndexVersion, Item
+from store.versions import active_index_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Snapshot:
+    version: IndexVersion | None
+    base: VectorIndex | None
+    revision: int
+    overlay: VectorIndex | None = None
+    masked: set[int] = field(default_factory=set)  # base ids superseded by the overlay
+    blocked: set[int] = field(default_factory=set)  # deleted or unavailable
+    expires: dict[int, float] = field(default_factory=dict)  # item id -> epoch seconds
+
+
+class LiveIndex:
+    def __init__(
+        self,
+        db: Database,
+        embedder_model: str,
+        *,
+        transform_for: Callable[[int | None], ItemTransform] = lambda _v: identity_transform,
+        version_check_interval_s: float = 2.0,
+        mmap: bool = False,
+    ) -> None:
+        self._db = db
+        self._embedder_model = embedder_model
+        self._transform_for = transform_for
+        self._interval = version_check_interval_s
+        self._mmap = mmap
+        self._lock = threading.RLock()
+        self._snapshot = _Snapshot(version=None, base=None, revision=0)
+        self._checked_at = 0.0
+        self._ready = False
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def version_id(self) -> int | None:
+        version = self._snapshot.version
+        return version.id if version is not None else None
+
+    @property
+    def model_version_id(self) -> int | None:
+        version = self._snapshot.version
+        return version.model_version_id if version is not None else None
+
+    @property
+    def loaded(self) -> bool:
+        """True once the active version (or, before the first reindex, the catalogue) is loaded."""
+        return self._ready
+
+    def __len__(self) -> int:
+        snap = self._snapshot
+        base = len(snap.base) if snap.base is not None else 0
+        overlay = len(snap.overlay) if snap.overlay is not None else 0
+        return base - len(snap.masked) + overlay
+
+    # -- refresh ---------------------------------------------------------------------------
+    def refresh(self, *, force: bool = False) -> None:
+        """Load a newly activated version and apply catalogue changes since the last refresh."""
+        with self._lock:
+            now = time.monotonic()
+            if force or now - self._checked_at >= self._interval or not self._ready:
+                self._checked_at = now
+                with self._db.read() as session:
+                    active = active_index_version(session)
+                if active is not None and active.id != self.version_id:
+                    self._load(active)
+                self._ready = True
+            with self._db.read() as session:
+                revision = catalogue_revision(session)
+                if revision > self._snapshot.revision:
+                    self._apply(changed_since(session, self._snapshot.revision), revision)
+
+    def _load(self, version: IndexVersion) -> None:
+        base = VectorIndex.load(Path(version.path), version.checksum, mmap=self._mmap)
+        snapshot = _Snapshot(version=version, base=base, revision=version.catalogue_revision)
+        with self._db.read() as session:
+            for item in unservable_rows(session):
+                _track_servability(snapshot, item)
+            changes = changed_since(session, version.catalogue_revision)
+            revision = max([version.catalogue_revision] + [c.revision for c in changes])
+        self._snapshot = snapshot
+        self._apply(changes, revision)
+        log.info("index loaded version=%d items=%d kind=%s", version.id, len(base), base.kind)
+
+    def _apply(self, changes: list[Item], revision: int) -> None:
+        snap = self._snapshot
+        transform = self._transform_for(snap.version.model_version_id if snap.version else None)
+        add_ids, add_raw = [], []
+        if snap.overlay is not None and changes:
+            snap.overlay.remove(np.array([item.id for item in changes], dtype=np.int64))
+        for item in changes:
+            _track_servability(snap, item)
+            snap.masked.add(item.id)
+            current = (
+                item.deleted_at is None
+                and item.vector is not None
+                and item.vector_model == self._embedder_model
+                and item.vector_hash == item.content_hash
+            )
+            if current:
+                add_ids.append(item.id)
+                add_raw.append(np.frombuffer(item.vector, dtype=np.float32))
+        if add_ids:
+            ids = np.array(add_ids, dtype=np.int64)
+            vectors = transform(ids, np.stack(add_raw))
+            if snap.overlay is None:
+                snap.overlay = VectorIndex.empty(vectors.shape[1])
+            snap.overlay.add(ids, vectors)
+        snap.revision = revision
+
+    # -- search ----------------------------------------------------------------------------
+    def is_servable(self, item_id: int, now: float) -> bool:
+        snap = self._snapshot
+        if item_id in snap.blocked:
+            return False
+        expires = snap.expires.get(item_id)
+        return expires is None or expires > now
+
+    def vector(self, item_id: int) -> np.ndarray | None:
+        """The index-space vector of an item, when the index can give it back."""
+        snap = self._snapshot
+        if snap.overlay is not None and item_id not in snap.blocked:
+            found = snap.overlay.reconstruct(item_id)
+            if found is not None:
+                return found
+        if snap.base is not None and item_id not in snap.masked:
+            return snap.base.reconstruct(item_id)
+        return None
+
+    def search(
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[int] = (),
+        accept: Callable[[int], bool] | None = None,
+        now: float | None = None,
+    ) -> list[Hit]:
+        """Top ``k`` servable items (not deleted, available, unexpired), minus ``exclude``."""
+        snap = self._snapshot
+        now = time.time() if now is None else now
+
+        def keep(item_id: int) -> bool:
+            return self.is_servable(item_id, now) and (accept is None or accept(item_id))
+
+        hits: list[Hit] = []
+        if snap.base is not None:
+            hits = snap.base.search(
+                query,
+                k,
+                exclude=set(exclude) | snap.masked | snap.blocked,
+                accept=keep if (snap.expires or accept) else None,
+            )
+        if snap.overlay is not None and len(snap.overlay):
+            hits += snap.overlay.search(query, k, exclude=set(exclude) | snap.blocked, accept=keep)
+            hits.sort(key=lambda hit: -hit.score)
+        return hits[:k]
+
+
+def _track_servability(snapshot: _Snapshot, item: Item) -> None:
+    if item.deleted_at is not None or not item.available:
+        snapshot.blocked.add(item.id)
+    else:
+        snapshot.blocked.discard(item.id)
+    if item.expires_at is not None and item.deleted_at is None:
+        snapshot.expires[item.id] = _epoch(item.expires_at)
+    else:
+        snapshot.expires.pop(item.id, None)
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp()

@@ -1,0 +1,185 @@
+"""Reindex job: embed what changed, build the index, publish a new version atomically.
+
+Every step can be killed and rerun. Vectors are committed batch by batch with the content hash
+they were made from, so a rerun embeds only what is still stale; the index file is written to a
+temporary name, fsynced and renamed before its version row (with checksum) is committed and
+marked active. A catalogue whose fingerprint matches the active version is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.embedder import Embedder
+from indexer.vector_index import VectorIndex
+from store.db import Database
+from store.items import (
+    catalogue_revision,
+    embedding_text,
+    items_by_ids,
+    iter_live_vectors,
+    stale_vector_ids,
+    store_vectors,
+)
+from store.models import IndexVersion
+from store.versions import active_index_version, add_index_version
+
+log = logging.getLogger(__name__)
+
+#: Maps (item ids, raw embedder vectors) to the vectors the index stores (a model's item side).
+ItemTransform = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def identity_transform(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(raw, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    embedded: int
+    index_version_id: int
+    item_count: int
+    rebuilt: bool
+
+
+def embed_items(db: Database, embedder: Embedder, item_ids: list[int]) -> int:
+    """Embed the given items and store their vectors (one transaction)."""
+    with db.read() as session:
+        items = items_by_ids(session, item_ids)
+        work = [(i.id, i.content_hash, embedding_text(i.title, i.text)) for i in items.values()]
+    if not work:
+        return 0
+    vectors = embedder.embed([text for _, _, text in work])
+    with db.write() as session:
+        store_vectors(
+            session,
+            embedder.model_name,
+            embedder.dim,
+            (
+                (item_id, made_from, vector.tobytes())
+                for (item_id, made_from, _), vector in zip(work, vectors, strict=True)
+            ),
+        )
+    return len(work)
+
+
+def embed_stale(
+    db: Database, embedder: Embedder, *, batch_size: int = 512, progress: bool = False
+) -> int:
+    """Embed every live item whose vector is missing or stale, committing each batch."""
+    with db.read() as session:
+        todo = stale_vector_ids(session, embedder.model_name)
+    done = 0
+    bar = tqdm(total=len(todo), desc="embedding", unit="item", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        done += embed_items(db, embedder, batch)
+        bar.update(len(batch))
+    bar.close()
+    return done
+
+
+def load_live_vectors(db: Database, model_name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids, raw vectors, catalogue revision) of every live item with a current vector.
+
+    The revision is read first, so any change committed while reading is newer than it and is
+    applied by servers as an overlay on top of the index.
+    """
+    with db.read() as session:
+        revision = catalogue_revision(session)
+    id_chunks: list[np.ndarray] = []
+    vector_chunks: list[np.ndarray] = []
+    with db.read() as session:
+        for batch in iter_live_vectors(session, model_name):
+            id_chunks.append(np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch)))
+            vector_chunks.append(
+                np.frombuffer(b"".join(v for _, v in batch), dtype=np.float32).reshape(
+                    len(batch), -1
+                )
+            )
+    if not id_chunks:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), revision
+    return np.concatenate(id_chunks), np.concatenate(vector_chunks), revision
+
+
+def fingerprint(
+    ids: np.ndarray, raw: np.ndarray, model_name: str, model_version_id: int | None, kind_hint: str
+) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{model_name}|{model_version_id}|{kind_hint}|{len(ids)}".encode())
+    digest.update(ids.tobytes())
+    digest.update(raw.tobytes())
+    return digest.hexdigest()
+
+
+def build_index(
+    db: Database,
+    embedder: Embedder,
+    index_dir: Path,
+    *,
+    exact_max_items: int,
+    transform: ItemTransform = identity_transform,
+    model_version_id: int | None = None,
+    full: bool = False,
+    progress: bool = False,
+) -> ReindexResult:
+    """Embed stale items, then build and publish a new active index version if anything changed.
+
+    ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
+    re-embeds items whose stored vectors are current).
+    """
+    embedded = embed_stale(db, embedder, progress=progress)
+    ids, raw, revision = load_live_vectors(db, embedder.model_name)
+    dim = raw.shape[1] if len(ids) else embedder.dim
+    kind_hint = f"exact<={exact_max_items}"
+    catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
+    with db.read() as session:
+        active = active_index_version(session)
+        if (
+            not full
+            and active is not None
+            and active.fingerprint == catalogue_fp
+            and Path(active.path).exists()
+        ):
+            log.info("reindex unchanged index_version=%d items=%d", active.id, active.item_count)
+            return ReindexResult(embedded, active.id, active.item_count, rebuilt=False)
+    vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
+    index = (
+        VectorIndex.build(ids, vectors, exact_max_items=exact_max_items)
+        if len(ids)
+        else VectorIndex.empty(vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else dim)
+    )
+    path = index_dir / f"index-{uuid.uuid4().hex}.faiss"
+    checksum = index.save(path)
+    with db.write() as session:
+        version = add_index_version(
+            session,
+            IndexVersion(
+                path=str(path.resolve()),
+                checksum=checksum,
+                item_count=len(index),
+                kind=index.kind,
+                embedder_model=embedder.model_name,
+                model_version_id=model_version_id,
+                fingerprint=catalogue_fp,
+                catalogue_revision=revision,
+            ),
+            activate=True,
+        )
+        version_id = version.id
+    log.info(
+        "reindex published index_version=%d items=%d kind=%s embedded=%d",
+        version_id,
+        len(index),
+        index.kind,
+        embedded,
+    )
+    return ReindexResult(embedded, version_id, len(index), rebuilt=True)

@@ -1,0 +1,125 @@
+"""The runtime a server process or a CLI job works with: settings, database, index, models.
+
+Built once per process from settings; holds only caches that can be rebuilt from the database
+and the data directory (servers stay stateless).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from indexer.catalogue import UpsertResult, delete_from_catalogue, upsert_catalogue
+from indexer.embedder import Embedder, load_embedder
+from indexer.live import LiveIndex
+from indexer.reindex import ReindexResult, build_index
+from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
+from interest.rebuild import rebuild_profiles
+from interest.recommend import Recommender
+from interest.registry import EncoderRegistry
+from store.db import Database
+from store.items import ItemInput
+from store.models import Item
+from store.settings import Settings
+from store.versions import active_model_version
+
+#: Dimension of the bundled model, so profiles can be created before the model is loaded.
+BUNDLED_DIM = 384
+
+
+class Runtime:
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings = settings
+        self.db = db or Database(settings.database_url)
+        self.encoders = EncoderRegistry(self.db, settings)
+        self.index = LiveIndex(
+            self.db,
+            settings.embedder_model,
+            transform_for=self.encoders.transform_for,
+            version_check_interval_s=settings.reload_interval_s,
+        )
+        self.recommender = Recommender(self.db, settings, self.index, self.encoders)
+
+    @functools.cached_property
+    def embedder(self) -> Embedder:
+        return load_embedder(
+            self.settings.embedder_model,
+            batch_size=self.settings.embed_batch_size,
+            threads=self.settings.torch_threads,
+        )
+
+    @functools.cached_property
+    def embedding_dim(self) -> int:
+        with self.db.read() as session:
+            dim = session.scalar(
+                select(Item.vector_dim)
+                .where(Item.vector_model == self.settings.embedder_model)
+                .limit(1)
+            )
+        if dim:
+            return int(dim)
+        if self.settings.embedder_model.startswith("bundled:"):
+            return BUNDLED_DIM
+        return self.embedder.dim
+
+    @property
+    def profile_config(self) -> ProfileConfig:
+        return ProfileConfig(
+            half_lives=self.settings.half_lives,
+            dim=self.embedding_dim,
+            buffer_size=self.settings.recent_buffer_size,
+            event_weights=self.settings.event_weights,
+        )
+
+    # -- use cases -------------------------------------------------------------------------
+    def upsert_items(self, items: Sequence[ItemInput]) -> UpsertResult:
+        result = upsert_catalogue(self.db, self.embedder, items)
+        self.index.refresh()
+        return result
+
+    def delete_item(self, external_id: str) -> None:
+        delete_from_catalogue(self.db, external_id)
+        self.index.refresh()
+
+    def ingest(
+        self, events: Sequence[EventInput], pre_rejected: Sequence[tuple[int, str]] = ()
+    ) -> IngestResult:
+        return ingest_events(
+            self.db,
+            events,
+            self.profile_config,
+            self.settings.embedder_model,
+            pre_rejected=pre_rejected,
+        )
+
+    def rebuild_profiles(self, *, user_ids: set[int] | None = None, progress: bool = False) -> int:
+        return rebuild_profiles(
+            self.db,
+            self.profile_config,
+            self.settings.embedder_model,
+            user_ids=user_ids,
+            progress=progress,
+        )
+
+    def reindex(self, *, full: bool = False, progress: bool = False) -> ReindexResult:
+        """Build the index for the active model (or the plain blend) and publish it."""
+        with self.db.read() as session:
+            model = active_model_version(session)
+            model_id = model.id if model is not None else None
+        result = build_index(
+            self.db,
+            self.embedder,
+            self.settings.index_dir,
+            exact_max_items=self.settings.exact_index_max_items,
+            transform=self.encoders.transform_for(model_id),
+            model_version_id=model_id,
+            full=full,
+            progress=progress,
+        )
+        self.index.refresh(force=True)
+        return result
+
+    def close(self) -> None:
+        self.db.dispose()
