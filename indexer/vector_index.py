@@ -104,7 +104,7 @@ class VectorIndex:
         except RuntimeError:
             return None
 
-    def _params(self, exclude: Collection[int]) -> faiss.SearchParameters | None:
+    def _params(self, exclude: Collection[int], nprobe: int = 0) -> faiss.SearchParameters | None:
         keep: list[object] = []
         selector = None
         if exclude:
@@ -112,7 +112,7 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(batch)
             keep.append(batch)
         if self.kind == IVF:
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+            params = faiss.SearchParametersIVF(nprobe=nprobe or self.nprobe)
             if selector is not None:
                 params.sel = selector
         elif selector is not None:
@@ -132,25 +132,33 @@ class VectorIndex:
     ) -> list[Hit]:
         """Top ``k`` by inner product, never returning ``exclude`` and only ids ``accept`` keeps.
 
-        The post-filter over-fetches and doubles the fetch size until ``k`` hits are found or the
-        index is exhausted.
+        Results are never starved by filtering: the post-filter over-fetches and grows the fetch
+        size, and an IVF index probes more lists, until ``k`` hits are found or the whole index
+        has been searched.
         """
         total = len(self)
         if total == 0 or k <= 0:
             return []
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
-        params = self._params(exclude)
         fetch = min(total, k if accept is None else 2 * k + 8)
+        nprobe = self.nprobe
+        nlist = faiss.extract_index_ivf(self._index).nlist if self.kind == IVF else 0
         while True:
-            scores, ids = self._index.search(query, fetch, params=params)
+            scores, ids = self._index.search(query, fetch, params=self._params(exclude, nprobe))
             hits = [
                 Hit(int(i), float(s))
                 for s, i in zip(scores[0], ids[0], strict=True)
                 if i >= 0 and (accept is None or accept(int(i)))
             ]
-            if len(hits) >= k or fetch >= total:
+            if len(hits) >= k:
                 return hits[:k]
-            fetch = min(total, fetch * 4)
+            exhausted_rows = int((ids[0] >= 0).sum()) < fetch  # probed lists ran out
+            if exhausted_rows and self.kind == IVF and nprobe < nlist:
+                nprobe = min(nlist, nprobe * 4)
+            elif fetch < total:
+                fetch = min(total, fetch * 4)
+            else:
+                return hits
 
     def search_batch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Unfiltered batched search: (scores, ids), each (n, k); used by offline jobs."""

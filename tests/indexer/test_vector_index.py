@@ -1,0 +1,81 @@
+"""The FAISS index: approximate search checked against exact search, filters, persistence."""
+
+import numpy as np
+import pytest
+
+from indexer.errors import IndexCorrupt
+from indexer.vector_index import FLAT, IVF, VectorIndex
+
+
+def _unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Clustered data, closer to real embeddings than uniform noise.
+    centres = rng.normal(size=(20, dim))
+    vectors = centres[rng.integers(0, 20, size=n)] + 0.4 * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_kind_is_chosen_by_catalogue_size():
+    vectors = _unit_vectors(2000)
+    ids = np.arange(2000) + 10
+    assert VectorIndex.build(ids, vectors, exact_max_items=5000).kind == FLAT
+    assert VectorIndex.build(ids, vectors, exact_max_items=1000).kind == IVF
+
+
+def test_approximate_recall_against_exact_search():
+    vectors = _unit_vectors(20_000)
+    ids = np.arange(20_000) * 3 + 7  # stable external ids, not positions
+    exact = VectorIndex.build(ids, vectors, exact_max_items=10**9)
+    approx = VectorIndex.build(ids, vectors, exact_max_items=1000)
+    queries = _unit_vectors(100, seed=1)
+    recalls = []
+    for query in queries:
+        truth = {hit.item_id for hit in exact.search(query, 10)}
+        found = {hit.item_id for hit in approx.search(query, 10)}
+        recalls.append(len(truth & found) / 10)
+    assert np.mean(recalls) >= 0.9
+
+
+@pytest.mark.parametrize("exact_max_items", [10**9, 100])
+def test_exclusion_never_starves_results(exact_max_items):
+    vectors = _unit_vectors(3000)
+    ids = np.arange(3000)
+    index = VectorIndex.build(ids, vectors, exact_max_items=exact_max_items)
+    query = vectors[0]
+    nearest = [hit.item_id for hit in index.search(query, 500)]
+    excluded = set(nearest[:400])
+    hits = index.search(query, 10, exclude=excluded)
+    assert len(hits) == 10
+    assert not excluded & {hit.item_id for hit in hits}
+    only_odd = index.search(query, 10, accept=lambda item_id: item_id % 2 == 1)
+    assert len(only_odd) == 10 and all(hit.item_id % 2 == 1 for hit in only_odd)
+
+
+def test_add_replaces_and_remove_deletes():
+    vectors = _unit_vectors(100)
+    index = VectorIndex.build(np.arange(100), vectors, exact_max_items=1000)
+    index.add(np.array([5]), vectors[[7]])
+    assert len(index) == 100
+    assert index.search(vectors[7], 2)[0].item_id in {5, 7}
+    index.remove(np.array([5, 7]))
+    assert len(index) == 98
+    assert {hit.item_id for hit in index.search(vectors[7], 5)}.isdisjoint({5, 7})
+
+
+def test_save_load_round_trip_and_checksum(tmp_path):
+    vectors = _unit_vectors(500)
+    index = VectorIndex.build(np.arange(500), vectors, exact_max_items=100)
+    path = tmp_path / "index.faiss"
+    checksum = index.save(path)
+    loaded = VectorIndex.load(path, checksum)
+    assert loaded.kind == IVF and len(loaded) == 500
+    assert [h.item_id for h in loaded.search(vectors[3], 5)] == [
+        h.item_id for h in index.search(vectors[3], 5)
+    ]
+    mapped = VectorIndex.load(path, checksum, mmap=True)
+    assert len(mapped) == 500
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(IndexCorrupt):
+        VectorIndex.load(path, checksum)

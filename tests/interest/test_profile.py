@@ -1,0 +1,74 @@
+"""Decayed profiles: O(dimension) updates that do not depend on arrival order."""
+
+import math
+
+import numpy as np
+import pytest
+
+from interest.profile import ProfileState, decay_rates, new_row, state_from_row
+from store.settings import DAY
+
+HALF_LIVES = (3600.0, DAY, 7 * DAY, math.inf)
+
+
+def _events(n: int, dim: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    times = 1_600_000_000 + rng.uniform(0, 30 * DAY, size=n)
+    weights = rng.choice([1.0, 2.0, 4.0, -4.0], size=n)
+    return [(vectors[i], float(weights[i]), float(times[i]), i) for i in range(n)]
+
+
+def _apply(events, buffer_size=5):
+    state = ProfileState.empty(HALF_LIVES, 8)
+    for vector, weight, t, item_id in events:
+        state.apply(vector, weight, t, item_id, buffer_size)
+    return state
+
+
+def test_same_events_in_two_arrival_orders_give_the_same_profile():
+    events = _events(200)
+    in_time_order = _apply(sorted(events, key=lambda e: e[2]))
+    shuffled = list(events)
+    np.random.default_rng(1).shuffle(shuffled)
+    out_of_order = _apply(shuffled)
+    assert in_time_order.ref_time == out_of_order.ref_time
+    np.testing.assert_allclose(out_of_order.accumulators, in_time_order.accumulators, atol=1e-5)
+    np.testing.assert_allclose(out_of_order.weight_sums, in_time_order.weight_sums, atol=1e-5)
+    assert out_of_order.recent == in_time_order.recent
+
+
+def test_accumulator_equals_the_closed_form_decayed_sum():
+    events = _events(50)
+    state = _apply(events)
+    t_ref = max(t for _, _, t, _ in events)
+    rates = decay_rates(HALF_LIVES)
+    expected = sum(
+        w * np.exp(-rates * (t_ref - t))[:, None] * v[None, :].astype(np.float64)
+        for v, w, t, _ in events
+    )
+    np.testing.assert_allclose(state.accumulators, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_half_life_halves_the_weight():
+    state = ProfileState.empty((DAY,), 2)
+    state.apply(np.array([1.0, 0.0], dtype=np.float32), 1.0, 0.0, 1, 0)
+    state.apply(np.array([0.0, 1.0], dtype=np.float32), 1.0, DAY, 2, 0)
+    np.testing.assert_allclose(state.accumulators[0], [0.5, 1.0])
+
+
+def test_recent_buffer_is_bounded_and_keeps_the_newest():
+    events = _events(30)
+    state = _apply(events, buffer_size=5)
+    newest = sorted(events, key=lambda e: (e[2], e[3]))[-5:]
+    assert [item for _, item, _ in state.recent] == [e[3] for e in newest]
+
+
+@pytest.mark.parametrize("buffer_size", [0, 3])
+def test_profile_round_trips_through_its_row(buffer_size):
+    state = _apply(_events(10), buffer_size=buffer_size)
+    restored = state_from_row(new_row(1, state))
+    np.testing.assert_array_equal(restored.accumulators, state.accumulators)
+    assert restored.half_lives == state.half_lives
+    assert restored.recent == state.recent
+    assert restored.event_count == state.event_count
