@@ -129,14 +129,16 @@ def build_index(
     transform: ItemTransform = identity_transform,
     model_version_id: int | None = None,
     full: bool = False,
+    batch_size: int = 512,
     progress: bool = False,
 ) -> ReindexResult:
     """Embed stale items, then build and publish a new active index version if anything changed.
 
     ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
-    re-embeds items whose stored vectors are current).
+    re-embeds items whose stored vectors are current). ``batch_size`` items are embedded and
+    committed at a time: a killed job loses at most one batch.
     """
-    embedded = embed_stale(db, embedder, progress=progress)
+    embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
     ids, raw, revision = load_live_vectors(db, embedder.model_name)
     dim = raw.shape[1] if len(ids) else embedder.dim
     kind_hint = f"exact<={exact_max_items}"

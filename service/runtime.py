@@ -103,8 +103,13 @@ class Runtime:
             progress=progress,
         )
 
-    def reindex(self, *, full: bool = False, progress: bool = False) -> ReindexResult:
-        """Build the index for the active model (or the plain blend) and publish it."""
+    def reindex(
+        self, *, full: bool = False, batch_size: int | None = None, progress: bool = False
+    ) -> ReindexResult:
+        """Build the index for the active model (or the plain blend) and publish it.
+
+        Vectors are committed every ``batch_size`` items (default: the embedder's batch size).
+        """
         with self.db.read() as session:
             model = active_model_version(session)
             model_id = model.id if model is not None else None
@@ -116,6 +121,7 @@ class Runtime:
             transform=self.encoders.transform_for(model_id),
             model_version_id=model_id,
             full=full,
+            batch_size=batch_size or self.settings.embed_batch_size,
             progress=progress,
         )
         self.index.refresh(force=True)
