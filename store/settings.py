@@ -27,7 +27,9 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 # Wall-clock half-lives of the decayed accumulators every profile keeps, in seconds. The last one
 # is infinite: the plain (undecayed) sum. Changing them needs `driftrec rebuild-profiles`.
 DAY = 86_400.0
-DEFAULT_HALF_LIVES: tuple[float, ...] = (3_600.0, DAY, 7 * DAY, 30 * DAY, 365 * DAY, float("inf"))
+DEFAULT_HALF_LIVES: tuple[float, ...] = tuple(
+    days * DAY for days in (0.01, 0.1, 1.0, 10.0, 100.0, float("inf"))
+)
 
 
 class SettingsError(ValueError):
