@@ -1,0 +1,536 @@
+"""The `driftrec` command line: the jobs an operator runs against the server's database and data.
+
+Settings are read once, in the group callback, and reach every command through click's context
+(`pass_app`). The runtime (database, embedder, index) is built on first use, after checking that
+the schema is current. Add a command with ``@cli.command()`` and ``@pass_app``.
+
+User errors print one line on stderr, never a traceback, and exit with:
+
+    1  the job failed: bad input, profile drift found by `verify`, a store or indexer error
+    2  wrong usage (click's own)
+    3  the database schema is behind the code: run `driftrec db upgrade`
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import urllib.request
+import zipfile
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from indexer.errors import IndexerError
+from interest.errors import InterestError
+from store import migrate
+from store.db import make_engine
+from store.errors import SchemaOutOfDate, StoreError
+from store.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from service.runtime import Runtime
+    from store.importing import EventRecord, ImportStats
+    from store.items import ItemInput
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_SCHEMA = 3
+APP_FACTORY = "service.app:create_app()"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: One thread per worker for every math library: N workers on N cores, no oversubscription.
+SERVER_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DRIFTREC_TORCH_THREADS": "1",
+}
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class App:
+    """What commands share: the settings, and a runtime built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def safe_url(self) -> str:
+        return make_url(self.settings.database_url).render_as_string(hide_password=True)
+
+    def check_schema(self) -> None:
+        engine = make_engine(self.settings.database_url)
+        try:
+            migrate.ensure_schema_current(engine)
+        finally:
+            engine.dispose()
+
+    @cached_property
+    def runtime(self) -> Runtime:
+        from service.runtime import Runtime  # loads the model stack only for jobs that use it
+
+        runtime = Runtime(self.settings)
+        try:
+            migrate.ensure_schema_current(runtime.db.engine)
+        except BaseException:
+            runtime.close()
+            raise
+        return runtime
+
+    def close(self) -> None:
+        if "runtime" in self.__dict__:
+            self.runtime.close()
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+class _Group(click.Group):
+    """Turns the packages' user-facing exceptions into `CliError`s (message and exit code)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except SchemaOutOfDate as exc:
+            raise CliError(str(exc), EXIT_SCHEMA) from exc
+        except (StoreError, IndexerError, InterestError, SettingsError) as exc:
+            raise CliError(str(exc)) from exc
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise CliError(f"database error: {reason}") from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="driftrec", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """driftrec: recommendations whose user interest vectors move with every event.
+
+    Configuration comes from DRIFTREC_* environment variables (see README.md).
+    """
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    _configure_logging(settings.log_level)
+    app = App(settings)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def _configure_logging(level: str) -> None:
+    """driftrec's own loggers at the configured level, everything else at WARNING, on stderr."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format='ts=%(asctime)s level=%(levelname)s logger=%(name)s msg="%(message)s"',
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+    try:
+        for package in ("store", "indexer", "interest", "service"):
+            logging.getLogger(package).setLevel(level.upper())
+    except ValueError as exc:
+        raise CliError(f"DRIFTREC_LOG_LEVEL={level!r} is not valid: {exc}") from exc
+
+
+# -- db ----------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@pass_app
+def upgrade(app: App, revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    migrate.upgrade(app.settings.database_url, revision)
+    click.echo(f"database {app.safe_url} at revision {_current_revision(app)}")
+
+
+@db.command()
+@click.option("--check", is_flag=True, help=f"Exit {EXIT_SCHEMA} when the schema is behind.")
+@pass_app
+def current(app: App, check: bool) -> None:
+    """Show the schema revision of the database and the one the code expects."""
+    now = _current_revision(app)
+    head = migrate.head_revision(app.settings.database_url)
+    state = "up to date" if now == head else "behind: run `driftrec db upgrade`"
+    click.echo(f"database {app.safe_url} at revision {now or 'none'}, head {head} ({state})")
+    if check and now != head:
+        sys.exit(EXIT_SCHEMA)
+
+
+def _current_revision(app: App) -> str | None:
+    engine = make_engine(app.settings.database_url)
+    try:
+        return migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+# -- import ------------------------------------------------------------------------------------
+@cli.group("import")
+def import_group() -> None:
+    """Bulk-load catalogues and event logs, committing per batch.
+
+    An interrupted import can simply be rerun: items are upserts, events are idempotent by id.
+    New items are embedded before events are loaded, and the profiles of users who got new
+    events are rebuilt from their event history.
+    """
+
+
+@import_group.command("movielens")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tags", is_flag=True, help="Add each movie's user tags to its embedded text.")
+@pass_app
+def import_movielens(app: App, directory: Path, tags: bool) -> None:
+    """Import a MovieLens DIRECTORY (ml-latest(-small), ml-25m, ml-1m or ml-100k layout)."""
+    from store.importing import movielens_events, movielens_items
+
+    _import(app, items=movielens_items(directory, include_tags=tags))
+    _import(app, events=movielens_events(directory))
+
+
+@import_group.command("items")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--embed/--no-embed",
+    default=True,
+    show_default=True,
+    help="Embed new and changed items now (otherwise `driftrec reindex` does it).",
+)
+@pass_app
+def import_items_command(app: App, file: Path, embed: bool) -> None:
+    """Import items from a JSONL FILE (id, title, text, categories, properties, ...)."""
+    from store.importing import read_items_jsonl
+
+    _import(app, items=read_items_jsonl(file), embed=embed)
+
+
+@import_group.command("events")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_app
+def import_events_command(app: App, file: Path) -> None:
+    """Import events from a .csv or .jsonl FILE (id, user_id, item_id, type, value, timestamp)."""
+    from store.importing import read_events
+
+    _import(app, events=read_events(file))
+
+
+def _import(
+    app: App,
+    *,
+    items: Iterable[ItemInput] | None = None,
+    events: Iterable[EventRecord] | None = None,
+    embed: bool = True,
+) -> None:
+    from indexer.reindex import embed_stale
+    from store.importing import import_events, import_items
+
+    runtime = app.runtime
+    if items is not None:
+        count = import_items(runtime.db, items, progress=True)
+        click.echo(f"items imported={count}")
+        if embed:
+            embedded = embed_stale(
+                runtime.db,
+                runtime.embedder,
+                batch_size=app.settings.embed_batch_size,
+                progress=True,
+            )
+            click.echo(f"items embedded={embedded}")
+    if events is not None:
+        stats = import_events(runtime.db, events, progress=True)
+        click.echo(
+            f"events accepted={stats.accepted} duplicates={stats.duplicates} "
+            f"rejected={stats.rejected} (unknown or deleted item)"
+        )
+        _rebuild_after_import(runtime, stats)
+
+
+def _rebuild_after_import(runtime: Runtime, stats: ImportStats) -> None:
+    if stats.user_ids:
+        rebuilt = runtime.rebuild_profiles(user_ids=stats.user_ids, progress=True)
+        click.echo(f"profiles rebuilt={rebuilt}")
+
+
+# -- jobs --------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--full", is_flag=True, help="Rebuild the index file even if nothing changed.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Items embedded and committed at a time [default: DRIFTREC_EMBED_BATCH_SIZE].",
+)
+@pass_app
+def reindex(app: App, full: bool, batch_size: int | None) -> None:
+    """Embed new and changed items, then build and publish a new index version.
+
+    Safe to kill and rerun: embedded vectors are committed batch by batch, and an unchanged
+    catalogue is not rebuilt. Running servers switch to the new version without a restart.
+    """
+    result = app.runtime.reindex(full=full, batch_size=batch_size, progress=True)
+    click.echo(
+        f"embedded={result.embedded} index_version={result.index_version_id} "
+        f"items={result.item_count} rebuilt={'yes' if result.rebuilt else 'no'}"
+    )
+
+
+@cli.command("rebuild-profiles")
+@click.option("--user", "users", multiple=True, help="External user id (repeatable; default all).")
+@pass_app
+def rebuild_profiles(app: App, users: tuple[str, ...]) -> None:
+    """Recompute profiles from the event log (after changing decay settings, for instance)."""
+    runtime = app.runtime
+    user_ids = None
+    if users:
+        from store.events import user_ids as lookup_user_ids
+
+        with runtime.db.read() as session:
+            found = lookup_user_ids(session, users)
+        missing = sorted(set(users) - set(found))
+        if missing:
+            raise CliError(f"unknown user(s): {', '.join(missing)}")
+        user_ids = set(found.values())
+    rebuilt = runtime.rebuild_profiles(user_ids=user_ids, progress=True)
+    click.echo(f"profiles rebuilt={rebuilt}")
+
+
+@cli.command()
+@click.option("--tolerance", default=1e-5, show_default=True, help="Largest relative error.")
+@pass_app
+def verify(app: App, tolerance: float) -> None:
+    """Check every stored profile against the one rebuilt from its events (exit 1 on drift)."""
+    from interest.rebuild import verify_profiles
+    from store.models import User
+
+    runtime = app.runtime
+    report = verify_profiles(
+        runtime.db, runtime.profile_config, app.settings.embedder_model, tolerance=tolerance
+    )
+    click.echo(f"profiles checked={report.checked} drifted={len(report.drifted)}")
+    if report.drifted:
+        shown = report.drifted[:20]
+        with runtime.db.read() as session:
+            names = dict(
+                session.execute(
+                    select(User.id, User.external_id).where(User.id.in_([u for u, _ in shown]))
+                ).all()
+            )
+        for user_id, error in shown:
+            click.echo(f"  user={names.get(user_id, user_id)} error={error:.3g}")
+        raise CliError("profiles drifted from their events: run `driftrec rebuild-profiles`")
+
+
+# -- serving -----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--dev", is_flag=True, help="Flask's development server (debugger, reloader).")
+@pass_app
+def serve(app: App, host: str, port: int, workers: int, dev: bool) -> None:
+    """Serve the HTTP API with gunicorn (refuses to start on an out-of-date schema)."""
+    app.check_schema()
+    for name, value in SERVER_THREAD_ENV.items():
+        os.environ.setdefault(name, value)
+    if dev:
+        from service.app import create_app
+
+        create_app().run(host=host, port=port, debug=True)
+        return
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:service.gunicorn_conf",
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        APP_FACTORY,
+    ]
+    app.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
+# -- demo --------------------------------------------------------------------------------------
+DEMO_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
+#: sha256 of the files in GroupLens' ml-latest-small (the release of 2018-09).
+DEMO_SHA256 = {
+    "movies.csv": "5a5f32dd9bb3797b8e728a1b98958789d2b13f294a69fdfbc5727f8a9611aa07",
+    "ratings.csv": "aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
+}
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="DRIFTREC_DEMO_DATA",
+    help="MovieLens directory [default: ../shared/datasets/ml-latest-small, else download].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--no-serve", is_flag=True, help="Prepare everything but do not start the server.")
+@click.pass_context
+def demo(
+    ctx: click.Context, data: Path | None, host: str, port: int, workers: int, no_serve: bool
+) -> None:
+    """Migrate, import MovieLens, build the index and serve it; rerunning skips finished work."""
+    app: App = ctx.find_object(App)
+    click.secho("== database", bold=True)
+    ctx.invoke(upgrade)
+    directory = data or _demo_dataset(app.settings.data_dir)
+    click.secho(f"== catalogue and ratings from {directory}", bold=True)
+    _demo_import(app, directory)
+    click.secho("== index", bold=True)
+    ctx.invoke(reindex)
+    click.secho("== model", bold=True)
+    _demo_model(ctx, app)
+    _print_curl_lines(app, f"http://{host}:{port}")
+    if not no_serve:
+        click.secho(f"== serving on http://{host}:{port} (Ctrl-C stops)", bold=True)
+        ctx.invoke(serve, host=host, port=port, workers=workers, dev=False)
+
+
+def _demo_dataset(data_dir: Path) -> Path:
+    for base in (Path.cwd(), REPO_ROOT):
+        shared = (base / ".." / "shared" / "datasets" / "ml-latest-small").resolve()
+        if shared.is_dir():
+            _check_demo_files(shared)
+            return shared
+    target = data_dir / "datasets" / "ml-latest-small"
+    if not target.is_dir():
+        archive = data_dir / "downloads" / "ml-latest-small.zip"
+        if not archive.is_file():
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            click.echo(f"downloading {DEMO_URL}")
+            partial = archive.with_suffix(".part")
+            with (
+                urllib.request.urlopen(DEMO_URL, timeout=60) as response,
+                open(partial, "wb") as out,
+            ):
+                shutil.copyfileobj(response, out)
+            partial.rename(archive)
+        staging = target.parent / "ml-latest-small.extracting"
+        shutil.rmtree(staging, ignore_errors=True)
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(staging)
+        _check_demo_files(staging / "ml-latest-small")
+        (staging / "ml-latest-small").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _check_demo_files(directory: Path) -> None:
+    for name, expected in DEMO_SHA256.items():
+        path = directory / name
+        actual = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if actual != expected:
+            raise CliError(
+                f"{path}: sha256 {actual} is not the published ml-latest-small's {expected}; "
+                "set DRIFTREC_DEMO_DATA to use another MovieLens directory"
+            )
+
+
+def _demo_import(app: App, directory: Path) -> None:
+    """Import what the database lacks; a finished import is not redone (it would bump every
+    item's catalogue revision for nothing)."""
+    from store.events import count_events
+    from store.importing import movielens_events, movielens_items
+    from store.items import count_live_items, stale_vector_ids
+    from store.models import Profile, User
+
+    runtime = app.runtime
+    with runtime.db.read() as session:
+        items, events = count_live_items(session), count_events(session)
+        stale = len(stale_vector_ids(session, app.settings.embedder_model))
+        users = session.scalar(select(func.count()).select_from(User))
+        profiles = session.scalar(select(func.count()).select_from(Profile))
+    if items < sum(1 for _ in movielens_items(directory)) or stale:
+        _import(app, items=movielens_items(directory))
+    else:
+        click.echo(f"items: {items} already imported and embedded")
+    if events < sum(1 for _ in movielens_events(directory)):
+        _import(app, events=movielens_events(directory))
+    elif profiles < users:
+        click.echo(f"events: {events} already imported; rebuilding profiles")
+        click.echo(f"profiles rebuilt={runtime.rebuild_profiles(progress=True)}")
+    else:
+        click.echo(f"events: {events} already imported, {profiles} profiles")
+
+
+def _demo_model(ctx: click.Context, app: App) -> None:
+    from store.versions import active_model_version
+
+    with app.runtime.db.read() as session:
+        model = active_model_version(session)
+    if model is not None:
+        click.echo(f"model version {model.id} is active: not training")
+    elif "train" in cli.commands:
+        ctx.invoke(cli.commands["train"])
+    else:
+        click.echo("no trained model: queries use the decayed blend of each user's items")
+
+
+def _print_curl_lines(app: App, base: str) -> None:
+    """Copy-paste requests for the first user and the most popular item they have not rated."""
+    from store.events import popular_item_ids, seen_item_ids
+    from store.items import items_by_ids
+    from store.models import User
+
+    with app.runtime.db.read() as session:
+        user = session.scalar(select(User).order_by(User.id).limit(1))
+        if user is None:
+            return
+        seen = seen_item_ids(session, user.id)
+        unseen = [i for i, _ in popular_item_ids(session, limit=len(seen) + 1) if i not in seen]
+        if not unseen:
+            return
+        item = items_by_ids(session, unseen[:1])[unseen[0]]
+    user_url = f"{base}/v1/users/{user.external_id}/recommendations?k=5"
+    event = (
+        f'{{"events": [{{"id": "demo-{user.external_id}-{item.external_id}-\'"$(date +%s)"\'", '
+        f'"user_id": "{user.external_id}", "item_id": "{item.external_id}", "type": "rating", '
+        f'"timestamp": \'"$(date +%s)"\'}}]}}'
+    )
+    click.secho("\n== try it (in another shell)", bold=True)
+    click.echo(f"# user {user.external_id}'s recommendations now:")
+    click.echo(f"curl -s '{user_url}'")
+    click.echo(f"# items similar to {item.title!r}:")
+    click.echo(f"curl -s '{base}/v1/items/{item.external_id}/similar?k=5'")
+    click.echo(f"# user {user.external_id} rates {item.title!r} now:")
+    click.echo(f"curl -s -X POST {base}/v1/events -H 'Content-Type: application/json' \\")
+    click.echo(f"     -d '{event}'")
+    click.echo("# ... and the recommendations have moved:")
+    click.echo(f"curl -s '{user_url}'\n")
+
+
+def main() -> None:
+    cli(prog_name="driftrec")
+
+
+if __name__ == "__main__":
+    main()

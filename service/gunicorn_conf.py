@@ -1,0 +1,22 @@
+"""Gunicorn settings for `driftrec serve`, which adds ``--bind`` and ``--workers``.
+
+Run by hand: ``gunicorn -c python:service.gunicorn_conf -b 127.0.0.1:8000 -w 2``
+(with ``OMP_NUM_THREADS=1`` and friends, as `driftrec serve` sets them).
+"""
+
+from pathlib import Path
+
+wsgi_app = "service.app:create_app()"
+# Requests are CPU-bound (vector math): one request at a time per worker, one worker per core.
+worker_class = "sync"
+# Not preloaded: each worker opens its own database connections; none cross a fork.
+preload_app = False
+# The first search in a worker loads the embedding model (~10 s on one thread).
+timeout = 60
+graceful_timeout = 30
+# No access log: paths carry user ids. The app logs method, route and status per request.
+accesslog = None
+# Gunicorn's control socket sits at one fixed path per user: two servers would fight over it.
+control_socket_disable = True
+if Path("/dev/shm").is_dir():
+    worker_tmp_dir = "/dev/shm"  # heartbeat files off a possibly slow disk
