@@ -1,0 +1,100 @@
+"""The live index: published versions plus an overlay of later catalogue changes."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from indexer.live import LiveIndex
+from indexer.reindex import build_index
+from store.items import ItemInput, delete_item, ids_by_external, store_vectors, upsert_items
+
+DIM = 8
+
+
+class FakeEmbedder:
+    """Deterministic vectors from the text hash: a stand-in for MiniLM inside this unit test."""
+
+    model_name = "fake-embedder"
+    dim = DIM
+
+    def embed(self, texts, *, progress=False):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).normal(size=DIM) for t in texts]
+        vectors = np.array(rows, dtype=np.float32).reshape(len(texts), DIM)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _add(db, embedder, names, **fields):
+    with db.write() as session:
+        items = upsert_items(session, [ItemInput(n, f"Title {n}", **fields) for n in names])
+        vectors = embedder.embed([f"Title {n}" for n in names])
+        store_vectors(session, embedder.model_name, DIM,
+                      ((i.id, i.content_hash, v.tobytes()) for i, v in zip(items, vectors)))
+        return {i.external_id: i.id for i in items}
+
+
+@pytest.fixture
+def embedder():
+    return FakeEmbedder()
+
+
+def _ids(db, names):
+    with db.read() as session:
+        return ids_by_external(session, names)
+
+
+def test_overlay_serves_changes_made_after_the_published_version(db, embedder, tmp_path):
+    ids = _add(db, embedder, [f"a{n}" for n in range(30)])
+    build_index(db, embedder, tmp_path, exact_max_items=1000)
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
+    live.refresh()
+    assert live.version_id is not None and len(live) == 30
+
+    new = _add(db, embedder, ["fresh"])
+    with db.write() as session:
+        delete_item(session, "a0")
+    live.refresh()
+    query = embedder.embed(["Title fresh"])[0]
+    assert live.search(query, 1)[0].item_id == new["fresh"]
+    all_hits = {h.item_id for h in live.search(query, 100)}
+    assert ids["a0"] not in all_hits and len(all_hits) == 30
+
+
+def test_unavailable_and_expired_items_are_never_returned(db, embedder, tmp_path):
+    _add(db, embedder, [f"a{n}" for n in range(10)])
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    hidden = _add(db, embedder, ["off"], available=False) | _add(db, embedder, ["old"],
+                                                                  expires_at=past)
+    later = _add(db, embedder, ["soon"], expires_at=datetime.now(UTC) + timedelta(days=1))
+    build_index(db, embedder, tmp_path, exact_max_items=1000)
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
+    live.refresh()
+    returned = {h.item_id for h in live.search(embedder.embed(["Title off"])[0], 100)}
+    assert returned.isdisjoint(hidden.values())
+    assert later["soon"] in returned
+    far_future = (datetime.now(UTC) + timedelta(days=2)).timestamp()
+    returned = {h.item_id for h in live.search(embedder.embed(["x"])[0], 100, now=far_future)}
+    assert later["soon"] not in returned
+
+
+def test_a_new_active_version_is_picked_up_without_restart(db, embedder, tmp_path):
+    _add(db, embedder, [f"a{n}" for n in range(5)])
+    first = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
+    live.refresh()
+    assert live.version_id == first.index_version_id
+    _add(db, embedder, ["b1"])
+    second = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert second.rebuilt and second.index_version_id != first.index_version_id
+    live.refresh()
+    assert live.version_id == second.index_version_id and len(live) == 6
+    unchanged = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert not unchanged.rebuilt and unchanged.embedded == 0
+
+
+def test_items_are_searchable_before_any_index_is_published(db, embedder):
+    ids = _add(db, embedder, ["only"])
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
+    live.refresh()
+    assert live.loaded
+    assert [h.item_id for h in live.search(embedder.embed(["Title only"])[0], 5)] == [ids["only"]]
