@@ -1,0 +1,12 @@
+"""The JSON API: one blueprint per resource."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from service.api import events, health, items, search, users
+
+
+def register_blueprints(app: Flask) -> None:
+    for module in (items, events, users, search, health):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,122 @@
+"""The Flask app factory: ``create_app(test_config=None)``, as in Flask's flaskr tutorial.
+
+One `Runtime` per app (``app.extensions["driftrec"]``) holds the database, the live index and the
+models. The app refuses to start when the database schema is behind the migrations. Nothing heavy
+happens at startup: the embedding model loads on the first request that needs it, and the live
+index is refreshed on the first request that touches it (so ``--preload`` and forking are safe).
+Run it with ``gunicorn 'service.app:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from service.api import register_blueprints
+from service.api.common import METRICS_KEY, RUNTIME_KEY, get_metrics, get_runtime
+from service.errors import register_error_handlers
+from service.metrics import Metrics
+from service.runtime import Runtime
+from store.migrate import ensure_schema_current
+from store.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+#: Endpoints that must answer without touching the database or the index.
+_NO_RUNTIME = {"health.healthz", "health.readyz", "health.metrics", "static"}
+DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``test_config`` may carry ``"settings"`` (a `Settings`) and Flask config."""
+    config = dict(test_config or {})
+    settings = config.pop("settings", None)
+    if not isinstance(settings, Settings):
+        settings = load_settings()
+    configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config.from_mapping(
+        MAX_CONTENT_LENGTH=DEFAULT_MAX_CONTENT_LENGTH,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(config)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    runtime = Runtime(settings)
+    try:
+        ensure_schema_current(runtime.db.engine)  # SchemaOutOfDate names `driftrec db upgrade`
+    except BaseException:
+        runtime.close()
+        raise
+    app.extensions[RUNTIME_KEY] = runtime
+    app.extensions[METRICS_KEY] = Metrics()
+
+    register_error_handlers(app)
+    register_blueprints(app)
+    app.before_request(_before_request)
+    app.after_request(_after_request)
+    log.info(
+        "app created database=%s data_dir=%s model=%s",
+        runtime.db.engine.url.render_as_string(hide_password=True),
+        settings.data_dir,
+        settings.embedder_model,
+    )
+    return app
+
+
+def _before_request() -> None:
+    g.started = time.perf_counter()
+    if request.endpoint not in _NO_RUNTIME:
+        index = get_runtime().index
+        if not index.loaded:
+            index.refresh()  # first request: load the active index version
+
+
+def _after_request(response: Response) -> Response:
+    started = g.get("started")
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    rule = request.url_rule
+    endpoint = rule.rule if rule is not None else "<unmatched>"
+    metrics = get_metrics()
+    metrics.observe_request(request.method, endpoint, response.status_code, seconds)
+    index = get_runtime().index
+    if index.loaded:
+        metrics.index_size.set(len(index))
+    # Only method, rule and status: paths carry user ids and headers may carry credentials.
+    log.info(
+        "request method=%s endpoint=%s status=%d duration_ms=%.1f",
+        request.method,
+        endpoint,
+        response.status_code,
+        seconds * 1000,
+    )
+    return response
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per record: ``ts=... level=... logger=... msg="..."`` (plus ``exc=`` if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage().replace("\n", " ")
+        line = (
+            f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname} "
+            f'logger={record.name} msg="{message}"'
+        )
+        if record.exc_info:
+            trace = self.formatException(record.exc_info).replace("\n", "\\n")
+            line += f' exc="{trace}"'
+        return line
+
+
+def configure_logging(level: str) -> None:
+    """Structured logs on stderr, unless the host (CLI, gunicorn, pytest) configured logging."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(KeyValueFormatter())
+        root.addHandler(handler)
+        root.setLevel(level.upper())
