@@ -79,9 +79,11 @@ class LiveIndex:
 
     def __len__(self) -> int:
         snap = self._snapshot
-        base = len(snap.base) if snap.base is not None else 0
+        # ``masked`` also holds ids that were never in the base (items added after it was built),
+        # so with a base the count is approximate; never negative.
+        base = len(snap.base) - len(snap.masked) if snap.base is not None else 0
         overlay = len(snap.overlay) if snap.overlay is not None else 0
-        return base - len(snap.masked) + overlay
+        return max(0, base + overlay)
 
     # -- refresh ---------------------------------------------------------------------------
     def refresh(self, *, force: bool = False) -> None:
