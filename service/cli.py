@@ -288,7 +288,7 @@ def reindex(app: App, full: bool, batch_size: int | None) -> None:
     """
     result = app.runtime.reindex(full=full, batch_size=batch_size, progress=True)
     click.echo(
-        f"embedded={result.embedded} index_version={result.index_version_id} "
+        f"reindex embedded={result.embedded} index_version={result.index_version_id} "
         f"items={result.item_count} rebuilt={'yes' if result.rebuilt else 'no'}"
     )
 

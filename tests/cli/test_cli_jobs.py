@@ -1,0 +1,144 @@
+"""`driftrec db`, `import`, `reindex`, `verify` through the real parts: SQLite and PostgreSQL,
+the MiniLM model and FAISS, on catalogues cut from MovieLens."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import REPO_ROOT, fields, invoke, ok, write_items_jsonl, write_movielens
+
+MOVIES = 50
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def imported(request, tmp_path_factory, movielens_source):
+    """A migrated database holding the first MOVIES movies of MovieLens and their ratings."""
+    root = tmp_path_factory.mktemp(f"cli-{request.param}")
+    url = (
+        f"sqlite:///{root / 'driftrec.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    env = {"DRIFTREC_DATA_DIR": str(root / "var"), "DRIFTREC_DATABASE_URL": url}
+    directory = write_movielens(movielens_source, root / "ml", 0, MOVIES)
+    ok(invoke(env, "db", "upgrade"))
+    result = ok(invoke(env, "import", "movielens", str(directory)))
+    return env, directory, result.stdout
+
+
+def ratings(directory: Path) -> list[dict[str, str]]:
+    with open(directory / "ratings.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_import_movielens_reports_what_it_wrote(imported):
+    _, directory, output = imported
+    rows = ratings(directory)
+    assert f"items imported={MOVIES}" in output
+    assert f"items embedded={MOVIES}" in output
+    assert fields(output, "events") == {
+        "accepted": str(len(rows)),
+        "duplicates": "0",
+        "rejected": "0",
+    }
+    assert f"profiles rebuilt={len({row['userId'] for row in rows})}" in output
+
+
+def test_reindex_publishes_once_then_finds_nothing_to_do(imported):
+    env, _, _ = imported
+    first = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+    assert first["rebuilt"] == "yes"
+    assert first["items"] == str(MOVIES)
+    assert first["embedded"] == "0"  # the import embedded the new items already
+
+    second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+    assert second == {**first, "rebuilt": "no"}
+
+    full = fields(ok(invoke(env, "reindex", "--full")).stdout, "reindex")
+    assert full["rebuilt"] == "yes" and full["embedded"] == "0"
+    assert int(full["index_version"]) > int(first["index_version"])
+
+
+def test_verify_finds_no_drift_after_import_and_rerun(imported):
+    env, directory, _ = imported
+    users = len({row["userId"] for row in ratings(directory)})
+    assert fields(ok(invoke(env, "verify")).stdout, "profiles") == {
+        "checked": str(users),
+        "drifted": "0",
+    }
+
+    rerun = ok(invoke(env, "import", "movielens", str(directory))).stdout
+    assert fields(rerun, "events")["accepted"] == "0"
+    assert fields(rerun, "events")["duplicates"] == str(len(ratings(directory)))
+    assert "profiles rebuilt" not in rerun  # nothing new: no profile touched
+    assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
+
+
+def test_import_items_and_events_files(tmp_path, cli_env, movielens_source):
+    items = write_items_jsonl(movielens_source, tmp_path / "items.jsonl", 0, 10)
+    ids = [json.loads(line)["id"] for line in items.read_text().splitlines()]
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "id,user_id,item_id,type,value,timestamp\n"
+        f"e1,alice,{ids[0]},view,,2024-05-01T10:00:00Z\n"
+        f"e2,alice,{ids[1]},rating,4.5,1714557600\n"
+        f"e3,bob,{ids[2]},click,,2024-05-01T11:00:00+02:00\n"
+        "e4,bob,no-such-item,view,,2024-05-01T12:00:00Z\n"
+    )
+    more = tmp_path / "events.jsonl"
+    more.write_text(
+        json.dumps(
+            {"id": "e5", "user_id": "carol", "item_id": ids[3], "type": "like", "timestamp": 1}
+        )
+        + "\n"
+    )
+    ok(invoke(cli_env, "db", "upgrade"))
+    output = ok(invoke(cli_env, "import", "items", str(items))).stdout
+    assert "items imported=10" in output and "items embedded=10" in output
+
+    output = ok(invoke(cli_env, "import", "events", str(events))).stdout
+    assert fields(output, "events") == {"accepted": "3", "duplicates": "0", "rejected": "1"}
+    assert "profiles rebuilt=2" in output
+    output = ok(invoke(cli_env, "import", "events", str(events))).stdout
+    assert fields(output, "events") == {"accepted": "0", "duplicates": "3", "rejected": "1"}
+    output = ok(invoke(cli_env, "import", "events", str(more))).stdout
+    assert "profiles rebuilt=1" in output
+    assert fields(ok(invoke(cli_env, "verify")).stdout, "profiles") == {
+        "checked": "3",
+        "drifted": "0",
+    }
+
+
+def test_malformed_file_is_one_line_error(tmp_path, cli_env):
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"id": "1", "title": "Fine"}\n{"id": "2"}\n')
+    ok(invoke(cli_env, "db", "upgrade"))
+    result = invoke(cli_env, "import", "items", "--no-embed", str(bad))
+    assert result.exit_code == 1
+    assert f"{bad}:2: title must be a non-empty string" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unmigrated_database_names_the_fix(cli_env):
+    for args in (["reindex"], ["verify"], ["db", "current", "--check"]):
+        result = invoke(cli_env, *args)
+        assert result.exit_code == 3, (args, result.output)
+        assert "driftrec db upgrade" in result.output
+
+    served = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+        cwd=REPO_ROOT,
+        env={**os.environ, **cli_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 3
+    assert "run `driftrec db upgrade`" in served.stderr
+    assert "Traceback" not in served.stderr

@@ -1,0 +1,84 @@
+"""`driftrec serve` runs real gunicorn workers that switch to a new index version while serving."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cli_helpers import fields, invoke, ok, spawn, write_items_jsonl, write_movielens
+
+FIRST, MORE = 40, 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_ready(base: str, server, log: Path, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            status, body = get(f"{base}/readyz")
+            if status == 200:
+                return body
+        except OSError:
+            pass  # not listening yet
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
+def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_source):
+    env = {**cli_env, "DRIFTREC_RELOAD_INTERVAL_S": "0.5"}
+    ok(invoke(env, "db", "upgrade"))
+    movies = write_movielens(movielens_source, tmp_path / "ml", 0, FIRST)
+    ok(invoke(env, "import", "movielens", str(movies)))
+    first = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = spawn(env, "serve", "--workers", "2", "--port", str(port), log=log)
+    try:
+        assert wait_ready(base, server, log)["index_version"] == int(first["index_version"])
+        status, body = get(f"{base}/v1/items/1/similar?k=5")
+        assert status == 200, body
+        assert body["index_version"] == int(first["index_version"])
+        assert len(body["items"]) == 5
+
+        # New items arrive through the bulk path (not the API), then a job publishes a version.
+        more = write_items_jsonl(movielens_source, tmp_path / "more.jsonl", FIRST, FIRST + MORE)
+        ok(invoke(env, "import", "items", str(more)))
+        second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+        assert second["rebuilt"] == "yes" and second["items"] == str(FIRST + MORE)
+        new_version = int(second["index_version"])
+        assert new_version != int(first["index_version"])
+
+        # Every request is answered by one of the two workers; both must switch.
+        deadline, in_a_row = time.monotonic() + 30, 0
+        while in_a_row < 10:
+            assert time.monotonic() < deadline, f"still serving the old index:\n{log.read_text()}"
+            status, body = get(f"{base}/v1/items/1/similar?k=5")
+            assert status == 200, body
+            in_a_row = in_a_row + 1 if body["index_version"] == new_version else 0
+            time.sleep(0.05)
+        status, ready = get(f"{base}/readyz")
+        assert (status, ready["index_items"]) == (200, FIRST + MORE)
+    finally:
+        server.send_signal(signal.SIGTERM)  # `serve` exec'd gunicorn: this is its master
+        server.wait(timeout=30)
