@@ -31,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from indexer.errors import IndexerError
 from interest.errors import InterestError
+from service.cli_evaluate import evaluate_command
 from store import migrate
 from store.db import make_engine
 from store.errors import SchemaOutOfDate, StoreError
@@ -526,6 +527,9 @@ def _print_curl_lines(app: App, base: str) -> None:
     click.echo(f"     -d '{event}'")
     click.echo("# ... and the recommendations have moved:")
     click.echo(f"curl -s '{user_url}'\n")
+
+
+cli.add_command(evaluate_command)
 
 
 def main() -> None:
