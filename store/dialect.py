@@ -21,11 +21,11 @@ def insert_ignoring_conflicts(
     if not rows:
         return []
     module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = module.insert(table).values(list(rows)).on_conflict_do_nothing(
-        index_elements=[conflict_column]
-    )
+    stmt = module.insert(table).on_conflict_do_nothing(index_elements=[conflict_column])
+    # executemany, not one multi-VALUES statement: SQLAlchemy's "insertmanyvalues" pages the rows
+    # under the driver's bound-parameter limit (65535 on PostgreSQL) and still returns them.
     if returning:
         stmt = stmt.returning(*(table.c[name] for name in returning))
-        return list(session.execute(stmt).all())
-    session.execute(stmt)
+        return list(session.execute(stmt, list(rows)).all())
+    session.execute(stmt, list(rows))
     return []

@@ -15,3 +15,14 @@ class Conflict(StoreError, ValueError):
 
 class SchemaOutOfDate(StoreError, RuntimeError):
     """The database schema is behind the code's migrations."""
+
+
+class ImportFormatError(StoreError, ValueError):
+    """An import file is malformed; the message names the file and, where known, the line."""
+
+    def __init__(self, path: object, line: int | None, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {reason}")

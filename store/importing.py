@@ -1,0 +1,636 @@
+"""Import catalogues and event logs: MovieLens directories and driftrec's own JSONL/CSV files.
+
+Readers stream `ItemInput`s and `EventRecord`s; bulk writers put them into the database a batch
+at a time. The `driftrec import` CLI and the offline evaluation harness both use these functions.
+
+The writers taking a `Session` never commit. `import_items` and `import_events` take a `Database`
+and commit once per batch, so a killed import can simply be rerun: items are upserts and events
+are idempotent by event id. Bulk import leaves profiles alone; it reports the internal ids of the
+users who got new events so that the caller can rebuild those profiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from store.db import Database
+from store.errors import ImportFormatError
+from store.events import ensure_users
+from store.items import ItemInput, ids_by_external, upsert_items
+from store.models import EXTERNAL_ID_LENGTH, Event
+from store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+EVENT_BATCH_SIZE = 10_000
+ITEM_BATCH_SIZE = 2_000
+USER_CHUNK = 5_000  # external ids per ensure_users call: far below bound-parameter limits
+EVENT_TYPE_LENGTH = 64
+MOVIELENS_EVENT_TYPE = "rating"
+# MovieLens' placeholders for "no genre": ml-latest / ml-25m, and ml-100k's "unknown" flag.
+MOVIELENS_NO_GENRES = frozenset({"(no genres listed)", "unknown"})
+ITEM_FIELDS = frozenset(
+    {"id", "title", "text", "categories", "properties", "available", "expires_at"}
+)
+EVENT_FIELDS = ("id", "user_id", "item_id", "type", "value", "timestamp")
+REQUIRED_EVENT_FIELDS = ("id", "user_id", "item_id", "type", "timestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """An event as read from a file, naming its user and item by their external ids."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None
+    timestamp: datetime  # timezone-aware UTC
+
+
+@dataclass
+class ImportStats:
+    """Outcome of importing events; ``user_ids`` are internal ids of users with new events."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0  # unknown or deleted item
+    user_ids: set[int] = field(default_factory=set)
+
+    def __iadd__(self, other: ImportStats) -> ImportStats:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.user_ids |= other.user_ids
+        return self
+
+    @property
+    def total(self) -> int:
+        return self.accepted + self.duplicates + self.rejected
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+def parse_timestamp(value: object) -> datetime:
+    """ISO 8601 (naive means UTC) or epoch seconds (number or numeric string) -> aware UTC."""
+    if isinstance(value, bool):
+        raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got {value!r}")
+    if isinstance(value, int | float):
+        return _from_epoch(float(value))
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _from_epoch(float(text))
+        except ValueError:
+            pass
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"timestamp must be ISO 8601 or epoch seconds, got {value!r}"
+            ) from None
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    raise ValueError(f"timestamp must be ISO 8601 or epoch seconds, got {value!r}")
+
+
+def _from_epoch(seconds: float) -> datetime:
+    if not math.isfinite(seconds):
+        raise ValueError(f"timestamp {seconds!r} is not a finite number")
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"timestamp {seconds!r} is out of range") from exc
+
+
+def _identifier(value: object, name: str, max_length: int = EXTERNAL_ID_LENGTH) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    text = str(value)
+    if not text:
+        raise ValueError(f"{name} must not be empty")
+    if len(text) > max_length:
+        raise ValueError(f"{name} is longer than {max_length} characters")
+    return text
+
+
+def _optional_float(value: object, name: str) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings")
+    return list(value)
+
+
+# --- line-oriented reading ----------------------------------------------------------------------
+
+
+def _parse_lines(
+    path: Path, lines: Iterable[tuple[int, T]], parse: Callable[[T], R]
+) -> Iterator[R]:
+    """Apply ``parse`` to numbered lines; a bad line raises `ImportFormatError` naming it."""
+    for number, raw in lines:
+        try:
+            parsed = parse(raw)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ImportFormatError(path, number, str(exc) or type(exc).__name__) from exc
+        yield parsed
+
+
+def _text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Numbered non-blank lines without their line ending."""
+    with open(path, encoding=encoding, newline="") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _csv_rows(
+    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = "utf-8"
+) -> Iterator[tuple[int, dict[str, str]]]:
+    """Numbered rows of a CSV file with a header that names ``required`` (+ ``optional``)."""
+    with open(path, encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise ImportFormatError(path, 1, "empty file: expected a header line")
+        missing = [name for name in required if name not in header]
+        unknown = [name for name in header if name not in (*required, *optional)]
+        if missing or unknown:
+            expected = ",".join((*required, *optional))
+            raise ImportFormatError(path, 1, f"header must be {expected}, got {','.join(header)}")
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ImportFormatError(
+                    path, reader.line_num, f"expected {len(header)} fields, got {len(row)}"
+                )
+            yield reader.line_num, dict(zip(header, row, strict=True))
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in _text_lines(path):
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ImportFormatError(path, number, f"invalid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise ImportFormatError(path, number, "expected a JSON object")
+        yield number, obj
+
+
+# --- driftrec's own formats ---------------------------------------------------------------------
+
+
+def read_items_jsonl(path: str | Path) -> Iterator[ItemInput]:
+    """Items from JSONL: id, title, and optionally text, categories, properties, available,
+    expires_at (ISO 8601 or epoch seconds)."""
+    path = Path(path)
+    return _parse_lines(path, _json_lines(path), _item_from_json)
+
+
+def _item_from_json(obj: dict[str, Any]) -> ItemInput:
+    unknown = sorted(set(obj) - ITEM_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    title = obj.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title must be a non-empty string")
+    text = obj.get("text")
+    if text is not None and not isinstance(text, str):
+        raise ValueError("text must be a string")
+    properties = obj.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise ValueError("properties must be an object")
+    available = obj.get("available", True)
+    if not isinstance(available, bool):
+        raise ValueError("available must be true or false")
+    expires_at = obj.get("expires_at")
+    return ItemInput(
+        external_id=_identifier(obj.get("id"), "id"),
+        title=title,
+        text=text,
+        categories=_string_list(obj.get("categories"), "categories"),
+        properties=properties,
+        available=available,
+        expires_at=None if expires_at is None else parse_timestamp(expires_at),
+    )
+
+
+def read_events(path: str | Path) -> Iterator[EventRecord]:
+    """Events from a ``.csv`` or ``.jsonl`` / ``.ndjson`` file (fields: EVENT_FIELDS)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_events_csv(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return read_events_jsonl(path)
+    raise ImportFormatError(path, None, "events file must end in .csv, .jsonl or .ndjson")
+
+
+def read_events_csv(path: str | Path) -> Iterator[EventRecord]:
+    path = Path(path)
+    rows = _csv_rows(path, REQUIRED_EVENT_FIELDS, optional=("value",))
+    return _parse_lines(path, rows, _event_from_mapping)
+
+
+def read_events_jsonl(path: str | Path) -> Iterator[EventRecord]:
+    path = Path(path)
+    return _parse_lines(path, _json_lines(path), _event_from_mapping)
+
+
+def _event_from_mapping(obj: dict[str, Any]) -> EventRecord:
+    unknown = sorted(set(obj) - set(EVENT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    missing = [name for name in REQUIRED_EVENT_FIELDS if obj.get(name) in (None, "")]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    return EventRecord(
+        event_id=_identifier(obj["id"], "id"),
+        user_id=_identifier(obj["user_id"], "user_id"),
+        item_id=_identifier(obj["item_id"], "item_id"),
+        type=_identifier(obj["type"], "type", EVENT_TYPE_LENGTH),
+        value=_optional_float(obj.get("value"), "value"),
+        timestamp=parse_timestamp(obj["timestamp"]),
+    )
+
+
+# --- MovieLens ----------------------------------------------------------------------------------
+
+# Files that identify each layout: ml-latest(-small) / ml-20m / ml-25m, ml-100k, ml-1m.
+MOVIELENS_LAYOUTS: dict[str, tuple[str, str]] = {
+    "csv": ("movies.csv", "ratings.csv"),
+    "100k": ("u.item", "u.data"),
+    "1m": ("movies.dat", "ratings.dat"),
+}
+
+
+def detect_movielens_format(directory: str | Path) -> str:
+    """One of MOVIELENS_LAYOUTS' keys, from the files present in ``directory``."""
+    directory = Path(directory)
+    for name, files in MOVIELENS_LAYOUTS.items():
+        if all((directory / file).is_file() for file in files):
+            return name
+    raise ImportFormatError(
+        directory,
+        None,
+        "not a MovieLens directory: expected movies.csv + ratings.csv (ml-latest, ml-25m), "
+        "u.item + u.data (ml-100k) or movies.dat + ratings.dat (ml-1m)",
+    )
+
+
+def movielens_items(directory: str | Path, *, include_tags: bool = False) -> Iterator[ItemInput]:
+    """One item per movie: title as given, text "Genres: a, b" (+ ". Tags: x, y")."""
+    directory = Path(directory)
+    layout = detect_movielens_format(directory)
+    tags = _movielens_tags(directory / "tags.csv") if include_tags else {}
+    movies = {"csv": _csv_movies, "100k": _100k_movies, "1m": _1m_movies}[layout](directory)
+    for movie_id, title, genres in movies:
+        yield _movie_item(movie_id, title, genres, tags.get(movie_id, ()))
+
+
+def movielens_events(directory: str | Path) -> Iterator[EventRecord]:
+    """One "rating" event per rating; the rating value itself is not kept (value None)."""
+    directory = Path(directory)
+    layout = detect_movielens_format(directory)
+    if layout == "csv":
+        path = directory / "ratings.csv"
+        rows = _csv_rows(path, ("userId", "movieId", "rating", "timestamp"))
+        return _parse_lines(
+            path, rows, lambda row: _rating(row["userId"], row["movieId"], row["timestamp"])
+        )
+    path, separator = (
+        (directory / "u.data", "\t") if layout == "100k" else (directory / "ratings.dat", "::")
+    )
+    return _parse_lines(path, _text_lines(path, "latin-1"), partial(_split_rating, separator))
+
+
+def _rating(user: str, movie: str, timestamp: str) -> EventRecord:
+    user, movie, timestamp = user.strip(), movie.strip(), timestamp.strip()
+    if not user or not movie:
+        raise ValueError("user and movie ids must not be empty")
+    return EventRecord(
+        event_id=f"ml-{user}-{movie}-{timestamp}",
+        user_id=user,
+        item_id=movie,
+        type=MOVIELENS_EVENT_TYPE,
+        value=None,
+        timestamp=_from_epoch(int(timestamp)),
+    )
+
+
+def _split_rating(separator: str, line: str) -> EventRecord:
+    parts = line.split(separator)
+    if len(parts) != 4:
+        raise ValueError(f"expected 4 {separator!r}-separated fields, got {len(parts)}")
+    return _rating(parts[0], parts[1], parts[3])
+
+
+def _movie_item(movie_id: str, title: str, genres: list[str], tags: Sequence[str]) -> ItemInput:
+    parts = []
+    if genres:
+        parts.append("Genres: " + ", ".join(genres))
+    if tags:
+        parts.append("Tags: " + ", ".join(tags))
+    return ItemInput(
+        external_id=movie_id, title=title, text=". ".join(parts) or None, categories=genres
+    )
+
+
+def _genres(names: Iterable[str]) -> list[str]:
+    return [name for name in (n.strip() for n in names) if name and name not in MOVIELENS_NO_GENRES]
+
+
+def _movie(movie_id: str, title: str, genres: list[str]) -> tuple[str, str, list[str]]:
+    movie_id, title = movie_id.strip(), title.strip()
+    if not movie_id or not title:
+        raise ValueError("movie id and title must not be empty")
+    return movie_id, title, genres
+
+
+def _csv_movies(directory: Path) -> Iterator[tuple[str, str, list[str]]]:
+    path = directory / "movies.csv"
+    rows = _csv_rows(path, ("movieId", "title", "genres"))
+    return _parse_lines(
+        path,
+        rows,
+        lambda row: _movie(row["movieId"], row["title"], _genres(row["genres"].split("|"))),
+    )
+
+
+def _1m_movies(directory: Path) -> Iterator[tuple[str, str, list[str]]]:
+    def parse(line: str) -> tuple[str, str, list[str]]:
+        parts = line.split("::")
+        if len(parts) < 3:
+            raise ValueError(f"expected MovieID::Title::Genres, got {line!r}")
+        return _movie(parts[0], "::".join(parts[1:-1]), _genres(parts[-1].split("|")))
+
+    path = directory / "movies.dat"
+    return _parse_lines(path, _text_lines(path, "latin-1"), parse)
+
+
+def _100k_movies(directory: Path) -> Iterator[tuple[str, str, list[str]]]:
+    genre_path = directory / "u.genre"
+    if not genre_path.is_file():
+        raise ImportFormatError(directory, None, "ml-100k directory lacks u.genre")
+    # u.genre lines are "name|index"; the flags in u.item follow the index order.
+    indexed = list(_parse_lines(genre_path, _text_lines(genre_path, "latin-1"), _genre_entry))
+    names = [name for _, name in sorted(indexed)]
+
+    def parse(line: str) -> tuple[str, str, list[str]]:
+        parts = line.split("|")
+        if len(parts) != 5 + len(names):
+            raise ValueError(f"expected {5 + len(names)} '|'-separated fields, got {len(parts)}")
+        flags = parts[5:]
+        if any(flag not in ("0", "1") for flag in flags):
+            raise ValueError("genre flags must be 0 or 1")
+        return _movie(
+            parts[0], parts[1], _genres(n for n, f in zip(names, flags, strict=True) if f == "1")
+        )
+
+    path = directory / "u.item"
+    return _parse_lines(path, _text_lines(path, "latin-1"), parse)
+
+
+def _genre_entry(line: str) -> tuple[int, str]:
+    name, index = line.rsplit("|", 1)
+    return int(index), name
+
+
+def _movielens_tags(path: Path) -> dict[str, list[str]]:
+    """Distinct tags per movie (case-insensitively), in order of first appearance."""
+    if not path.is_file():
+        return {}
+    tags: dict[str, dict[str, str]] = {}
+    for _, row in _csv_rows(path, ("userId", "movieId", "tag", "timestamp")):
+        tag = row["tag"].strip()
+        if tag:
+            tags.setdefault(row["movieId"].strip(), {}).setdefault(tag.casefold(), tag)
+    return {movie_id: list(seen.values()) for movie_id, seen in tags.items()}
+
+
+# --- bulk writers -------------------------------------------------------------------------------
+
+
+def batched(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` elements (the last one shorter)."""
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    batch: list[T] = []
+    for element in iterable:
+        batch.append(element)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _progress(iterable: Iterable[T], enabled: bool, unit: str) -> Iterable[T]:
+    if not enabled:
+        return iterable
+    from tqdm import tqdm  # optional presentation only: imported when progress is asked for
+
+    return tqdm(iterable, unit=unit, unit_scale=True, desc=f"importing {unit}s")
+
+
+def upsert_item_batch(session: Session, items: Sequence[ItemInput]) -> int:
+    """Upsert one batch (see `store.items.upsert_items`); return how many distinct items."""
+    return len(upsert_items(session, items))
+
+
+def bulk_upsert_items(
+    session: Session,
+    items: Iterable[ItemInput],
+    *,
+    batch_size: int = ITEM_BATCH_SIZE,
+    progress: bool = False,
+) -> int:
+    """Upsert every item in the caller's transaction; return the number written."""
+    count = 0
+    for batch in batched(_progress(items, progress, "item"), batch_size):
+        count += upsert_item_batch(session, batch)
+    log.info("items imported count=%d", count)
+    return count
+
+
+def insert_event_batch(session: Session, records: Sequence[EventRecord]) -> ImportStats:
+    """Insert one batch of events, skipping stored event ids and rejecting unknown items.
+
+    Same semantics as `store.events.insert_events` (idempotent by event id, ``received_at`` now),
+    through one set-based statement per batch instead of a parameter set per row.
+    """
+    items = ids_by_external(session, {record.item_id for record in records})
+    known = [record for record in records if record.item_id in items]
+    users = _ensure_users(session, {record.user_id for record in known})
+    rows = [
+        (
+            record.event_id,
+            users[record.user_id],
+            items[record.item_id],
+            record.type,
+            record.value,
+            record.timestamp,
+        )
+        for record in known
+    ]
+    insert = (
+        _insert_postgresql if session.get_bind().dialect.name == "postgresql" else _insert_sqlite
+    )
+    inserted_users = insert(session, rows, utcnow())
+    return ImportStats(
+        accepted=len(inserted_users),
+        duplicates=len(rows) - len(inserted_users),
+        rejected=len(records) - len(known),
+        user_ids=set(inserted_users),
+    )
+
+
+_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "timestamp")
+_INSERT_COLUMNS = ", ".join((*_EVENT_COLUMNS, "received_at"))
+_POSTGRESQL_ARRAYS = ("text[]", "bigint[]", "bigint[]", "text[]", "float8[]", "timestamptz[]")
+_POSTGRESQL_INSERT = (
+    f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT *, :received_at FROM unnest("
+    + ", ".join(
+        f"CAST(:{name} AS {array})"
+        for name, array in zip(_EVENT_COLUMNS, _POSTGRESQL_ARRAYS, strict=True)
+    )
+    + ") ON CONFLICT (event_id) DO NOTHING RETURNING user_id"
+)
+
+
+def _insert_postgresql(session: Session, rows: list[tuple[Any, ...]], now: datetime) -> list[int]:
+    """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
+    if not rows:
+        return []
+    columns = Event.__table__.c
+    stmt = text(_POSTGRESQL_INSERT).bindparams(
+        *(bindparam(name, type_=ARRAY(columns[name].type)) for name in _EVENT_COLUMNS),
+        bindparam("received_at", type_=columns.received_at.type),
+    )
+    arrays = {
+        name: list(values)
+        for name, values in zip(_EVENT_COLUMNS, zip(*rows, strict=True), strict=True)
+    }
+    return list(session.scalars(stmt, {**arrays, "received_at": now}))
+
+
+def _insert_sqlite(session: Session, rows: list[tuple[Any, ...]], now: datetime) -> list[int]:
+    """The driver's executemany, then the inserted rows read back by rowid.
+
+    This transaction holds SQLite's write lock, so every row past the largest id seen before the
+    insert is one of ours.
+    """
+    if not rows:
+        return []
+    connection = session.connection()
+    # The column type's own processing for this dialect: the stored text is what the ORM writes.
+    column_type = Event.__table__.c.timestamp.type.dialect_impl(connection.dialect)
+    to_db = column_type.bind_processor(connection.dialect) or (lambda value: value)
+    received_at = to_db(now)
+    before = session.scalar(select(func.max(Event.id))) or 0
+    result = connection.exec_driver_sql(
+        f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id) DO NOTHING",
+        [(*row[:5], to_db(row[5]), received_at) for row in rows],
+    )
+    if result.rowcount == len(rows):
+        return [row[1] for row in rows]
+    if result.rowcount == 0:
+        return []
+    return list(session.scalars(select(Event.user_id).where(Event.id > before)))
+
+
+def _ensure_users(session: Session, external_ids: set[str]) -> dict[str, int]:
+    wanted = sorted(external_ids)
+    result: dict[str, int] = {}
+    for start in range(0, len(wanted), USER_CHUNK):
+        result.update(ensure_users(session, wanted[start : start + USER_CHUNK]))
+    return result
+
+
+def bulk_insert_events(
+    session: Session,
+    records: Iterable[EventRecord],
+    *,
+    batch_size: int = EVENT_BATCH_SIZE,
+    progress: bool = False,
+) -> ImportStats:
+    """Insert every event in the caller's transaction (idempotent by event id)."""
+    stats = ImportStats()
+    for batch in batched(_progress(records, progress, "event"), batch_size):
+        stats += insert_event_batch(session, batch)
+    _log_events(stats)
+    return stats
+
+
+def import_items(
+    database: Database,
+    items: Iterable[ItemInput],
+    *,
+    batch_size: int = ITEM_BATCH_SIZE,
+    progress: bool = False,
+) -> int:
+    """Upsert items committing once per batch: an interrupted import can be rerun."""
+    count = 0
+    for batch in batched(_progress(items, progress, "item"), batch_size):
+        count += database.run_write(partial(upsert_item_batch, items=batch))
+    log.info("items imported count=%d", count)
+    return count
+
+
+def import_events(
+    database: Database,
+    records: Iterable[EventRecord],
+    *,
+    batch_size: int = EVENT_BATCH_SIZE,
+    progress: bool = False,
+) -> ImportStats:
+    """Insert events committing once per batch: an interrupted import can be rerun."""
+    stats = ImportStats()
+    for batch in batched(_progress(records, progress, "event"), batch_size):
+        stats += database.run_write(partial(insert_event_batch, records=batch))
+    _log_events(stats)
+    return stats
+
+
+def _log_events(stats: ImportStats) -> None:
+    log.info(
+        "events imported accepted=%d duplicates=%d rejected=%d users=%d",
+        stats.accepted,
+        stats.duplicates,
+        stats.rejected,
+        len(stats.user_ids),
+    )

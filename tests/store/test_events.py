@@ -1,0 +1,162 @@
+"""Users, events and profiles data access on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import event, select
+
+from store.db import Database
+from store.errors import NotFound
+from store.events import (
+    EventRow,
+    count_events,
+    delete_user,
+    ensure_users,
+    get_profile,
+    get_user,
+    insert_events,
+    lock_profiles,
+    seen_item_ids,
+    user_events,
+)
+from store.items import ItemInput, upsert_items
+from store.models import Profile, User
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _setup(db: Database, users: list[str], items: int = 2) -> tuple[dict[str, int], list[int]]:
+    with db.write() as session:
+        user_ids = ensure_users(session, users)
+        rows = upsert_items(session, [ItemInput(f"i{n}", f"Item {n}") for n in range(items)])
+        return user_ids, [row.id for row in rows]
+
+
+def _profile(user_id: int) -> Profile:
+    return Profile(
+        user_id=user_id,
+        dim=2,
+        half_lives=[0.0],
+        accumulators=bytes(16),
+        weight_sums=bytes(8),
+        ref_time=0.0,
+    )
+
+
+def test_ensure_users_creates_once(db: Database) -> None:
+    with db.write() as session:
+        first = ensure_users(session, ["alice", "bob", "alice"])
+    with db.write() as session:
+        again = ensure_users(session, ["bob", "carol"])
+    assert set(first) == {"alice", "bob"}
+    assert again["bob"] == first["bob"]
+    with db.read() as session:
+        assert len(session.scalars(select(User)).all()) == 3
+        assert get_user(session, "carol").id == again["carol"]
+        with pytest.raises(NotFound):
+            get_user(session, "dave")
+
+
+def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
+    users, items = _setup(db, ["u"])
+    row = EventRow("e1", users["u"], items[0], "view", None, T0)
+    with db.write() as session:
+        assert insert_events(session, [row, row]) == {"e1"}
+    with db.write() as session:
+        other = EventRow("e2", users["u"], items[1], "click", 1.5, T0)
+        assert insert_events(session, [row, other]) == {"e2"}
+    with db.read() as session:
+        assert count_events(session) == 2
+        assert seen_item_ids(session, users["u"]) == set(items)
+
+
+def test_insert_events_beyond_the_bound_parameter_limit(db: Database) -> None:
+    # 10,000 rows x 7 columns is over PostgreSQL's 65,535 parameters for one statement.
+    users, items = _setup(db, ["u"])
+    rows = [
+        EventRow(f"e{n}", users["u"], items[n % 2], "view", None, T0 + timedelta(seconds=n))
+        for n in range(10_000)
+    ]
+    with db.write() as session:
+        assert len(insert_events(session, rows)) == 10_000
+    with db.write() as session:
+        assert insert_events(session, rows) == set()
+    with db.read() as session:
+        assert count_events(session) == 10_000
+
+
+def test_event_timestamps_round_trip_as_aware_utc(db: Database) -> None:
+    users, items = _setup(db, ["u"])
+    india = timezone(timedelta(hours=5, minutes=30))
+    local = datetime(2024, 3, 1, 18, 0, 0, 250_000, tzinfo=india)
+    with db.write() as session:
+        insert_events(session, [EventRow("e1", users["u"], items[0], "view", None, local)])
+    with db.read() as session:
+        [stored] = user_events(session, users["u"])
+    assert stored.timestamp == local
+    assert stored.timestamp.utcoffset() == timedelta(0)
+    assert (stored.timestamp.hour, stored.timestamp.minute) == (12, 30)
+    assert stored.received_at.tzinfo is not None
+
+
+def test_user_events_order(db: Database) -> None:
+    users, items = _setup(db, ["u"])
+    rows = [
+        EventRow(f"e{n}", users["u"], items[0], "view", None, T0 + timedelta(minutes=m))
+        for n, m in enumerate([5, 1, 3])
+    ]
+    with db.write() as session:
+        insert_events(session, rows)
+    with db.read() as session:
+        oldest_first = [e.event_id for e in user_events(session, users["u"])]
+        newest = [e.event_id for e in user_events(session, users["u"], newest_first=True, limit=2)]
+    assert oldest_first == ["e1", "e2", "e0"]
+    assert newest == ["e0", "e2"]
+
+
+def test_lock_profiles_in_user_id_order(db: Database) -> None:
+    users, _ = _setup(db, ["a", "b", "c", "d"])
+    ids = sorted(users.values())
+    with db.write() as session:
+        for user_id in reversed(ids):
+            session.add(_profile(user_id))
+
+    statements: list[str] = []
+    listener = lambda _conn, _cursor, statement, *_: statements.append(statement)  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        with db.write() as session:
+            locked = lock_profiles(session, [ids[3], ids[0], ids[2], ids[0], 999_999])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert list(locked) == [ids[0], ids[2], ids[3]]
+    assert all(locked[user_id].user_id == user_id for user_id in locked)
+    [query] = [s for s in statements if "FROM profiles" in s]
+    assert "ORDER BY profiles.user_id" in query
+    assert ("FOR UPDATE" in query) == (db.dialect == "postgresql")
+    with db.write() as session:
+        assert lock_profiles(session, []) == {}
+
+
+def test_delete_user_removes_events_and_profile(db: Database) -> None:
+    users, items = _setup(db, ["u", "keep"])
+    with db.write() as session:
+        session.add(_profile(users["u"]))
+        insert_events(
+            session,
+            [
+                EventRow("e1", users["u"], items[0], "view", None, T0),
+                EventRow("e2", users["keep"], items[0], "view", None, T0),
+            ],
+        )
+    with db.write() as session:
+        delete_user(session, "u")
+    with db.read() as session:
+        assert get_profile(session, users["u"]) is None
+        assert count_events(session) == 1
+        with pytest.raises(NotFound):
+            get_user(session, "u")
+    with db.write() as session, pytest.raises(NotFound):
+        delete_user(session, "u")

@@ -1,0 +1,114 @@
+"""Items data access on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from store.db import Database
+from store.errors import NotFound
+from store.items import (
+    ItemInput,
+    content_hash,
+    count_live_items,
+    delete_item,
+    get_item,
+    ids_by_external,
+    upsert_items,
+)
+
+
+def test_upsert_inserts_then_updates(db: Database) -> None:
+    with db.write() as session:
+        [created] = upsert_items(session, [ItemInput("a", "Alpha", "first", ["x"], {"k": 1})])
+        created_id = created.id
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha 2", None, ["y"], available=False)])
+    with db.read() as session:
+        item = get_item(session, "a")
+        assert (item.id, item.title, item.text) == (created_id, "Alpha 2", None)
+        assert (item.categories, item.properties, item.available) == (["y"], {}, False)
+        assert count_live_items(session) == 1
+
+
+def test_last_input_wins_within_a_batch(db: Database) -> None:
+    with db.write() as session:
+        items = upsert_items(session, [ItemInput("a", "one"), ItemInput("a", "two")])
+    assert len(items) == 1
+    with db.read() as session:
+        assert get_item(session, "a").title == "two"
+
+
+def test_content_hash_changes_only_when_embedded_text_changes(db: Database) -> None:
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha", "text", ["x"])])
+    with db.read() as session:
+        first = get_item(session, "a").content_hash
+    assert first == content_hash("Alpha", "text")
+
+    with db.write() as session:  # categories, properties and availability are not embedded
+        upsert_items(session, [ItemInput("a", "Alpha", "text", ["y"], {"p": 2}, False)])
+    with db.read() as session:
+        assert get_item(session, "a").content_hash == first
+
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha", "new text")])
+    with db.read() as session:
+        changed = get_item(session, "a").content_hash
+    assert changed != first
+    assert changed == content_hash("Alpha", "new text")
+
+
+def test_delete_hides_item_and_upsert_revives_it(db: Database) -> None:
+    with db.write() as session:
+        [item] = upsert_items(session, [ItemInput("a", "Alpha")])
+        item_id = item.id
+        delete_item(session, "a")
+    with db.read() as session:
+        with pytest.raises(NotFound):
+            get_item(session, "a")
+        assert get_item(session, "a", include_deleted=True).deleted_at is not None
+        assert ids_by_external(session, ["a"]) == {}
+        assert count_live_items(session) == 0
+
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha again")])
+    with db.read() as session:
+        revived = get_item(session, "a")
+        assert (revived.id, revived.deleted_at, revived.title) == (item_id, None, "Alpha again")
+        assert ids_by_external(session, ["a", "missing"]) == {"a": item_id}
+
+
+def test_delete_unknown_item_raises_not_found(db: Database) -> None:
+    with db.write() as session, pytest.raises(NotFound):
+        delete_item(session, "nope")
+
+
+def test_expires_at_round_trips_as_aware_utc(db: Database) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    expires = datetime(2030, 5, 6, 9, 30, 15, 123456, tzinfo=plus_two)
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha", expires_at=expires)])
+    with db.read() as session:
+        stored = get_item(session, "a").expires_at
+    assert stored == expires
+    assert stored.utcoffset() == timedelta(0)
+    assert stored.hour == 7 and stored.tzinfo is not None
+
+
+def test_naive_datetime_is_refused(db: Database) -> None:
+    with pytest.raises(Exception, match="naive datetime"), db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha", expires_at=datetime(2030, 1, 1))])
+    with db.read() as session:
+        assert count_live_items(session) == 0
+
+
+def test_created_at_is_aware_utc(db: Database) -> None:
+    before = datetime.now(UTC)
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha")])
+    with db.read() as session:
+        created = get_item(session, "a").created_at
+    assert created.tzinfo is not None and created.utcoffset() == timedelta(0)
+    assert before - timedelta(seconds=5) <= created <= datetime.now(UTC) + timedelta(seconds=5)
