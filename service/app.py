@@ -98,13 +98,13 @@ def _after_request(response: Response) -> Response:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """One line per record: ``ts=... level=... logger=... msg="..."`` (plus ``exc=`` if any)."""
+    """One line per record: ``ts= level= pid= logger= msg="..."`` (plus ``exc=`` if any)."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage().replace("\n", " ")
         line = (
             f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} level={record.levelname} "
-            f'logger={record.name} msg="{message}"'
+            f'pid={record.process} logger={record.name} msg="{message}"'
         )
         if record.exc_info:
             trace = self.formatException(record.exc_info).replace("\n", "\\n")

@@ -74,11 +74,11 @@ def batch(body: Mapping[str, Any], key: str, max_size: int) -> list[Any]:
 
 
 # -- query parameters ------------------------------------------------------------------------
-def parse_k(raw: object, max_k: int, *, default: int = 10) -> int:
-    """``k`` from a query string or a JSON body: an integer in 1..max_k."""
+def parse_k(raw: object, max_k: int, *, default: int = 10, from_query: bool = True) -> int:
+    """``k`` from a query string (text) or a JSON body (a JSON integer): 1..max_k."""
     if raw is None:
         return default
-    if isinstance(raw, str):
+    if isinstance(raw, str) and from_query:
         text = raw.strip()
         if not text.lstrip("+-").isdigit() or len(text) > 12:
             raise ValidationError(f"k must be an integer between 1 and {max_k}, got {raw!r}")

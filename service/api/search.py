@@ -18,7 +18,7 @@ def search() -> dict[str, Any]:
     runtime = get_runtime()
     body = json_body()
     query = parse_query(body.get("query"))
-    k = parse_k(body.get("k"), runtime.settings.max_k)
+    k = parse_k(body.get("k"), runtime.settings.max_k, from_query=False)
     categories = string_list(body["categories"], "categories") if "categories" in body else []
     vector = runtime.embedder.embed([query])[0]
     found = runtime.recommender.search_vector(vector, k, categories=categories)

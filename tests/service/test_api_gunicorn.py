@@ -1,0 +1,155 @@
+"""The real server: gunicorn with two workers over one SQLite database, spoken to over HTTP.
+
+A write handled by one worker must be visible to the next request whichever worker serves it
+(each refreshes its live index from the catalogue revision in the database).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from store.migrate import upgrade
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+STARTUP_TIMEOUT_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Http:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def call(self, method: str, path: str, body: object = None, timeout: float = 120):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+                return response.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            return exc.code, json.loads(raw) if raw else None
+
+
+@pytest.fixture
+def server(tmp_path):
+    url = f"sqlite:///{tmp_path}/driftrec.db"
+    upgrade(url)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DRIFTREC_DATABASE_URL": url,
+        "DRIFTREC_DATA_DIR": str(tmp_path),
+        "DRIFTREC_RELOAD_INTERVAL_S": "0.5",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(GUNICORN),
+                "-w",
+                "2",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "180",
+                "--no-control-socket",  # its default path is shared by every gunicorn on the host
+                "service.app:create_app()",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: master and workers end together
+        )
+    http = Http(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            assert process.poll() is None, log_path.read_text()
+            try:
+                if http.call("GET", "/readyz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "server not ready:\n" + log_path.read_text()
+            time.sleep(0.3)
+        yield http, log_path
+    finally:
+        process.send_signal(signal.SIGINT)  # quick shutdown; the test is done with it
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # workers tearing down torch can linger; not our test
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_items_written_through_one_worker_are_served_by_every_worker(server):
+    http, log_path = server
+    # Every worker loads its (empty) index before the write below.
+    for _ in range(6):
+        assert http.call("GET", "/v1/users/nobody/recommendations?k=3")[0] == 200
+
+    items = [
+        {"id": "mars", "title": "Rocket launch to Mars", "categories": ["space"]},
+        {"id": "moon", "title": "Astronauts walking on the Moon", "categories": ["space"]},
+        {"id": "pasta", "title": "Pasta carbonara recipe", "categories": ["food"]},
+        {"id": "bread", "title": "Baking sourdough bread", "categories": ["food"]},
+    ]
+    status, body = http.call("PUT", "/v1/items", {"items": items})
+    assert status == 200 and body["upserted"] == 4, body
+
+    for _ in range(8):  # several connections: both workers answer some of them
+        status, body = http.call("GET", "/v1/items/pasta/similar?k=1")
+        assert status == 200 and [i["id"] for i in body["items"]] == ["bread"], body
+
+    now = time.time()
+    events = [
+        {"id": "e1", "user_id": "ana", "item_id": "mars", "type": "like", "timestamp": now},
+        {"id": "e2", "user_id": "ana", "item_id": "nope", "type": "like", "timestamp": now},
+    ]
+    status, body = http.call("POST", "/v1/events", {"events": events})
+    assert status == 200 and body["accepted"] == 1 and body["rejected"][0]["index"] == 1
+
+    for _ in range(6):
+        status, body = http.call("GET", "/v1/users/ana/recommendations?k=1")
+        assert status == 200 and body["strategy"] == "personalized", body
+        assert [i["id"] for i in body["items"]] == ["moon"], body
+
+    # A later upsert through whichever worker is also seen by every worker.
+    late = {"id": "saturn", "title": "Rocket flight to Saturn", "categories": ["space"]}
+    assert http.call("PUT", "/v1/items", {"items": [late]})[0] == 200
+    for _ in range(6):
+        status, body = http.call("GET", "/v1/items/mars/similar?k=1")
+        assert status == 200 and [i["id"] for i in body["items"]] == ["saturn"], body
+
+    assert http.call("DELETE", "/v1/items/saturn")[0] == 204
+    for _ in range(6):
+        status, body = http.call("GET", "/v1/items/mars/similar?k=1")
+        assert status == 200 and [i["id"] for i in body["items"]] == ["moon"], body
+
+    assert http.call("GET", "/v1/items/missing")[0] == 404
+    log = log_path.read_text()
+    assert "level=ERROR" not in log and "Traceback" not in log, log
