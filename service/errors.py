@@ -1,8 +1,10 @@
 """The HTTP error model: every error is JSON ``{"error": {"code": "...", "message": "..."}}``.
 
 Packages below `service` raise plain exceptions (`store.errors.NotFound`, `Conflict`, ...); only
-this module turns them into status codes. A 5xx is always a bug: the catch-all handler logs the
-traceback and answers a JSON 500 that names no internals.
+this module turns them into status codes. A database that cannot be reached (or a lock that
+cannot be had) and an embedding model that cannot be loaded answer 503, which a client may retry.
+Anything else is a bug: the catch-all handler logs the traceback and answers a JSON 500 that
+names no internals.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import IntegrityError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from indexer.errors import EmbedderUnavailable
 from store.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -119,6 +123,30 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Conflict)
     def _conflict(exc: Conflict) -> Response:
         return error_response(409, "conflict", str(exc))
+
+    @app.errorhandler(IntegrityError)
+    def _integrity(exc: IntegrityError) -> Response:
+        # Two writers raced to create the same row (e.g. one new item id in two workers).
+        log.warning("write conflict endpoint=%s", _endpoint())
+        return error_response(409, "conflict", "a concurrent write conflicted; retry the request")
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError) -> Response:
+        # Connection refused, server gone, lock wait exhausted: the client may retry.
+        log.error(
+            "database unavailable method=%s endpoint=%s error=%s",
+            request.method,
+            _endpoint(),
+            type(getattr(exc, "orig", exc)).__name__,
+        )
+        response = error_response(503, "unavailable", "database unavailable, retry later")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(EmbedderUnavailable)
+    def _embedder_unavailable(exc: EmbedderUnavailable) -> Response:
+        log.error("embedder unavailable endpoint=%s error=%s", _endpoint(), exc)
+        return error_response(503, "unavailable", "embedding model unavailable")
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception) -> Response:

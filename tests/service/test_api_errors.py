@@ -170,6 +170,17 @@ def test_healthz_needs_no_database_and_readyz_reports_503(client, runtime, monke
     assert response.get_json()["status"] == "unavailable"
 
 
+def test_database_outage_answers_503_json(app, client, runtime, monkeypatch):
+    def unreachable():
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(runtime.db, "read", unreachable)
+    response = client.get("/v1/users/someone")
+    _error(response, 503, "unavailable")
+    assert response.headers["Retry-After"] == "1"
+    app.config["SERVER_ERRORS"].clear()  # expected here: an outage, not a bug
+
+
 def test_metrics_use_url_rules_and_count_events(client):
     client.get("/v1/items/space-1")
     client.get("/v1/items/space-2")
