@@ -401,6 +401,8 @@ def demo(
 ) -> None:
     """Migrate, import MovieLens, build the index and serve it; rerunning skips finished work."""
     app: App = ctx.find_object(App)
+    if not os.environ.get("DRIFTREC_TORCH_THREADS"):  # one job on the whole machine
+        app.settings = app.settings.replace(torch_threads=os.cpu_count() or 1)
     click.secho("== database", bold=True)
     ctx.invoke(upgrade)
     directory = data or _demo_dataset(app.settings.data_dir)
