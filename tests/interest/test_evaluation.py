@@ -191,3 +191,46 @@ def test_evaluate_command_end_to_end(tmp_path: Path, protocol: str):
         assert "cut" in doc
     # The second run reads every embedding from the cache.
     assert list(cache.glob("embeddings-*.npz"))
+
+
+def test_embedding_cache_refills_identical_vectors_by_content_hash(tmp_path: Path):
+    from interest.evaluation.embedding_cache import EmbeddingCache
+    from store.db import Database
+    from store.items import ItemInput, stale_vector_ids, store_vectors, upsert_items
+    from store.migrate import upgrade
+    from store.models import Item
+
+    def database(name: str) -> Database:
+        url = f"sqlite:///{tmp_path / name}"
+        upgrade(url)
+        db = Database(url)
+        with db.write() as session:
+            upsert_items(
+                session, [ItemInput(f"i{n}", f"Item {n}", "Genres: Drama") for n in range(5)]
+            )
+        return db
+
+    first = database("a.db")
+    vectors = np.random.default_rng(0).random((5, 4)).astype(np.float32)
+    with first.write() as session:
+        items = sorted(session.query(Item).all(), key=lambda i: i.id)
+        store_vectors(
+            session,
+            "m",
+            4,
+            ((i.id, i.content_hash, v.tobytes()) for i, v in zip(items, vectors, strict=True)),
+        )
+    assert EmbeddingCache(tmp_path / "cache", "m").save_from(first) == 5
+
+    second = database("b.db")
+    assert EmbeddingCache(tmp_path / "cache", "other-model").prefill(second) == 0
+    assert EmbeddingCache(tmp_path / "cache", "m").prefill(second) == 5
+    with second.read() as session:
+        assert stale_vector_ids(session, "m") == []
+        stored = {
+            i.external_id: np.frombuffer(i.vector, dtype=np.float32) for i in session.query(Item)
+        }
+    for n in range(5):
+        np.testing.assert_array_equal(stored[f"i{n}"], vectors[n])
+    first.dispose()
+    second.dispose()
