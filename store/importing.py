@@ -17,13 +17,14 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from store.db import Database
@@ -486,13 +487,17 @@ def bulk_upsert_items(
     return count
 
 
-def insert_event_batch(session: Session, records: Sequence[EventRecord]) -> ImportStats:
+def insert_event_batch(
+    session: Session, records: Sequence[EventRecord], *, item_cache: dict[str, int] | None = None
+) -> ImportStats:
     """Insert one batch of events, skipping stored event ids and rejecting unknown items.
 
     Same semantics as `store.events.insert_events` (idempotent by event id, ``received_at`` now),
-    through one set-based statement per batch instead of a parameter set per row.
+    through one set-based statement per batch instead of a parameter set per row. ``item_cache``
+    (external -> internal id of live items) carries item lookups over from earlier batches of the
+    same import: an item deleted meanwhile is treated as if deleted after the import.
     """
-    items = ids_by_external(session, {record.item_id for record in records})
+    items = _item_ids(session, {record.item_id for record in records}, item_cache)
     known = [record for record in records if record.item_id in items]
     users = _ensure_users(session, {record.user_id for record in known})
     rows = [
@@ -556,9 +561,7 @@ def _insert_sqlite(session: Session, rows: list[tuple[Any, ...]], now: datetime)
     if not rows:
         return []
     connection = session.connection()
-    # The column type's own processing for this dialect: the stored text is what the ORM writes.
-    column_type = Event.__table__.c.timestamp.type.dialect_impl(connection.dialect)
-    to_db = column_type.bind_processor(connection.dialect) or (lambda value: value)
+    to_db = _sqlite_timestamps(connection.dialect)
     received_at = to_db(now)
     before = session.scalar(select(func.max(Event.id))) or 0
     result = connection.exec_driver_sql(
@@ -571,6 +574,37 @@ def _insert_sqlite(session: Session, rows: list[tuple[Any, ...]], now: datetime)
     if result.rowcount == 0:
         return []
     return list(session.scalars(select(Event.user_id).where(Event.id > before)))
+
+
+def _sqlite_timestamps(dialect: Dialect) -> Callable[[datetime], Any]:
+    """The timestamp column's bind processing, through a faster path when it gives the same text.
+
+    SQLAlchemy formats SQLite datetimes field by field; ``isoformat`` writes the same text in C.
+    A probe compares both, so a changed storage format falls back to the column's own processing.
+    """
+    column_type = Event.__table__.c.timestamp.type
+    official = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if official is None:
+        return partial(column_type.process_bind_param, dialect=dialect)
+
+    def fast(value: datetime) -> Any:
+        if value.tzinfo is None:
+            return official(value)  # raises the column type's own error
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
+    return fast if fast(probe) == official(probe) else official
+
+
+def _item_ids(
+    session: Session, external_ids: set[str], cache: dict[str, int] | None
+) -> dict[str, int]:
+    if cache is None:
+        return ids_by_external(session, external_ids)
+    missing = external_ids.difference(cache)
+    if missing:
+        cache.update(ids_by_external(session, missing))
+    return cache
 
 
 def _ensure_users(session: Session, external_ids: set[str]) -> dict[str, int]:
@@ -589,9 +623,9 @@ def bulk_insert_events(
     progress: bool = False,
 ) -> ImportStats:
     """Insert every event in the caller's transaction (idempotent by event id)."""
-    stats = ImportStats()
+    stats, item_cache = ImportStats(), {}
     for batch in batched(_progress(records, progress, "event"), batch_size):
-        stats += insert_event_batch(session, batch)
+        stats += insert_event_batch(session, batch, item_cache=item_cache)
     _log_events(stats)
     return stats
 
@@ -619,9 +653,10 @@ def import_events(
     progress: bool = False,
 ) -> ImportStats:
     """Insert events committing once per batch: an interrupted import can be rerun."""
-    stats = ImportStats()
+    stats, item_cache = ImportStats(), {}
     for batch in batched(_progress(records, progress, "event"), batch_size):
-        stats += database.run_write(partial(insert_event_batch, records=batch))
+        work = partial(insert_event_batch, records=batch, item_cache=item_cache)
+        stats += database.run_write(work)
     _log_events(stats)
     return stats
 

@@ -313,3 +313,13 @@ def test_ml_latest_small_full_import(db: Database, movielens_dir: Path) -> None:
     assert (again.accepted, again.duplicates, again.user_ids) == (0, 100_836, set())
     with db.read() as session:
         assert count_events(session) == 100_836
+
+
+def test_naive_event_timestamps_are_refused(db: Database) -> None:
+    with db.write() as session:
+        bulk_upsert_items(session, [ItemInput("a", "A")])
+    naive = EventRecord("e1", "u1", "a", "view", None, datetime(2024, 1, 1))
+    with pytest.raises(Exception, match="naive datetime"), db.write() as session:
+        bulk_insert_events(session, [naive])
+    with db.read() as session:
+        assert count_events(session) == 0
