@@ -104,8 +104,12 @@ class Database:
                 if attempt == attempts - 1 or not _is_transient(exc):
                     raise
                 delay = min(0.5, 0.01 * 2**attempt)
-                log.warning("write retry attempt=%d delay_s=%.3f error=%s", attempt + 1, delay,
-                            type(getattr(exc, "orig", exc)).__name__)
+                log.warning(
+                    "write retry attempt=%d delay_s=%.3f error=%s",
+                    attempt + 1,
+                    delay,
+                    type(getattr(exc, "orig", exc)).__name__,
+                )
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

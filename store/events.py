@@ -101,10 +101,12 @@ def get_profile(session: Session, user_id: int) -> Profile | None:
     return session.get(Profile, user_id)
 
 
-def user_events(session: Session, user_id: int, *, newest_first: bool = False,
-                limit: int | None = None) -> list[Event]:
-    order = (Event.timestamp.desc(), Event.id.desc()) if newest_first else (
-        Event.timestamp, Event.id)
+def user_events(
+    session: Session, user_id: int, *, newest_first: bool = False, limit: int | None = None
+) -> list[Event]:
+    order = (
+        (Event.timestamp.desc(), Event.id.desc()) if newest_first else (Event.timestamp, Event.id)
+    )
     stmt = select(Event).where(Event.user_id == user_id).order_by(*order)
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -115,8 +117,9 @@ def seen_item_ids(session: Session, user_id: int) -> set[int]:
     return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))
 
 
-def iter_events_by_user(session: Session, *, batch_users: int = 500
-                        ) -> Iterator[tuple[int, list[Event]]]:
+def iter_events_by_user(
+    session: Session, *, batch_users: int = 500
+) -> Iterator[tuple[int, list[Event]]]:
     """Yield (user id, events in time order) for every user, a batch of users at a time."""
     last_user = 0
     while True:
@@ -149,8 +152,9 @@ def event_log(session: Session) -> list[tuple[int, int, str, float | None, datet
     return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
-def popular_item_ids(session: Session, *, since: datetime | None = None, limit: int = 1000
-                     ) -> list[tuple[int, int]]:
+def popular_item_ids(
+    session: Session, *, since: datetime | None = None, limit: int = 1000
+) -> list[tuple[int, int]]:
     """(item id, event count) in decreasing count, optionally only counting events since a time."""
     stmt = select(Event.item_id, func.count().label("n")).group_by(Event.item_id)
     if since is not None:
