@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from service.runtime import Runtime
-    from store.importing import EventRecord, ImportStats
+    from store.importing import EventRecord
     from store.items import ItemInput
 
 log = logging.getLogger(__name__)
@@ -205,8 +205,8 @@ def import_movielens(app: App, directory: Path, tags: bool) -> None:
     """Import a MovieLens DIRECTORY (ml-latest(-small), ml-25m, ml-1m or ml-100k layout)."""
     from store.importing import movielens_events, movielens_items
 
-    _import(app, items=movielens_items(directory, include_tags=tags))
-    _import(app, events=movielens_events(directory))
+    _import_items(app, movielens_items(directory, include_tags=tags))
+    _import_events(app, movielens_events(directory))
 
 
 @import_group.command("items")
@@ -215,14 +215,14 @@ def import_movielens(app: App, directory: Path, tags: bool) -> None:
     "--embed/--no-embed",
     default=True,
     show_default=True,
-    help="Embed new and changed items now (otherwise `driftrec reindex` does it).",
+    help="Embed new and changed items now (else the next reindex or events import does).",
 )
 @pass_app
 def import_items_command(app: App, file: Path, embed: bool) -> None:
     """Import items from a JSONL FILE (id, title, text, categories, properties, ...)."""
     from store.importing import read_items_jsonl
 
-    _import(app, items=read_items_jsonl(file), embed=embed)
+    _import_items(app, read_items_jsonl(file), embed=embed)
 
 
 @import_group.command("events")
@@ -232,44 +232,49 @@ def import_events_command(app: App, file: Path) -> None:
     """Import events from a .csv or .jsonl FILE (id, user_id, item_id, type, value, timestamp)."""
     from store.importing import read_events
 
-    _import(app, events=read_events(file))
+    _import_events(app, read_events(file))
 
 
-def _import(
-    app: App,
-    *,
-    items: Iterable[ItemInput] | None = None,
-    events: Iterable[EventRecord] | None = None,
-    embed: bool = True,
-) -> None:
-    from indexer.reindex import embed_stale
-    from store.importing import import_events, import_items
+def _import_items(app: App, items: Iterable[ItemInput], *, embed: bool = True) -> None:
+    from store.importing import import_items
 
+    click.echo(f"items imported={import_items(app.runtime.db, items, progress=True)}")
+    if embed:
+        _embed_stale(app)
+
+
+def _import_events(app: App, events: Iterable[EventRecord]) -> None:
+    """Load events, then rebuild the profiles of the users who got new ones.
+
+    Items still lacking a vector are embedded first: a profile built without them would differ
+    from the one `verify` rebuilds once they have one.
+    """
+    from store.importing import import_events
+
+    _embed_stale(app)
     runtime = app.runtime
-    if items is not None:
-        count = import_items(runtime.db, items, progress=True)
-        click.echo(f"items imported={count}")
-        if embed:
-            embedded = embed_stale(
-                runtime.db,
-                runtime.embedder,
-                batch_size=app.settings.embed_batch_size,
-                progress=True,
-            )
-            click.echo(f"items embedded={embedded}")
-    if events is not None:
-        stats = import_events(runtime.db, events, progress=True)
-        click.echo(
-            f"events accepted={stats.accepted} duplicates={stats.duplicates} "
-            f"rejected={stats.rejected} (unknown or deleted item)"
-        )
-        _rebuild_after_import(runtime, stats)
-
-
-def _rebuild_after_import(runtime: Runtime, stats: ImportStats) -> None:
+    stats = import_events(runtime.db, events, progress=True)
+    click.echo(
+        f"events accepted={stats.accepted} duplicates={stats.duplicates} "
+        f"rejected={stats.rejected} (unknown or deleted item)"
+    )
     if stats.user_ids:
         rebuilt = runtime.rebuild_profiles(user_ids=stats.user_ids, progress=True)
         click.echo(f"profiles rebuilt={rebuilt}")
+
+
+def _embed_stale(app: App) -> None:
+    """Embed live items whose vector is missing or stale (loads the model only if any are)."""
+    from indexer.reindex import embed_stale
+    from store.items import stale_vector_ids
+
+    runtime = app.runtime
+    with runtime.db.read() as session:
+        if not stale_vector_ids(session, app.settings.embedder_model, limit=1):
+            return
+    batch_size = app.settings.embed_batch_size
+    embedded = embed_stale(runtime.db, runtime.embedder, batch_size=batch_size, progress=True)
+    click.echo(f"items embedded={embedded}")
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -463,21 +468,21 @@ def _demo_import(app: App, directory: Path) -> None:
     item's catalogue revision for nothing)."""
     from store.events import count_events
     from store.importing import movielens_events, movielens_items
-    from store.items import count_live_items, stale_vector_ids
+    from store.items import count_live_items
     from store.models import Profile, User
 
     runtime = app.runtime
     with runtime.db.read() as session:
         items, events = count_live_items(session), count_events(session)
-        stale = len(stale_vector_ids(session, app.settings.embedder_model))
         users = session.scalar(select(func.count()).select_from(User))
         profiles = session.scalar(select(func.count()).select_from(Profile))
-    if items < sum(1 for _ in movielens_items(directory)) or stale:
-        _import(app, items=movielens_items(directory))
+    if items < sum(1 for _ in movielens_items(directory)):
+        _import_items(app, movielens_items(directory))
     else:
-        click.echo(f"items: {items} already imported and embedded")
+        click.echo(f"items: {items} already imported")
+        _embed_stale(app)
     if events < sum(1 for _ in movielens_events(directory)):
-        _import(app, events=movielens_events(directory))
+        _import_events(app, movielens_events(directory))
     elif profiles < users:
         click.echo(f"events: {events} already imported; rebuilding profiles")
         click.echo(f"profiles rebuilt={runtime.rebuild_profiles(progress=True)}")

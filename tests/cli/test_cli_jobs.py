@@ -99,16 +99,19 @@ def test_import_items_and_events_files(tmp_path, cli_env, movielens_source):
         + "\n"
     )
     ok(invoke(cli_env, "db", "upgrade"))
-    output = ok(invoke(cli_env, "import", "items", str(items))).stdout
-    assert "items imported=10" in output and "items embedded=10" in output
+    output = ok(invoke(cli_env, "import", "items", "--no-embed", str(items))).stdout
+    assert "items imported=10" in output and "embedded" not in output
 
+    # Profiles are built from item vectors: the items are embedded before the events load.
     output = ok(invoke(cli_env, "import", "events", str(events))).stdout
+    assert "items embedded=10" in output
     assert fields(output, "events") == {"accepted": "3", "duplicates": "0", "rejected": "1"}
     assert "profiles rebuilt=2" in output
     output = ok(invoke(cli_env, "import", "events", str(events))).stdout
     assert fields(output, "events") == {"accepted": "0", "duplicates": "3", "rejected": "1"}
     output = ok(invoke(cli_env, "import", "events", str(more))).stdout
-    assert "profiles rebuilt=1" in output
+    assert "profiles rebuilt=1" in output and "embedded" not in output
+    assert fields(ok(invoke(cli_env, "reindex")).stdout, "reindex")["embedded"] == "0"
     assert fields(ok(invoke(cli_env, "verify")).stdout, "profiles") == {
         "checked": "3",
         "drifted": "0",
