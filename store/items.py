@@ -76,6 +76,11 @@ def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:
         if item is None:
             item = Item(external_id=external_id)
             session.add(item)
+        elif _unchanged(item, data):
+            # Not a change: a new revision would make every server overlay the item until a
+            # reindex that finds nothing to rebuild (rerunning an import would mask everything).
+            result.append(item)
+            continue
         item.title = data.title
         item.text = data.text
         item.categories = list(data.categories)
@@ -88,6 +93,16 @@ def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:
         result.append(item)
     session.flush()
     return result
+
+
+def _unchanged(item: Item, data: ItemInput) -> bool:
+    return (
+        item.deleted_at is None
+        and (item.title, item.text, item.available, item.expires_at)
+        == (data.title, data.text, data.available, data.expires_at)
+        and list(item.categories or []) == list(data.categories)
+        and dict(item.properties or {}) == dict(data.properties)
+    )
 
 
 def get_item(session: Session, external_id: str, *, include_deleted: bool = False) -> Item:
