@@ -15,7 +15,6 @@ from click.testing import CliRunner, Result
 from service.cli import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MOVIELENS = REPO_ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 
 
 def movie_rows(source: Path, start: int, stop: int) -> list[list[str]]:

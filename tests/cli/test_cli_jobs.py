@@ -13,23 +13,21 @@ from pathlib import Path
 import pytest
 from cli_helpers import REPO_ROOT, fields, invoke, ok, write_items_jsonl, write_movielens
 
+from store.db import Database
+from store.items import catalogue_revision, changed_since
+
 MOVIES = 50
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def imported(request, tmp_path_factory, movielens_source):
-    """A migrated database holding the first MOVIES movies of MovieLens and their ratings."""
-    root = tmp_path_factory.mktemp(f"cli-{request.param}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_env(request, tmp_path) -> dict[str, str]:
+    """DRIFTREC_* pointing at an empty, unmigrated database on each backend."""
     url = (
-        f"sqlite:///{root / 'driftrec.db'}"
+        f"sqlite:///{tmp_path / 'driftrec.db'}"
         if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
+        else request.getfixturevalue("empty_postgres_url")
     )
-    env = {"DRIFTREC_DATA_DIR": str(root / "var"), "DRIFTREC_DATABASE_URL": url}
-    directory = write_movielens(movielens_source, root / "ml", 0, MOVIES)
-    ok(invoke(env, "db", "upgrade"))
-    result = ok(invoke(env, "import", "movielens", str(directory)))
-    return env, directory, result.stdout
+    return {"DRIFTREC_DATA_DIR": str(tmp_path / "var"), "DRIFTREC_DATABASE_URL": url}
 
 
 def ratings(directory: Path) -> list[dict[str, str]]:
@@ -37,9 +35,14 @@ def ratings(directory: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_import_movielens_reports_what_it_wrote(imported):
-    _, directory, output = imported
+def test_import_reindex_verify(tmp_path, blank_env, movielens_dir):
+    env = blank_env
+    directory = write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)
     rows = ratings(directory)
+    users = len({row["userId"] for row in rows})
+    ok(invoke(env, "db", "upgrade"))
+
+    output = ok(invoke(env, "import", "movielens", str(directory))).stdout
     assert f"items imported={MOVIES}" in output
     assert f"items embedded={MOVIES}" in output
     assert fields(output, "events") == {
@@ -47,41 +50,40 @@ def test_import_movielens_reports_what_it_wrote(imported):
         "duplicates": "0",
         "rejected": "0",
     }
-    assert f"profiles rebuilt={len({row['userId'] for row in rows})}" in output
-
-
-def test_reindex_publishes_once_then_finds_nothing_to_do(imported):
-    env, _, _ = imported
-    first = fields(ok(invoke(env, "reindex")).stdout, "reindex")
-    assert first["rebuilt"] == "yes"
-    assert first["items"] == str(MOVIES)
-    assert first["embedded"] == "0"  # the import embedded the new items already
-
-    second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
-    assert second == {**first, "rebuilt": "no"}
-
-    full = fields(ok(invoke(env, "reindex", "--full")).stdout, "reindex")
-    assert full["rebuilt"] == "yes" and full["embedded"] == "0"
-    assert int(full["index_version"]) > int(first["index_version"])
-
-
-def test_verify_finds_no_drift_after_import_and_rerun(imported):
-    env, directory, _ = imported
-    users = len({row["userId"] for row in ratings(directory)})
+    assert f"profiles rebuilt={users}" in output
     assert fields(ok(invoke(env, "verify")).stdout, "profiles") == {
         "checked": str(users),
         "drifted": "0",
     }
 
+    first = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+    assert first["rebuilt"] == "yes"
+    assert first["items"] == str(MOVIES)
+    assert first["embedded"] == "0"  # the import embedded the new items already
+    second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+    assert second == {**first, "rebuilt": "no"}
+    full = fields(ok(invoke(env, "reindex", "--full")).stdout, "reindex")
+    assert full["rebuilt"] == "yes" and full["embedded"] == "0"
+    assert int(full["index_version"]) > int(first["index_version"])
+
+    db = Database(env["DRIFTREC_DATABASE_URL"])
+    with db.read() as session:
+        revision = catalogue_revision(session)
     rerun = ok(invoke(env, "import", "movielens", str(directory))).stdout
-    assert fields(rerun, "events")["accepted"] == "0"
-    assert fields(rerun, "events")["duplicates"] == str(len(ratings(directory)))
-    assert "profiles rebuilt" not in rerun  # nothing new: no profile touched
+    with db.read() as session:
+        assert changed_since(session, revision) == []  # servers have nothing to overlay
+    db.dispose()
+    assert fields(rerun, "events") == {
+        "accepted": "0",
+        "duplicates": str(len(rows)),
+        "rejected": "0",
+    }
+    assert "embedded" not in rerun and "profiles rebuilt" not in rerun  # nothing new
     assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
 
 
-def test_import_items_and_events_files(tmp_path, cli_env, movielens_source):
-    items = write_items_jsonl(movielens_source, tmp_path / "items.jsonl", 0, 10)
+def test_import_items_and_events_files(tmp_path, cli_env, movielens_dir):
+    items = write_items_jsonl(movielens_dir, tmp_path / "items.jsonl", 0, 10)
     ids = [json.loads(line)["id"] for line in items.read_text().splitlines()]
     events = tmp_path / "events.csv"
     events.write_text(

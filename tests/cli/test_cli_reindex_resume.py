@@ -23,8 +23,8 @@ def embedded_count(db: Database) -> int:
         return session.scalar(select(func.count()).where(Item.vector.is_not(None)))
 
 
-def test_killed_reindex_embeds_only_the_rest(tmp_path, cli_env, movielens_source):
-    items = write_items_jsonl(movielens_source, tmp_path / "items.jsonl", 0, ITEMS)
+def test_killed_reindex_embeds_only_the_rest(tmp_path, cli_env, movielens_dir):
+    items = write_items_jsonl(movielens_dir, tmp_path / "items.jsonl", 0, ITEMS)
     ok(invoke(cli_env, "db", "upgrade"))
     ok(invoke(cli_env, "import", "items", "--no-embed", str(items)))
     db = Database(cli_env["DRIFTREC_DATABASE_URL"])

@@ -43,10 +43,11 @@ def wait_ready(base: str, server, log: Path, timeout: float = 90) -> dict:
         time.sleep(0.2)
 
 
-def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_source):
-    env = {**cli_env, "DRIFTREC_RELOAD_INTERVAL_S": "0.5"}
+def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
+    # What is tested here is the version switch, not API keys (a loopback server without auth).
+    env = {**cli_env, "DRIFTREC_RELOAD_INTERVAL_S": "0.5", "DRIFTREC_AUTH": "disabled"}
     ok(invoke(env, "db", "upgrade"))
-    movies = write_movielens(movielens_source, tmp_path / "ml", 0, FIRST)
+    movies = write_movielens(movielens_dir, tmp_path / "ml", 0, FIRST)
     ok(invoke(env, "import", "movielens", str(movies)))
     first = fields(ok(invoke(env, "reindex")).stdout, "reindex")
 
@@ -62,7 +63,7 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_source
         assert len(body["items"]) == 5
 
         # New items arrive through the bulk path (not the API), then a job publishes a version.
-        more = write_items_jsonl(movielens_source, tmp_path / "more.jsonl", FIRST, FIRST + MORE)
+        more = write_items_jsonl(movielens_dir, tmp_path / "more.jsonl", FIRST, FIRST + MORE)
         ok(invoke(env, "import", "items", str(more)))
         second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
         assert second["rebuilt"] == "yes" and second["items"] == str(FIRST + MORE)
