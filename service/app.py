@@ -17,6 +17,7 @@ from flask import Flask, Response, g, request
 
 from service.api import register_blueprints
 from service.api.common import METRICS_KEY, RUNTIME_KEY, get_metrics, get_runtime
+from service.auth import init_auth
 from service.errors import register_error_handlers
 from service.metrics import Metrics
 from service.runtime import Runtime
@@ -26,7 +27,14 @@ from store.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 #: Endpoints that must answer without touching the database or the index.
-_NO_RUNTIME = {"health.healthz", "health.readyz", "health.metrics", "static"}
+_NO_RUNTIME = {
+    "health.healthz",
+    "health.readyz",
+    "health.metrics",
+    "static",
+    "docs.spec",
+    "docs.page",
+}
 DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 
 
@@ -58,12 +66,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     register_blueprints(app)
     app.before_request(_before_request)
+    init_auth(app, settings.auth_enabled)  # runs before _before_request loads the index
     app.after_request(_after_request)
     log.info(
-        "app created database=%s data_dir=%s model=%s",
+        "app created database=%s data_dir=%s model=%s auth=%s",
         runtime.db.engine.url.render_as_string(hide_password=True),
         settings.data_dir,
         settings.embedder_model,
+        settings.auth,
     )
     return app
 

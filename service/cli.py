@@ -345,7 +345,105 @@ def verify(app: App, tolerance: float) -> None:
         raise CliError("profiles drifted from their events: run `driftrec rebuild-profiles`")
 
 
+# -- keys --------------------------------------------------------------------------------------
+@cli.group()
+def keys() -> None:
+    """API keys (scopes: read, write, admin; admin implies the others)."""
+
+
+def _key_database(app: App):  # type: ignore[no-untyped-def]
+    from store.db import Database
+
+    app.check_schema()
+    return Database(app.settings.database_url)
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what uses the key (shown by `keys list`).")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="read, write or admin (repeatable, or comma-separated).",
+)
+@pass_app
+def keys_create(app: App, name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from store.keys import create_key
+
+    database = _key_database(app)
+    try:
+        with database.write() as session:
+            row, token = create_key(session, name, scopes)
+            prefix, granted = row.prefix, row.scopes
+    finally:
+        database.dispose()
+    click.echo(token)
+    click.echo(
+        f"key created prefix={prefix} name={name!r} scopes={granted} "
+        "(shown once: store it now; revoke with `driftrec keys revoke PREFIX`)",
+        err=True,
+    )
+
+
+@keys.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include revoked keys.")
+@pass_app
+def keys_list(app: App, show_all: bool) -> None:
+    """List keys: id, prefix, scopes, name, created and revoked times (never the key)."""
+    from service.validation import iso
+    from store.keys import list_keys
+
+    database = _key_database(app)
+    try:
+        with database.read() as session:
+            rows = list_keys(session, include_revoked=show_all)
+            lines = [
+                f"id={r.id} prefix={r.prefix} scopes={r.scopes} name={r.name!r} "
+                f"created={iso(r.created_at)}"
+                + (f" revoked={iso(r.revoked_at)}" if r.revoked_at else "")
+                for r in rows
+            ]
+    finally:
+        database.dispose()
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("no keys", err=True)
+
+
+@keys.command("revoke")
+@click.argument("ref")
+@pass_app
+def keys_revoke(app: App, ref: str) -> None:
+    """Revoke the key with prefix (or id, or unique name) REF; servers refuse it at once."""
+    from store.keys import revoke_key
+
+    database = _key_database(app)
+    try:
+        with database.write() as session:
+            row = revoke_key(session, ref)
+            click.echo(f"key revoked prefix={row.prefix} name={row.name!r}")
+    finally:
+        database.dispose()
+
+
 # -- serving -----------------------------------------------------------------------------------
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", "[::1]"}
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
@@ -355,6 +453,13 @@ def verify(app: App, tolerance: float) -> None:
 def serve(app: App, host: str, port: int, workers: int, dev: bool) -> None:
     """Serve the HTTP API with gunicorn (refuses to start on an out-of-date schema)."""
     app.check_schema()
+    if not app.settings.auth_enabled and not is_loopback(host):
+        message = (
+            f"WARNING: DRIFTREC_AUTH=disabled and listening on {host}: anyone who can reach "
+            "this address can read, write and delete everything. Enable auth or bind 127.0.0.1."
+        )
+        log.warning("auth disabled on a non-loopback address host=%s", host)
+        click.secho(message, fg="red", bold=True, err=True)
     for name, value in SERVER_THREAD_ENV.items():
         os.environ.setdefault(name, value)
     if dev:
@@ -417,7 +522,7 @@ def demo(
     ctx.invoke(reindex)
     click.secho("== model", bold=True)
     _demo_model(ctx, app)
-    _print_curl_lines(app, f"http://{host}:{port}")
+    _print_curl_lines(app, f"http://{host}:{port}", _demo_key(app))
     if not no_serve:
         click.secho(f"== serving on http://{host}:{port} (Ctrl-C stops)", bold=True)
         ctx.invoke(serve, host=host, port=port, workers=workers, dev=False)
@@ -503,7 +608,19 @@ def _demo_model(ctx: click.Context, app: App) -> None:
         click.echo("no trained model: queries use the decayed blend of each user's items")
 
 
-def _print_curl_lines(app: App, base: str) -> None:
+def _demo_key(app: App) -> str | None:
+    """A fresh read+write key for the printed requests (None when auth is disabled)."""
+    if not app.settings.auth_enabled:
+        return None
+    from store.keys import create_key
+
+    with app.runtime.db.write() as session:
+        row, token = create_key(session, "demo", ["read", "write"])
+        click.echo(f"api key created prefix={row.prefix} name=demo scopes={row.scopes}")
+    return token
+
+
+def _print_curl_lines(app: App, base: str, key: str | None = None) -> None:
     """Copy-paste requests for the first user and the most popular item they have not rated."""
     from store.events import popular_item_ids, seen_item_ids
     from store.items import items_by_ids
@@ -524,16 +641,19 @@ def _print_curl_lines(app: App, base: str) -> None:
         f'"user_id": "{user.external_id}", "item_id": "{item.external_id}", "type": "rating", '
         f'"timestamp": \'"$(date +%s)"\'}}]}}'
     )
+    auth = f"-H 'Authorization: Bearer {key}' " if key else ""
     click.secho("\n== try it (in another shell)", bold=True)
+    if key:
+        click.echo("# the key below (read+write) is shown once; `driftrec keys list` lists keys")
     click.echo(f"# user {user.external_id}'s recommendations now:")
-    click.echo(f"curl -s '{user_url}'")
+    click.echo(f"curl -s {auth}'{user_url}'")
     click.echo(f"# items similar to {item.title!r}:")
-    click.echo(f"curl -s '{base}/v1/items/{item.external_id}/similar?k=5'")
+    click.echo(f"curl -s {auth}'{base}/v1/items/{item.external_id}/similar?k=5'")
     click.echo(f"# user {user.external_id} rates {item.title!r} now:")
-    click.echo(f"curl -s -X POST {base}/v1/events -H 'Content-Type: application/json' \\")
+    click.echo(f"curl -s -X POST {base}/v1/events {auth}-H 'Content-Type: application/json' \\")
     click.echo(f"     -d '{event}'")
     click.echo("# ... and the recommendations have moved:")
-    click.echo(f"curl -s '{user_url}'\n")
+    click.echo(f"curl -s {auth}'{user_url}'\n")
 
 
 cli.add_command(evaluate_command)

@@ -36,6 +36,9 @@ class SettingsError(ValueError):
     """A DRIFTREC_* variable has a value that cannot be used."""
 
 
+AUTH_MODES = ("enabled", "disabled")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = ""
@@ -55,10 +58,20 @@ class Settings:
     #: Cold start: popularity over this window before the newest event (seconds).
     cold_start_window: float = 30 * DAY
     log_level: str = "INFO"
+    #: "enabled" (every /v1 request needs an API key) or "disabled" (local experiments only).
+    auth: str = "enabled"
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'driftrec.db'}")
+        if self.auth not in AUTH_MODES:
+            raise SettingsError(
+                f"DRIFTREC_AUTH={self.auth!r} is not valid: use enabled or disabled"
+            )
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "enabled"
 
     @property
     def index_dir(self) -> Path:
@@ -96,6 +109,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_LOG_LEVEL": ("log_level", str),
         "DRIFTREC_BLEND_HALF_LIFE": ("blend_half_life", float),
         "DRIFTREC_COLD_START_WINDOW": ("cold_start_window", float),
+        "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

@@ -3,6 +3,9 @@
 The app is built once per test module (per database backend where a module asks for both) with
 a small catalogue written through the API; the MiniLM model is loaded once per session and
 shared by those apps. Every response is checked: any 5xx fails the test that caused it.
+
+Auth is on, as in production: each app gets an admin key (``app.config["ADMIN_KEY"]``) and the
+``client`` fixture sends it with every request (tests/service/test_api_auth.py tests auth itself).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import Engine, text
 
 from indexer.embedder import load_embedder
 from service.app import create_app
+from store.keys import create_key
 from store.migrate import upgrade
 from store.settings import Settings
 
@@ -125,6 +129,8 @@ def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:
     app = create_app({"settings": config, "TESTING": True})
     # Share the session's model instead of loading it again (cached_property slot).
     app.extensions["driftrec"].__dict__["embedder"] = embedder
+    with app.extensions["driftrec"].db.write() as session:
+        app.config["ADMIN_KEY"] = create_key(session, "tests", ["admin"])[1]
     server_errors: list[str] = []
     app.config["SERVER_ERRORS"] = server_errors
 
@@ -141,11 +147,26 @@ def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:
     return app
 
 
+@pytest.fixture(scope="session")
+def app_builder():
+    """`build_app` for tests that need an app of their own (other settings)."""
+    return build_app
+
+
+def admin_client(app: Flask) -> FlaskClient:
+    """A test client that sends the app's admin key with every request."""
+    client = app.test_client()
+    key = app.config.get("ADMIN_KEY")
+    if key:
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
 @pytest.fixture(scope="module")
 def app(api_database_url, embedder, tmp_path_factory) -> Iterator[Flask]:
     """A migrated database, an app over it and the catalogue, upserted through the API."""
     app = build_app(api_database_url, tmp_path_factory.mktemp("api-data"), embedder)
-    response = app.test_client().put("/v1/items", json={"items": catalogue_items()})
+    response = admin_client(app).put("/v1/items", json={"items": catalogue_items()})
     assert response.status_code == 200, response.get_json()
     yield app
     app.extensions["driftrec"].close()
@@ -153,10 +174,10 @@ def app(api_database_url, embedder, tmp_path_factory) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> Iterator[FlaskClient]:
-    """A test client; the test fails if any response it caused was a 5xx."""
+    """A test client with the admin key; the test fails if any response it caused was a 5xx."""
     errors: list[str] = app.config["SERVER_ERRORS"]
     errors.clear()
-    yield app.test_client()
+    yield admin_client(app)
     assert not errors, f"server errors (a 5xx is always a bug): {errors}"
 
 

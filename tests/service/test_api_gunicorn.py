@@ -1,7 +1,8 @@
 """The real server: gunicorn with two workers over one SQLite database, spoken to over HTTP.
 
 A write handled by one worker must be visible to the next request whichever worker serves it
-(each refreshes its live index from the catalogue revision in the database).
+(each refreshes its live index from the catalogue revision in the database). Auth is on: the
+flow runs with an admin key, and a request without one is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from store.db import Database
+from store.keys import create_key
 from store.migrate import upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,15 +35,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Http:
-    def __init__(self, base: str) -> None:
-        self.base = base
+def create_admin_key(url: str) -> str:
+    database = Database(url)
+    try:
+        with database.write() as session:
+            return create_key(session, "gunicorn-test", ["admin"])[1]
+    finally:
+        database.dispose()
 
-    def call(self, method: str, path: str, body: object = None, timeout: float = 120):
+
+class Http:
+    def __init__(self, base: str, key: str | None = None) -> None:
+        self.base = base
+        self.key = key
+
+    def call(self, method: str, path: str, body: object = None, timeout: float = 120, key=None):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        key = self.key if key is None else key
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
@@ -84,7 +100,7 @@ def server(tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: master and workers end together
         )
-    http = Http(f"http://127.0.0.1:{port}")
+    http = Http(f"http://127.0.0.1:{port}", create_admin_key(url))
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
@@ -108,6 +124,8 @@ def server(tmp_path):
 
 def test_items_written_through_one_worker_are_served_by_every_worker(server):
     http, log_path = server
+    status, body = http.call("GET", "/v1/users/nobody/recommendations?k=3", key="")
+    assert status == 401 and body["error"]["code"] == "unauthorized", body
     # Every worker loads its (empty) index before the write below.
     for _ in range(6):
         assert http.call("GET", "/v1/users/nobody/recommendations?k=3")[0] == 200
@@ -153,3 +171,4 @@ def test_items_written_through_one_worker_are_served_by_every_worker(server):
     assert http.call("GET", "/v1/items/missing")[0] == 404
     log = log_path.read_text()
     assert "level=ERROR" not in log and "Traceback" not in log, log
+    assert http.key not in log and "Bearer" not in log
