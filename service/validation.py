@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from flask import request
 
@@ -120,6 +121,7 @@ def categories_param(values: list[str]) -> list[str]:
 
 def path_id(raw: str, what: str) -> str:
     """An id taken from the URL, held to the same rules as ids in bodies."""
+    _check_raw_path(what)
     if len(raw) > EXTERNAL_ID_LENGTH:
         raise ValidationError(f"{what} id is longer than {EXTERNAL_ID_LENGTH} characters")
     try:
@@ -129,6 +131,18 @@ def path_id(raw: str, what: str) -> str:
     return raw
 
 
+def _check_raw_path(what: str) -> None:
+    """Werkzeug decodes percent-escapes with replacement characters; refuse invalid UTF-8."""
+    environ = request.environ
+    uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    try:
+        if uri:
+            unquote_to_bytes(uri.split("?", 1)[0]).decode("utf-8")
+        environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError as exc:  # invalid UTF-8, or characters that were never bytes
+        raise ValidationError(f"{what} id in the URL is not valid UTF-8") from exc
+
+
 def parse_query(raw: object) -> str:
     if not isinstance(raw, str):
         raise ValidationError(f"query must be a string, got {_type_name(raw)}")
@@ -136,13 +150,20 @@ def parse_query(raw: object) -> str:
         raise ValidationError("query must not be empty")
     if len(raw) > MAX_QUERY_LENGTH:
         raise ValidationError(f"query is longer than {MAX_QUERY_LENGTH} characters")
-    return raw
+    return _valid_text(raw, "query")
 
 
 def string_list(raw: object, name: str) -> list[str]:
     if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
         raise ValidationError(f"{name} must be a list of strings")
-    return list(raw)
+    return [_valid_text(value, name) for value in raw]
+
+
+def _valid_text(value: str, name: str) -> str:
+    try:
+        return _storable(value, name)
+    except EntryError as exc:
+        raise ValidationError(str(exc)) from exc
 
 
 # -- entries ---------------------------------------------------------------------------------
