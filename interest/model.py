@@ -1,0 +1,141 @@
+"""The trained interest model as the server uses it: a query encoder plus an item side.
+
+Query (for a profile): the decayed blend of the input vectors of the profile's recent items,
+``q = sum_j w_j 2^(-(t_ref - t_j) / half_life) U_j`` — O(buffer x rank) at query time, no
+history replay — optionally refined by the correction network (`interest.correction`), whose
+output is appended to ``q``. Items: ``V_i`` (and the correction network's item vector and bias),
+or for items the model has not seen, the same computed from their text vector.
+
+A model is one ``.npz`` file written atomically; its sha256 is recorded in the database and
+checked on load, so a half-written or altered file is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interest.errors import ModelCorrupt
+from interest.linear import LN2
+from interest.profile import ProfileState
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Settings of the linear part, chosen on validation by `interest.train`.
+
+    l2: EASE's regularisation strength lambda. half_life_s: recency half-life of the query
+    blend (inf: no decay). rank: factorisation rank. buffer_size: how many recent events the
+    query blends (the profile keeps at least this many).
+    """
+
+    l2: float
+    half_life_s: float
+    rank: int
+    buffer_size: int
+
+
+@dataclass
+class InterestModel:
+    config: LinearConfig
+    item_ids: np.ndarray  # (n,) int64 driftrec item ids, row order of the arrays below
+    u: np.ndarray  # (n, r) input vectors
+    v: np.ndarray  # (n, r) index vectors
+    text_in: np.ndarray  # (dim, r) text vector -> input vector, for unseen items
+    text_out: np.ndarray  # (dim, r) text vector -> index vector, for unseen items
+    metrics: dict[str, Any]
+    version_id: int | None = None
+
+    def __post_init__(self) -> None:
+        self._row = {int(item_id): row for row, item_id in enumerate(self.item_ids)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.v.shape[1])
+
+    def rows(self, item_ids: Sequence[int]) -> np.ndarray:
+        return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
+
+    def query(self, recent: Sequence[tuple[float, int, float]], t_ref: float) -> np.ndarray:
+        """The decayed blend of the input vectors of the most recent events."""
+        q = np.zeros(self.dim, dtype=np.float64)
+        window = recent[-self.config.buffer_size :]
+        if not window:
+            return q.astype(np.float32)
+        rows = self.rows([item_id for _, item_id, _ in window])
+        times = np.array([t for t, _, _ in window])
+        weights = np.array([w for _, _, w in window])
+        if not np.isinf(self.config.half_life_s):
+            weights = weights * np.exp(-LN2 * (t_ref - times) / self.config.half_life_s)
+        known = rows >= 0
+        q += weights[known] @ self.u[rows[known]]
+        return q.astype(np.float32)
+
+    # -- QueryEncoder protocol ---------------------------------------------------------------
+    def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
+        return np.stack([self.query(s.recent, s.ref_time) for s in states]).astype(np.float32)
+
+    def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        rows = self.rows(item_ids)
+        out = np.asarray(raw, dtype=np.float32) @ self.text_out
+        known = rows >= 0
+        out[known] = self.v[rows[known]]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, path: Path) -> str:
+        """Write atomically (temporary file, fsync, rename); return the file's sha256."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            config=np.array(json.dumps(asdict(self.config))),
+            metrics=np.array(json.dumps(self.metrics)),
+            item_ids=self.item_ids,
+            u=self.u,
+            v=self.v,
+            text_in=self.text_in,
+            text_out=self.text_out,
+        )
+        data = buffer.getvalue()
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        return hashlib.sha256(data).hexdigest()
+
+
+def load_model(path: Path, checksum: str | None, version_id: int | None = None) -> InterestModel:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelCorrupt(f"cannot read model file {path}: {exc}") from exc
+    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+        raise ModelCorrupt(f"model file {path} does not match its recorded checksum")
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        config = json.loads(str(arrays["config"]))
+        return InterestModel(
+            config=LinearConfig(**config),
+            item_ids=arrays["item_ids"],
+            u=arrays["u"],
+            v=arrays["v"],
+            text_in=arrays["text_in"],
+            text_out=arrays["text_out"],
+            metrics=json.loads(str(arrays["metrics"])),
+            version_id=version_id,
+        )
+
+
+def load_encoder(path: Path, checksum: str, version_id: int) -> InterestModel:
+    """Entry point used by `interest.registry`."""
+    return load_model(path, checksum, version_id)

@@ -1,0 +1,268 @@
+"""The training job: learn the interest model from the event log and publish a version.
+
+Settings are chosen on validation, automatically: each user's latest event in the database is
+held out, models are fitted on the rest, and the candidates are compared by NDCG@10 of the
+held-out item over the whole catalogue (history excluded). The chosen settings are then refitted
+on every event and the model is published: file written atomically with its checksum, then a
+`model_versions` row marked active. Killing the job at any point leaves the previous version
+active; rerunning starts over. Callers reindex afterwards so the index holds the new item side.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.reindex import load_live_vectors
+from interest.ingest import event_weight
+from interest.linear import (
+    EaseSpectrum,
+    Histories,
+    history_rows,
+    interaction_matrix,
+    text_map,
+)
+from interest.model import InterestModel, LinearConfig
+from store.db import Database
+from store.events import event_log
+from store.models import ModelVersion
+from store.settings import DAY, Settings
+from store.versions import add_model_version
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeLike(Protocol):
+    db: Database
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Candidates searched on validation, and fixed structural settings.
+
+    validation_per_user: latest events per user held out as validation targets (several, so
+    that the choice among candidates is not decided by the noise of one target per user).
+
+    l2_grid: EASE lambdas tried. half_life_grid_s: query recency half-lives tried (inf: none).
+    rank: factorisation rank (capped by the number of items). max_items: most popular items
+    kept in the item-item model (the Gram matrix is items x items). seed: randomised SVD seed.
+    """
+
+    l2_grid: tuple[float, ...] = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
+    half_life_grid_s: tuple[float, ...] = tuple(
+        d * DAY for d in (0.001, 0.01, 0.1, 1.0, 10.0, math.inf)
+    )
+    rank: int = 512
+    max_items: int = 20_000
+    validation_per_user: int = 3
+    max_validation_targets: int = 6_000
+    seed: int = 0
+
+
+@dataclass
+class TrainingData:
+    item_ids: np.ndarray  # (n,) driftrec ids of the items in the item-item model
+    text: np.ndarray  # (n, dim) raw text vectors of those items
+    all_ids: np.ndarray  # every indexed item's id
+    all_text: np.ndarray  # and raw vector
+    histories: Histories  # per user, time-ordered, rows into item_ids
+
+
+def load_training_data(db: Database, settings: Settings, max_items: int) -> TrainingData:
+    """Events in time order (ties by item id), restricted to indexed items."""
+    all_ids, all_text, _ = load_live_vectors(db, settings.embedder_model)
+    with db.read() as session:
+        events = event_log(session)
+    known = set(all_ids.tolist())
+    counts: dict[int, int] = defaultdict(int)
+    for _, item_id, _, _, _ in events:
+        if item_id in known:
+            counts[item_id] += 1
+    kept = sorted(counts, key=lambda i: (-counts[i], i))[:max_items]
+    row_of = {item_id: row for row, item_id in enumerate(kept)}
+    per_user: dict[int, list[tuple[float, int, float]]] = defaultdict(list)
+    for user_id, item_id, kind, value, ts in events:
+        if item_id in row_of and kind in settings.event_weights:
+            weight = event_weight(settings.event_weights, kind, value)
+            if weight > 0:  # negative feedback is not a co-occurrence
+                per_user[user_id].append((ts.timestamp(), row_of[item_id], weight))
+    users = sorted(per_user)
+    histories = Histories(
+        rows=[np.array([r for _, r, _ in per_user[u]], dtype=np.int64) for u in users],
+        times=[np.array([t for t, _, _ in per_user[u]], dtype=np.float64) for u in users],
+        weights=[np.array([w for _, _, w in per_user[u]], dtype=np.float64) for u in users],
+    )
+    position = {int(i): n for n, i in enumerate(all_ids)}
+    item_ids = np.array(kept, dtype=np.int64)
+    text = all_text[[position[int(i)] for i in kept]] if kept else all_text[:0]
+    return TrainingData(item_ids, text, all_ids, all_text, histories)
+
+
+def hold_out_latest(
+    histories: Histories, per_user: int
+) -> tuple[Histories, Histories, np.ndarray, list[np.ndarray]]:
+    """Hold out each user's latest ``per_user`` events as validation targets.
+
+    Returns the training histories (everything before the held-out events), one validation
+    history per target (the user's events before it), the targets, and per target the items to
+    exclude from its ranking (everything the user had seen before it). Users with fewer than
+    ``per_user + 1`` events hold out fewer.
+    """
+    train = Histories([], [], [])
+    valid = Histories([], [], [])
+    targets: list[int] = []
+    seen: list[np.ndarray] = []
+    for rows, times, weights in zip(
+        histories.rows, histories.times, histories.weights, strict=True
+    ):
+        held = min(per_user, len(rows) - 1)
+        cut = len(rows) - max(held, 0)
+        train.rows.append(rows[:cut])
+        train.times.append(times[:cut])
+        train.weights.append(weights[:cut])
+        for position in range(cut, len(rows)):
+            valid.rows.append(rows[:position])
+            valid.times.append(times[:position])
+            valid.weights.append(weights[:position])
+            targets.append(int(rows[position]))
+            seen.append(rows[:position])
+    return train, valid, np.array(targets, dtype=np.int64), seen
+
+
+def truncate(histories: Histories, buffer_size: int) -> Histories:
+    """Keep each user's most recent ``buffer_size`` events: what a profile's buffer holds."""
+    return Histories(
+        [r[-buffer_size:] for r in histories.rows],
+        [t[-buffer_size:] for t in histories.times],
+        [w[-buffer_size:] for w in histories.weights],
+    )
+
+
+def ndcg_at_10(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) -> float:
+    """Mean NDCG@10 of one held-out target per row, seen items excluded."""
+    scores = scores.copy()
+    for row, items in enumerate(seen):
+        scores[row, items] = -np.inf
+    target_scores = scores[np.arange(len(targets)), targets]
+    ranks = 1 + (scores > target_scores[:, None]).sum(axis=1)
+    gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
+    gains[~np.isfinite(target_scores)] = 0.0
+    return float(gains.mean())
+
+
+def choose_linear_settings(
+    data: TrainingData, config: TrainConfig, buffer_size: int, progress: bool
+) -> tuple[float, float, dict[str, Any]]:
+    """Pick (l2, half-life) by validation NDCG@10 over the grid, scoring exactly as served:
+    factorised to ``config.rank`` and blending only the last ``buffer_size`` events."""
+    train_h, valid_h, targets, seen = hold_out_latest(data.histories, config.validation_per_user)
+    if len(targets) > config.max_validation_targets:
+        rng = np.random.default_rng(config.seed)
+        keep = np.sort(rng.choice(len(targets), config.max_validation_targets, replace=False))
+        valid_h = Histories(
+            [valid_h.rows[i] for i in keep],
+            [valid_h.times[i] for i in keep],
+            [valid_h.weights[i] for i in keep],
+        )
+        targets, seen = targets[keep], [seen[i] for i in keep]
+    n_items = len(data.item_ids)
+    spectrum = EaseSpectrum(
+        interaction_matrix(train_h, n_items), rank=config.rank, seed=config.seed
+    )
+    buffered = truncate(valid_h, buffer_size)
+    rows_by_half_life = {hl: history_rows(buffered, n_items, hl) for hl in config.half_life_grid_s}
+    grid: dict[str, float] = {}
+    best = (-1.0, config.l2_grid[0], math.inf)
+    combos = [(l2, hl) for l2 in config.l2_grid for hl in config.half_life_grid_s]
+    for l2, half_life in tqdm(combos, desc="validation", disable=not progress):
+        u, v = spectrum.factors(l2, config.rank)
+        value = ndcg_at_10((rows_by_half_life[half_life] @ u) @ v.T, targets, seen)
+        grid[f"l2={l2:g},half_life_days={half_life / DAY:g}"] = value
+        if value > best[0]:
+            best = (value, l2, half_life)
+    value, l2, half_life = best
+    log.info(
+        "train chosen l2=%g half_life_days=%g validation_ndcg10=%.4f", l2, half_life / DAY, value
+    )
+    return l2, half_life, {"validation_ndcg@10": value, "grid": grid}
+
+
+def fit_linear(
+    data: TrainingData, l2: float, half_life: float, config: TrainConfig, buffer_size: int
+) -> InterestModel:
+    """EASE on every event in factorised form, with text maps for items it has not seen."""
+    spectrum = EaseSpectrum(
+        interaction_matrix(data.histories, len(data.item_ids)), rank=config.rank, seed=config.seed
+    )
+    u, v = spectrum.factors(l2, config.rank)
+    return InterestModel(
+        config=LinearConfig(l2=l2, half_life_s=half_life, rank=u.shape[1], buffer_size=buffer_size),
+        item_ids=data.item_ids,
+        u=u,
+        v=v,
+        text_in=text_map(data.text, u),
+        text_out=text_map(data.text, v),
+        metrics={},
+    )
+
+
+def train(
+    runtime: RuntimeLike,
+    *,
+    progress: bool = False,
+    config: TrainConfig | None = None,
+    activate: bool = True,
+) -> int:
+    """Train on the events in the database and publish a model version; return its id."""
+    config = config or TrainConfig()
+    settings = runtime.settings
+    started = time.perf_counter()
+    data = load_training_data(runtime.db, settings, config.max_items)
+    if len(data.item_ids) < 2 or not any(len(r) >= 2 for r in data.histories.rows):
+        raise ValueError("not enough events to train: need users with at least two events")
+    buffer_size = settings.recent_buffer_size
+    l2, half_life, chosen = choose_linear_settings(data, config, buffer_size, progress)
+    model = fit_linear(data, l2, half_life, config, buffer_size)
+    model.metrics = {
+        **chosen,
+        "train_s": time.perf_counter() - started,
+        "items": int(len(data.item_ids)),
+        "users": len(data.histories),
+    }
+    return publish(runtime, model, activate=activate)
+
+
+def publish(runtime: RuntimeLike, model: InterestModel, *, activate: bool) -> int:
+    settings = runtime.settings
+    path = settings.model_dir / f"model-{uuid.uuid4().hex}.npz"
+    checksum = model.save(path)
+    config: dict[str, Any] = {
+        "l2": model.config.l2,
+        "half_life_s": None if math.isinf(model.config.half_life_s) else model.config.half_life_s,
+        "rank": model.config.rank,
+        "buffer_size": model.config.buffer_size,
+    }
+    with runtime.db.write() as session:
+        version = add_model_version(
+            session,
+            ModelVersion(
+                path=str(path.resolve()),
+                checksum=checksum,
+                embedder_model=settings.embedder_model,
+                config=config,
+                metrics={k: v for k, v in model.metrics.items() if k != "grid"},
+            ),
+            activate=activate,
+        )
+        version_id = version.id
+    log.info("model published version=%d path=%s", version_id, path)
+    return version_id
