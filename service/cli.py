@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError
 from indexer.errors import IndexerError
 from interest.errors import InterestError
 from service.cli_evaluate import evaluate_command
+from service.cli_model import model_group, train_command
 from store import migrate
 from store.db import make_engine
 from store.errors import SchemaOutOfDate, StoreError
@@ -657,6 +658,8 @@ def _print_curl_lines(app: App, base: str, key: str | None = None) -> None:
 
 
 cli.add_command(evaluate_command)
+cli.add_command(train_command)
+cli.add_command(model_group)
 
 
 def main() -> None:

@@ -1,0 +1,130 @@
+"""`driftrec train` / `model`: published through the real job, served by real gunicorn workers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from cli_helpers import fields, invoke, ok, spawn, write_movielens
+from test_cli_serve import free_port, get, wait_ready
+
+from interest.model import load_model
+from store.db import Database
+from store.versions import active_model_version, list_model_versions
+
+MOVIES = 300
+
+
+def _prepare(tmp_path: Path, env: dict[str, str], movielens_dir: Path) -> None:
+    ok(invoke(env, "db", "upgrade"))
+    ok(
+        invoke(
+            env,
+            "import",
+            "movielens",
+            str(write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)),
+        )
+    )
+    ok(invoke(env, "reindex"))
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_running_server_picks_up_a_trained_model_and_follows_new_events(
+    tmp_path, cli_env, movielens_dir
+):
+    env = {**cli_env, "DRIFTREC_RELOAD_INTERVAL_S": "0.5", "DRIFTREC_AUTH": "disabled"}
+    _prepare(tmp_path, env, movielens_dir)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = spawn(env, "serve", "--workers", "2", "--port", str(port), log=log)
+    try:
+        wait_ready(base, server, log)
+        status, before = get(f"{base}/v1/users/1/recommendations?k=10")
+        assert status == 200 and before["model_version"] is None
+
+        trained = fields(ok(invoke(env, "train")).stdout, "train")
+        version = int(trained["model_version"])
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = get(f"{base}/v1/users/1/recommendations?k=10")
+            assert status == 200, body
+            if body["model_version"] == version:
+                break
+            assert time.monotonic() < deadline, f"model never picked up:\n{log.read_text()}"
+            time.sleep(0.2)
+        assert body["strategy"] == "personalized" and len(body["items"]) == 10
+
+        # A new event moves the next recommendation at once, with no retraining.
+        first = body["items"][0]["id"]
+        status, result = _post(
+            f"{base}/v1/events",
+            {
+                "events": [
+                    {
+                        "id": "fresh-1",
+                        "user_id": "1",
+                        "item_id": first,
+                        "type": "purchase",
+                        "timestamp": time.time(),
+                    }
+                ]
+            },
+        )
+        assert status == 200 and result["accepted"] == 1
+        status, after = get(f"{base}/v1/users/1/recommendations?k=10")
+        assert after["model_version"] == version
+        assert first not in [item["id"] for item in after["items"]]  # now seen
+        assert [i["id"] for i in after["items"]] != [i["id"] for i in body["items"]]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_killed_training_keeps_the_previous_model_and_a_rerun_completes(
+    tmp_path, cli_env, movielens_dir
+):
+    _prepare(tmp_path, cli_env, movielens_dir)
+    first = int(fields(ok(invoke(cli_env, "train")).stdout, "train")["model_version"])
+    db = Database(cli_env["DRIFTREC_DATABASE_URL"])
+    try:
+        for delay in (1.0, 3.0):
+            job = spawn(cli_env, "train", log=tmp_path / f"train-{delay}.log")
+            time.sleep(delay)
+            job.send_signal(signal.SIGKILL)
+            job.wait(timeout=30)
+            with db.read() as session:
+                active = active_model_version(session)
+                versions = list_model_versions(session)
+            # Whatever was committed is whole: every registered file matches its checksum.
+            assert active is not None
+            for version in versions:
+                load_model(Path(version.path), version.checksum)
+        rerun = int(fields(ok(invoke(cli_env, "train")).stdout, "train")["model_version"])
+        assert rerun > first
+        with db.read() as session:
+            assert active_model_version(session).id == rerun
+
+        listing = ok(invoke(cli_env, "model", "list")).stdout
+        assert f"* {rerun} " in listing
+        ok(invoke(cli_env, "model", "activate", str(first)))
+        with db.read() as session:
+            assert active_model_version(session).id == first
+        ok(invoke(cli_env, "model", "activate", "none"))
+        with db.read() as session:
+            assert active_model_version(session) is None
+    finally:
+        db.dispose()
