@@ -1,0 +1,67 @@
+"""The factorised EASE equals the textbook EASE off the diagonal, and the model serves it."""
+
+import math
+
+import numpy as np
+import pytest
+
+from interest.linear import EaseSpectrum, Histories, interaction_matrix
+from interest.model import InterestModel, LinearConfig, load_model
+from interest.profile import ProfileState
+
+
+def _histories(n_users: int, n_items: int, seed: int = 0) -> Histories:
+    rng = np.random.default_rng(seed)
+    rows = [rng.choice(n_items, size=rng.integers(2, 8), replace=False) for _ in range(n_users)]
+    return Histories(
+        rows, [np.arange(len(r), dtype=float) for r in rows], [np.ones(len(r)) for r in rows]
+    )
+
+
+def _textbook_ease(x: np.ndarray, lam: float) -> np.ndarray:
+    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+@pytest.mark.parametrize(("n_users", "n_items"), [(12, 30), (40, 15)])  # dual and primal forms
+@pytest.mark.parametrize("lam", [0.5, 10.0])
+def test_factors_reproduce_ease_off_the_diagonal(n_users, n_items, lam):
+    histories = _histories(n_users, n_items)
+    x = interaction_matrix(histories, n_items)
+    u, v = EaseSpectrum(x).factors(lam, rank=1000)
+    expected = _textbook_ease(x.toarray(), lam)
+    product = u.astype(np.float64) @ v.T
+    off = ~np.eye(n_items, dtype=bool)
+    np.testing.assert_allclose(product[off], expected[off], atol=1e-5)
+
+
+def test_model_query_is_the_decayed_blend_of_recent_input_vectors(tmp_path):
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    model = InterestModel(
+        config=LinearConfig(l2=1.0, half_life_s=10.0, rank=3, buffer_size=2),
+        item_ids=np.array([100, 101, 102, 103]),
+        u=u,
+        v=v,
+        text_in=np.zeros((5, 3), np.float32),
+        text_out=np.ones((5, 3), np.float32),
+        metrics={},
+    )
+    state = ProfileState.empty((math.inf,), 5)
+    for t, item in ((0.0, 100), (90.0, 101), (100.0, 102)):
+        state.apply(np.zeros(5, np.float32), 2.0, t, item, buffer_size=5)
+    # Only the last two events count; the older one is 10 s (one half-life) older.
+    expected = 2.0 * (0.5 * u[1] + u[2])
+    np.testing.assert_allclose(model.encode([state], now=100.0)[0], expected, rtol=1e-6)
+    # Known items get their learned vector; unknown ones the text map.
+    raw = np.ones((2, 5), np.float32)
+    vectors = model.item_vectors(np.array([103, 999]), raw)
+    np.testing.assert_allclose(vectors[0], v[3])
+    np.testing.assert_allclose(vectors[1], np.full(3, 5.0))
+
+    checksum = model.save(tmp_path / "m.npz")
+    loaded = load_model(tmp_path / "m.npz", checksum)
+    np.testing.assert_array_equal(loaded.u, u)
+    assert loaded.config == model.config
