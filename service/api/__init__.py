@@ -8,5 +8,7 @@ from service.api import events, health, items, search, users
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (items, events, users, search, health):
+    from service import openapi  # imports service.auth, which imports service.api.common
+
+    for module in (items, events, users, search, health, openapi):
         app.register_blueprint(module.bp)

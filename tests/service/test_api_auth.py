@@ -104,7 +104,7 @@ def test_x_api_key_header_is_accepted(app, keys):
 
 def test_health_metrics_and_docs_are_open(app):
     client = app.test_client()
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         assert client.get(path).status_code == 200, path
 
 
