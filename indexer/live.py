@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from indexer.reindex import ItemTransform, identity_transform
 from indexer.vector_index import Hit, VectorIndex
@@ -86,21 +87,32 @@ class LiveIndex:
         return max(0, base + overlay)
 
     # -- refresh ---------------------------------------------------------------------------
-    def refresh(self, *, force: bool = False) -> None:
-        """Load a newly activated version and apply catalogue changes since the last refresh."""
+    def refresh(self, *, force: bool = False, session: Session | None = None) -> None:
+        """Load a newly activated version and apply catalogue changes since the last refresh.
+
+        The per-request part is one indexed query (the catalogue revision). A caller that is
+        about to read anyway passes its ``session``, so the check costs no transaction of its
+        own; the active version is looked up at most every ``version_check_interval_s``.
+        """
         with self._lock:
             now = time.monotonic()
             if force or now - self._checked_at >= self._interval or not self._ready:
                 self._checked_at = now
-                with self._db.read() as session:
-                    active = active_index_version(session)
+                with self._db.read() as own:
+                    active = active_index_version(own)
                 if active is not None and active.id != self.version_id:
                     self._load(active)
                 self._ready = True
-            with self._db.read() as session:
-                revision = catalogue_revision(session)
-                if revision > self._snapshot.revision:
-                    self._apply(changed_since(session, self._snapshot.revision), revision)
+            if session is not None:
+                self._catch_up(session)
+            else:
+                with self._db.read() as own:
+                    self._catch_up(own)
+
+    def _catch_up(self, session: Session) -> None:
+        revision = catalogue_revision(session)
+        if revision > self._snapshot.revision:
+            self._apply(changed_since(session, self._snapshot.revision), revision)
 
     def _load(self, version: IndexVersion) -> None:
         base = VectorIndex.load(Path(version.path), version.checksum, mmap=self._mmap)

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from indexer.live import LiveIndex
 from indexer.vector_index import Hit
@@ -21,7 +23,7 @@ from interest.query import normalise
 from interest.registry import EncoderRegistry
 from store.db import Database
 from store.errors import NotFound
-from store.events import get_profile, popular_item_ids, seen_item_ids, user_ids
+from store.events import popular_item_ids, profile_by_external_id, seen_item_ids
 from store.items import get_item
 from store.models import Event, Item
 from store.settings import Settings
@@ -69,21 +71,25 @@ class Recommender:
         exclude: Collection[int] = (),
         now: float | None = None,
     ) -> Recommendation:
-        """Top ``k`` for a user; unknown or empty users get the cold-start list."""
-        self.index.refresh()
+        """Top ``k`` for a user; unknown or empty users get the cold-start list.
+
+        One read transaction serves the whole request: the index's catalogue check, the
+        profile, the seen items and the item names.
+        """
         now = time.time() if now is None else now
         with self.db.read() as session:
-            ids = user_ids(session, [user_external_id])
-            user_id = ids.get(user_external_id)
-            row = get_profile(session, user_id) if user_id is not None else None
+            self.index.refresh(session=session)
+            user_id, row = profile_by_external_id(session, user_external_id)
             state = state_from_row(row) if row is not None and row.event_count else None
             seen = (
                 seen_item_ids(session, user_id) if (user_id is not None and exclude_seen) else set()
             )
-        excluded = set(exclude) | seen
-        if state is None:
-            return self._cold_start(k, excluded, categories, now)
-        return self.for_state(state, k, exclude=excluded, categories=categories, now=now)
+            excluded = set(exclude) | seen
+            if state is None:
+                return self._cold_start(k, excluded, categories, now, session)
+            return self.for_state(
+                state, k, exclude=excluded, categories=categories, now=now, session=session
+            )
 
     def for_state(
         self,
@@ -93,49 +99,68 @@ class Recommender:
         exclude: Collection[int] = (),
         categories: Sequence[str] = (),
         now: float | None = None,
+        session: Session | None = None,
     ) -> Recommendation:
         """Rank for a profile state (also used for anonymous sessions and offline replay)."""
         now = time.time() if now is None else now
         model_version = self.index.model_version_id
         encoder = self.encoders.get(model_version)
         query = encoder.encode([state], now)[0]
-        hits = self._search(query, k, exclude, categories, now)
+        hits = self._search(query, k, exclude, categories, now, session)
         return Recommendation(
-            self._describe(hits), PERSONALIZED, self.index.version_id, model_version
+            self._describe(hits, session), PERSONALIZED, self.index.version_id, model_version
         )
 
     # -- items -----------------------------------------------------------------------------
     def similar(
         self, item_external_id: str, k: int, *, categories: Sequence[str] = ()
     ) -> Recommendation:
-        self.index.refresh()
         with self.db.read() as session:
+            self.index.refresh(session=session)
             item = get_item(session, item_external_id)
             item_id, raw = item.id, item.vector
-        if raw is None:
-            raise NotFound(f"item {item_external_id!r} has no vector yet: run `driftrec reindex`")
-        vector = self._item_space(np.array([item_id]), np.frombuffer(raw, dtype=np.float32))
-        hits = self._search(vector, k, {item_id}, categories, time.time())
-        return Recommendation(
-            self._describe(hits), "similar", self.index.version_id, self.index.model_version_id
-        )
+            if raw is None:
+                raise NotFound(
+                    f"item {item_external_id!r} has no vector yet: run `driftrec reindex`"
+                )
+            vector = self._item_space(np.array([item_id]), np.frombuffer(raw, dtype=np.float32))
+            hits = self._search(vector, k, {item_id}, categories, time.time(), session)
+            return Recommendation(
+                self._describe(hits, session),
+                "similar",
+                self.index.version_id,
+                self.index.model_version_id,
+            )
 
     def search_vector(
         self, raw: np.ndarray, k: int, *, categories: Sequence[str] = ()
     ) -> Recommendation:
         """Items nearest to a raw embedder vector (semantic search by text)."""
-        self.index.refresh()
-        vector = self._item_space(np.array([-1]), raw)
-        hits = self._search(vector, k, set(), categories, time.time())
-        return Recommendation(
-            self._describe(hits), "search", self.index.version_id, self.index.model_version_id
-        )
+        with self.db.read() as session:
+            self.index.refresh(session=session)
+            vector = self._item_space(np.array([-1]), raw)
+            hits = self._search(vector, k, set(), categories, time.time(), session)
+            return Recommendation(
+                self._describe(hits, session),
+                "search",
+                self.index.version_id,
+                self.index.model_version_id,
+            )
 
     def _item_space(self, ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
         transform = self.encoders.transform_for(self.index.model_version_id)
         return normalise(transform(ids, raw.reshape(1, -1)))[0]
 
     # -- shared ----------------------------------------------------------------------------
+    @contextmanager
+    def _reading(self, session: Session | None) -> Iterator[Session]:
+        """The caller's read session, or a new one."""
+        if session is not None:
+            yield session
+        else:
+            with self.db.read() as own:
+                yield own
+
     def _search(
         self,
         query: np.ndarray,
@@ -143,6 +168,7 @@ class Recommender:
         exclude: Collection[int],
         categories: Sequence[str],
         now: float,
+        session: Session | None = None,
     ) -> list[Hit]:
         if not categories:
             return self.index.search(query, k, exclude=exclude, now=now)
@@ -150,24 +176,27 @@ class Recommender:
         fetch = 4 * k
         while True:
             hits = self.index.search(query, fetch, exclude=exclude, now=now)
-            matching = self._with_categories([h.item_id for h in hits], wanted)
+            matching = self._with_categories([h.item_id for h in hits], wanted, session)
             kept = [h for h in hits if h.item_id in matching]
             if len(kept) >= k or len(hits) < fetch:
                 return kept[:k]
             fetch *= 4
 
-    def _with_categories(self, item_ids: list[int], wanted: set[str]) -> set[int]:
-        with self.db.read() as session:
-            rows = session.execute(select(Item.id, Item.categories).where(Item.id.in_(item_ids)))
+    def _with_categories(
+        self, item_ids: list[int], wanted: set[str], session: Session | None = None
+    ) -> set[int]:
+        with self._reading(session) as reading:
+            rows = reading.execute(select(Item.id, Item.categories).where(Item.id.in_(item_ids)))
             return {item_id for item_id, cats in rows if wanted & set(cats or ())}
 
-    def _describe(self, hits: Sequence[Hit]) -> list[ScoredItem]:
+    def _describe(self, hits: Sequence[Hit], session: Session | None = None) -> list[ScoredItem]:
         if not hits:
             return []
-        with self.db.read() as session:
-            rows = session.execute(
-                select(Item.id, Item.external_id, Item.title).where(
-                    Item.id.in_([h.item_id for h in hits])
+        items = Item.__table__.c  # a Core statement: no ORM overhead on the request path
+        with self._reading(session) as reading:
+            rows = reading.execute(
+                select(items.id, items.external_id, items.title).where(
+                    items.id.in_([h.item_id for h in hits])
                 )
             )
             names = {item_id: (external_id, title) for item_id, external_id, title in rows}
@@ -178,7 +207,12 @@ class Recommender:
         ]
 
     def _cold_start(
-        self, k: int, exclude: Collection[int], categories: Sequence[str], now: float
+        self,
+        k: int,
+        exclude: Collection[int],
+        categories: Sequence[str],
+        now: float,
+        session: Session | None = None,
     ) -> Recommendation:
         """Popular recent items (by event count in the window before the newest event)."""
         popular = self._popular_items()
@@ -189,13 +223,17 @@ class Recommender:
             if item_id not in exclude and self.index.is_servable(item_id, now)
         ]
         if wanted:
-            candidates = [i for i in candidates if i in self._with_categories(candidates, wanted)]
+            matching = self._with_categories(candidates, wanted, session)
+            candidates = [i for i in candidates if i in matching]
         top = candidates[:k]
         scores = dict(popular)
         best = max(scores.values(), default=1)
         hits = [Hit(item_id, scores[item_id] / best) for item_id in top]
         return Recommendation(
-            self._describe(hits), COLD_START, self.index.version_id, self.index.model_version_id
+            self._describe(hits, session),
+            COLD_START,
+            self.index.version_id,
+            self.index.model_version_id,
         )
 
     def _popular_items(self) -> list[tuple[int, int]]:

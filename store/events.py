@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -44,6 +45,34 @@ def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     wanted = list(set(external_ids))
     rows = session.execute(select(User.external_id, User.id).where(User.external_id.in_(wanted)))
     return {external_id: user_id for external_id, user_id in rows}
+
+
+def profile_by_external_id(session: Session, external_id: str) -> tuple[int | None, Any]:
+    """(user id, profile columns) of a user in one query; (None, None) for an unknown user.
+
+    The profile part is a row with the `Profile` columns that `interest.profile.state_from_row`
+    reads (None when the user has no profile yet): no ORM object, as the read path wants.
+    """
+    profiles = Profile.__table__.c
+    users = User.__table__.c
+    row = session.execute(
+        select(
+            users.id.label("uid"),
+            profiles.user_id,
+            profiles.dim,
+            profiles.half_lives,
+            profiles.accumulators,
+            profiles.weight_sums,
+            profiles.ref_time,
+            profiles.recent,
+            profiles.event_count,
+        )
+        .select_from(User.__table__.outerjoin(Profile.__table__))
+        .where(users.external_id == external_id)
+    ).first()
+    if row is None:
+        return None, None
+    return row.uid, (row if row.user_id is not None else None)
 
 
 def get_user(session: Session, external_id: str) -> User:
@@ -114,7 +143,8 @@ def user_events(
 
 
 def seen_item_ids(session: Session, user_id: int) -> set[int]:
-    return set(session.scalars(select(Event.item_id).where(Event.user_id == user_id).distinct()))
+    events = Event.__table__.c  # a Core statement: no ORM overhead on the request path
+    return set(session.scalars(select(events.item_id).where(events.user_id == user_id).distinct()))
 
 
 def iter_events_by_user(

@@ -28,10 +28,11 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from store.db import Database
+from store.dialect import insert_ignoring_conflicts
 from store.errors import ImportFormatError
 from store.events import ensure_users
-from store.items import ItemInput, ids_by_external, upsert_items
-from store.models import EXTERNAL_ID_LENGTH, Event
+from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
+from store.models import EXTERNAL_ID_LENGTH, Event, Item
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -669,3 +670,81 @@ def _log_events(stats: ImportStats) -> None:
         stats.rejected,
         len(stats.user_ids),
     )
+
+
+# --- items with precomputed vectors -------------------------------------------------------------
+
+
+def insert_items_with_vectors(
+    session: Session,
+    items: Sequence[ItemInput],
+    vectors: Any,
+    model: str,
+    *,
+    revision: int | None = None,
+) -> int:
+    """Insert new items together with vectors made elsewhere; return how many were inserted.
+
+    ``vectors`` holds one float32 row per item, from the embedder named ``model``: each vector is
+    recorded as made from the item's current text (content hash), so no reindex re-embeds it.
+    Items whose external id is already stored are left alone (insert-only: rerunning an
+    interrupted load skips what is there). One catalogue revision covers the whole batch.
+    """
+    if len(items) != len(vectors):
+        raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
+    if not items:
+        return 0
+    dim = int(vectors.shape[1])
+    revision = next_revision(session) if revision is None else revision
+    now = utcnow()
+    rows = []
+    for item, vector in zip(items, vectors, strict=True):
+        digest = content_hash(item.title, item.text)
+        rows.append(
+            {
+                "external_id": item.external_id,
+                "title": item.title,
+                "text": item.text,
+                "categories": list(item.categories),
+                "properties": dict(item.properties),
+                "available": item.available,
+                "expires_at": item.expires_at,
+                "content_hash": digest,
+                "vector": vector.astype("<f4", copy=False).tobytes(),
+                "vector_dim": dim,
+                "vector_model": model,
+                "vector_hash": digest,
+                "created_at": now,
+                "updated_at": now,
+                "revision": revision,
+            }
+        )
+    before = session.scalar(select(func.count()).select_from(Item))
+    insert_ignoring_conflicts(session, Item.__table__, rows, "external_id")
+    return int(session.scalar(select(func.count()).select_from(Item)) - before)
+
+
+def import_item_vectors(
+    database: Database,
+    items: Iterable[ItemInput],
+    vectors: Any,
+    model: str,
+    *,
+    batch_size: int = ITEM_BATCH_SIZE * 5,
+    progress: bool = False,
+) -> int:
+    """Insert items with precomputed vectors (row i of ``vectors`` for the i-th item), committing
+    once per batch; an interrupted load can be rerun. ``vectors`` may be a memory-mapped array."""
+    count, start = 0, 0
+    for batch in batched(_progress(items, progress, "item"), batch_size):
+        rows = vectors[start : start + len(batch)]
+        if len(rows) != len(batch):
+            raise ValueError(f"fewer vectors ({start + len(rows)}) than items")
+        count += database.run_write(
+            partial(insert_items_with_vectors, items=batch, vectors=rows, model=model)
+        )
+        start += len(batch)
+    if start != len(vectors):
+        raise ValueError(f"{len(vectors)} vectors but {start} items")
+    log.info("items with vectors imported count=%d", count)
+    return count

@@ -28,8 +28,12 @@ def _add(db, embedder, names, **fields):
     with db.write() as session:
         items = upsert_items(session, [ItemInput(n, f"Title {n}", **fields) for n in names])
         vectors = embedder.embed([f"Title {n}" for n in names])
-        store_vectors(session, embedder.model_name, DIM,
-                      ((i.id, i.content_hash, v.tobytes()) for i, v in zip(items, vectors)))
+        store_vectors(
+            session,
+            embedder.model_name,
+            DIM,
+            ((i.id, i.content_hash, v.tobytes()) for i, v in zip(items, vectors, strict=True)),
+        )
         return {i.external_id: i.id for i in items}
 
 
@@ -53,7 +57,8 @@ def test_overlay_serves_changes_made_after_the_published_version(db, embedder, t
     new = _add(db, embedder, ["fresh"])
     with db.write() as session:
         delete_item(session, "a0")
-    live.refresh()
+    with db.read() as session:  # a caller's own read transaction serves the catalogue check
+        live.refresh(session=session)
     query = embedder.embed(["Title fresh"])[0]
     assert live.search(query, 1)[0].item_id == new["fresh"]
     all_hits = {h.item_id for h in live.search(query, 100)}
@@ -63,8 +68,9 @@ def test_overlay_serves_changes_made_after_the_published_version(db, embedder, t
 def test_unavailable_and_expired_items_are_never_returned(db, embedder, tmp_path):
     _add(db, embedder, [f"a{n}" for n in range(10)])
     past = datetime.now(UTC) - timedelta(minutes=1)
-    hidden = _add(db, embedder, ["off"], available=False) | _add(db, embedder, ["old"],
-                                                                  expires_at=past)
+    hidden = _add(db, embedder, ["off"], available=False) | _add(
+        db, embedder, ["old"], expires_at=past
+    )
     later = _add(db, embedder, ["soon"], expires_at=datetime.now(UTC) + timedelta(days=1))
     build_index(db, embedder, tmp_path, exact_max_items=1000)
     live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)

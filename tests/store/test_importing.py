@@ -323,3 +323,24 @@ def test_naive_event_timestamps_are_refused(db: Database) -> None:
         bulk_insert_events(session, [naive])
     with db.read() as session:
         assert count_events(session) == 0
+
+
+def test_items_with_precomputed_vectors_are_current_and_insert_only(db: Database) -> None:
+    import numpy as np
+
+    from store.importing import import_item_vectors
+    from store.items import stale_vector_ids
+
+    items = [ItemInput(f"v{n}", f"Vector item {n}", text="t", categories=["a"]) for n in range(7)]
+    vectors = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    assert import_item_vectors(db, items, vectors, "m", batch_size=3) == 7
+    with db.read() as session:
+        assert stale_vector_ids(session, "m") == []  # no reindex re-embeds them
+        item = get_item(session, "v5")
+        assert item.vector_hash == item.content_hash == content_hash("Vector item 5", "t")
+        assert np.array_equal(np.frombuffer(item.vector, dtype=np.float32), vectors[5])
+        assert item.categories == ["a"] and item.vector_dim == 4
+    # A rerun skips what is there; a count mismatch is refused.
+    assert import_item_vectors(db, items, vectors, "m") == 0
+    with pytest.raises(ValueError):
+        import_item_vectors(db, items, vectors[:5], "m")

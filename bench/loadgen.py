@@ -1,0 +1,135 @@
+"""A closed-loop HTTP load generator, run as its own process: ``python -m bench.loadgen``.
+
+``--concurrency`` threads each send one request at a time over ``http.client`` for
+``--duration`` seconds and record every latency; the JSON summary goes to stdout. The request
+mix varies the user, item or query on every request, from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+import numpy as np
+
+WORDS = (
+    "love war space robot family comedy crime detective summer ghost island music school "
+    "dragon king city night dark journey christmas zombie horse ocean spy heist wedding"
+).split()
+
+
+def _request(mode: str, rng: random.Random, args: argparse.Namespace, counter: list[int]):
+    """(method, path, body) of the next request of ``mode``."""
+    if mode == "healthz":
+        return "GET", "/healthz", None
+    if mode == "recommendations":
+        return "GET", f"/v1/users/u{rng.randrange(args.users)}/recommendations?k=10", None
+    if mode == "similar":
+        return "GET", f"/v1/items/b{rng.randrange(1, args.items + 1)}/similar?k=10", None
+    if mode == "search":
+        query = " ".join(rng.sample(WORDS, rng.randint(1, 4)))
+        return "POST", "/v1/search", json.dumps({"query": query, "k": 10})
+    if mode.startswith("events"):
+        size = int(mode.removeprefix("events"))
+        counter[0] += 1
+        stamp = time.time()
+        events = [
+            {
+                "id": f"{args.tag}-{threading.get_ident()}-{counter[0]}-{i}",
+                "user_id": f"u{rng.randrange(args.users)}",
+                "item_id": f"b{rng.randrange(1, args.items + 1)}",
+                "type": "view",
+                "timestamp": stamp,
+            }
+            for i in range(size)
+        ]
+        return "POST", "/v1/events", json.dumps({"events": events})
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    url = urlsplit(args.url)
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
+    statuses: list[Counter[str]] = [Counter() for _ in range(args.concurrency)]
+    start_gate = threading.Barrier(args.concurrency + 1)
+    deadline = [0.0]
+
+    def worker(slot: int) -> None:
+        rng = random.Random(args.seed * 1000 + slot)
+        counter = [0]
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        mine, seen = latencies[slot], statuses[slot]
+        start_gate.wait()
+        while time.perf_counter() < deadline[0]:
+            method, path, body = _request(args.mode, rng, args, counter)
+            began = time.perf_counter()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                status = type(exc).__name__
+                conn.close()
+            mine.append(time.perf_counter() - began)
+            seen[status] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + args.duration
+    began = time.perf_counter()
+    start_gate.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    all_latencies = np.array([x for part in latencies for x in part]) * 1000
+    status_counts: Counter[str] = Counter()
+    for part in statuses:
+        status_counts.update(part)
+    total = int(len(all_latencies))
+    ok = sum(n for status, n in status_counts.items() if status.startswith("2"))
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "seconds": round(elapsed, 3),
+        "requests": total,
+        "errors": total - ok,
+        "statuses": dict(status_counts),
+        "qps": total / elapsed if elapsed else 0.0,
+        "p50_ms": float(np.percentile(all_latencies, 50)) if total else None,
+        "p99_ms": float(np.percentile(all_latencies, 99)) if total else None,
+        "max_ms": float(all_latencies.max()) if total else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--mode", required=True)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--items", type=int, required=True)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tag", default=f"bench{int(time.time())}")
+    args = parser.parse_args(argv)
+    json.dump(run(args), sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

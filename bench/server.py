@@ -1,0 +1,178 @@
+"""Run `driftrec serve` as a separate process group and drive it with `bench.loadgen`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench.data import BENCH_DIR, REPO_ROOT
+
+DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DRIFTREC_LOG_LEVEL": "INFO"})
+    env.update(extra)
+    return env
+
+
+def create_key(env: dict[str, str]) -> str | None:
+    """A read+write API key from `driftrec keys create`, or None where keys do not exist yet."""
+    result = subprocess.run(
+        [DRIFTREC, "keys", "create", "--name", "bench", "--scope", "read", "--scope", "write"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    return lines[0].strip() if result.returncode == 0 and lines else None
+
+
+class Server:
+    """`driftrec serve --workers N` on a free loopback port; stopped on exit."""
+
+    def __init__(self, env: dict[str, str], *, workers: int = 2, name: str = "server") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = base_env(env)
+        self.token = create_key(self.env)
+        if self.token is None:
+            self.env["DRIFTREC_AUTH"] = "disabled"  # loopback only; keys not available
+        self.workers = workers
+        self.log_path = BENCH_DIR / "logs" / f"{name}-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 (closed with the process)
+        self.process = subprocess.Popen(
+            [DRIFTREC, "serve", "--workers", str(self.workers), "--port", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO_ROOT,
+        )
+        log.close()
+        self._wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def get(self, path: str, timeout: float = 120.0) -> tuple[int, dict[str, object]]:
+        request = urllib.request.Request(self.url + path)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, {}
+
+    def _wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log_path}")
+            try:
+                status, _ = self.get("/readyz", timeout=60)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready after {timeout}s; see {self.log_path}")
+
+    # -- load ------------------------------------------------------------------------------
+    def load(
+        self, mode: str, *, items: int, duration: float, concurrency: int = 8, seed: int = 1
+    ) -> dict[str, object]:
+        """Run the load generator in its own process and return its summary."""
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "--url",
+            self.url,
+            "--mode",
+            mode,
+            "--items",
+            str(items),
+            "--duration",
+            str(duration),
+            "--concurrency",
+            str(concurrency),
+            "--seed",
+            str(seed),
+        ]
+        if self.token:
+            argv += ["--token", self.token]
+        env = base_env({})
+        result = subprocess.run(
+            argv, env=env, capture_output=True, text=True, check=True, cwd=REPO_ROOT
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    # -- memory ----------------------------------------------------------------------------
+    def pids(self) -> list[int]:
+        """The gunicorn master and its workers."""
+        assert self.process is not None
+        root = self.process.pid
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        found, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def memory(self) -> dict[str, float]:
+        """Summed RSS (counts shared pages once per process) and PSS (shares them out), MiB."""
+        rss = pss = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            except OSError:
+                continue
+        return {"rss_mib": rss / 1024, "pss_mib": pss / 1024, "processes": len(self.pids())}
