@@ -278,6 +278,50 @@ def _embed_stale(app: App) -> None:
     click.echo(f"items embedded={embedded}")
 
 
+@import_group.command("dump")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@pass_app
+def import_dump_command(app: App, directory: Path) -> None:
+    """Restore a DIRECTORY written by `driftrec export` into an empty, migrated database.
+
+    Every file's checksum is verified first; rows (ids included) are written in one transaction,
+    index and model files are copied into DRIFTREC_DATA_DIR.
+    """
+    from store.db import Database
+    from store.dump import import_dump
+
+    app.check_schema()
+    database = Database(app.settings.database_url)
+    try:
+        summary = import_dump(database, directory, app.settings.data_dir)
+    finally:
+        database.dispose()
+    rows = " ".join(f"{name}={count}" for name, count in summary.rows.items())
+    click.echo(f"dump imported {rows} files={summary.files}")
+
+
+@cli.command("export")
+@click.argument("directory", type=click.Path(path_type=Path))
+@pass_app
+def export_command(app: App, directory: Path) -> None:
+    """Back up the database and its index and model files into a new DIRECTORY.
+
+    One consistent snapshot: JSONL per table, item vectors as .npy, the artefact files, and a
+    manifest with checksums. Restore with `driftrec import dump DIRECTORY`.
+    """
+    from store.db import Database
+    from store.dump import export_dump
+
+    app.check_schema()
+    database = Database(app.settings.database_url)
+    try:
+        summary = export_dump(database, directory, app.settings.data_dir)
+    finally:
+        database.dispose()
+    rows = " ".join(f"{name}={count}" for name, count in summary.rows.items())
+    click.echo(f"dump exported {rows} files={summary.files}")
+
+
 # -- jobs --------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--full", is_flag=True, help="Rebuild the index file even if nothing changed.")
