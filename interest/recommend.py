@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -18,12 +18,18 @@ from sqlalchemy.orm import Session
 
 from indexer.live import LiveIndex
 from indexer.vector_index import Hit
+from interest.controls import Contribution, Controls, contributions, exponential_decay, mmr
 from interest.profile import ProfileState, state_from_row
-from interest.query import normalise
+from interest.query import QueryEncoder, normalise
 from interest.registry import EncoderRegistry
 from store.db import Database
 from store.errors import NotFound
-from store.events import popular_item_ids, profile_by_external_id, seen_item_ids
+from store.events import (
+    item_ids_with_event_types,
+    popular_item_ids,
+    profile_by_external_id,
+    seen_item_ids,
+)
 from store.items import get_item
 from store.models import Event, Item
 from store.settings import Settings
@@ -31,6 +37,8 @@ from store.settings import Settings
 PERSONALIZED = "personalized"
 COLD_START = "cold_start"
 POPULAR_CACHE_S = 30.0
+#: Event types that keep an item out of a user's recommendations even with exclude_seen=false.
+EXCLUDING_EVENT_TYPES = ("dislike", "hide")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,9 @@ class Recommendation:
     strategy: str
     index_version: int | None
     model_version: int | None
+    #: With ``Controls.explain``: per recommended item (internal id), the user's recent items
+    #: that pulled it up most. None when not asked for.
+    explanations: dict[int, list[Contribution]] | None = None
 
 
 class Recommender:
@@ -70,6 +81,7 @@ class Recommender:
         categories: Sequence[str] = (),
         exclude: Collection[int] = (),
         now: float | None = None,
+        controls: Controls | None = None,
     ) -> Recommendation:
         """Top ``k`` for a user; unknown or empty users get the cold-start list.
 
@@ -85,10 +97,18 @@ class Recommender:
                 seen_item_ids(session, user_id) if (user_id is not None and exclude_seen) else set()
             )
             excluded = set(exclude) | seen
+            if user_id is not None and not exclude_seen:
+                excluded |= item_ids_with_event_types(session, user_id, EXCLUDING_EVENT_TYPES)
             if state is None:
-                return self._cold_start(k, excluded, categories, now, session)
+                return self._cold_start(k, excluded, categories, now, session, controls=controls)
             return self.for_state(
-                state, k, exclude=excluded, categories=categories, now=now, session=session
+                state,
+                k,
+                exclude=excluded,
+                categories=categories,
+                now=now,
+                session=session,
+                controls=controls,
             )
 
     def for_state(
@@ -100,12 +120,17 @@ class Recommender:
         categories: Sequence[str] = (),
         now: float | None = None,
         session: Session | None = None,
+        controls: Controls | None = None,
     ) -> Recommendation:
         """Rank for a profile state (also used for anonymous sessions and offline replay)."""
         now = time.time() if now is None else now
         model_version = self.index.model_version_id
         encoder = self.encoders.get(model_version)
         query = encoder.encode([state], now)[0]
+        if controls is not None:
+            return self._for_state_controlled(
+                state, encoder, query, k, exclude, categories, now, session, controls
+            )
         hits = self._search(query, k, exclude, categories, now, session)
         return Recommendation(
             self._describe(hits, session), PERSONALIZED, self.index.version_id, model_version
@@ -213,6 +238,8 @@ class Recommender:
         categories: Sequence[str],
         now: float,
         session: Session | None = None,
+        *,
+        controls: Controls | None = None,
     ) -> Recommendation:
         """Popular recent items (by event count in the window before the newest event)."""
         popular = self._popular_items()
@@ -222,6 +249,8 @@ class Recommender:
             for item_id, _ in popular
             if item_id not in exclude and self.index.is_servable(item_id, now)
         ]
+        if controls is not None:
+            return self._cold_start_controlled(candidates, popular, k, controls, session)
         if wanted:
             matching = self._with_categories(candidates, wanted, session)
             candidates = [i for i in candidates if i in matching]
@@ -255,3 +284,192 @@ class Recommender:
                     recent = popular_item_ids(session, limit=2000)
             self._popular = (time.monotonic(), recent)
             return recent
+
+    # -- per-request controls (interest.controls) ------------------------------------------
+    def _for_state_controlled(
+        self,
+        state: ProfileState,
+        encoder: QueryEncoder,
+        query: np.ndarray,
+        k: int,
+        exclude: Collection[int],
+        categories: Sequence[str],
+        now: float,
+        session: Session | None,
+        controls: Controls,
+    ) -> Recommendation:
+        if categories and not controls.filter.categories:
+            controls = replace(
+                controls, filter=replace(controls.filter, categories=tuple(categories))
+            )
+        with self._reading(session) as reading:
+            pool = self._candidates(query, controls.pool_size(k), exclude, controls, now, reading)
+            hits = self._diversify(pool, k, controls, reading)
+            explanations = (
+                self._explain(state, encoder, hits, reading) if controls.explain else None
+            )
+            return Recommendation(
+                self._describe(hits, reading),
+                PERSONALIZED,
+                self.index.version_id,
+                encoder.version_id,
+                explanations,
+            )
+
+    def _candidates(
+        self,
+        query: np.ndarray,
+        want: int,
+        exclude: Collection[int],
+        controls: Controls,
+        now: float,
+        session: Session,
+    ) -> list[Hit]:
+        """The best ``want`` hits passing the filter and the score floor.
+
+        Over-fetches in rounds (4x, 16x, ... of ``want``) until enough pass or the catalogue
+        (or the part of it above ``min_score``) is exhausted, so a narrow filter never starves
+        the answer. Items already decided are not looked up again.
+        """
+        item_filter = controls.filter
+        fetch = 4 * want if item_filter.active else want
+        decided: dict[int, bool] = {}
+        excluded = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        while True:
+            hits = self.index.search(query, fetch, exclude=excluded, now=now)
+            exhausted = len(hits) < fetch
+            if controls.min_score is not None:
+                above = [h for h in hits if h.score >= controls.min_score]
+                exhausted = exhausted or len(above) < len(hits)
+                hits = above
+            if item_filter.active:
+                undecided = [h.item_id for h in hits if h.item_id not in decided]
+                decided.update(self._filter_decisions(undecided, controls, session))
+                hits = [h for h in hits if decided.get(h.item_id, False)]
+            if len(hits) >= want or exhausted:
+                return hits[:want]
+            fetch *= 4
+
+    def _filter_decisions(
+        self, item_ids: Sequence[int], controls: Controls, session: Session
+    ) -> dict[int, bool]:
+        """Whether each item passes the filter: one query per 5,000 ids."""
+        items = Item.__table__.c
+        decisions = {item_id: False for item_id in item_ids}
+        for start in range(0, len(item_ids), 5_000):
+            chunk = list(item_ids[start : start + 5_000])
+            rows = session.execute(
+                select(items.id, items.categories, items.properties).where(items.id.in_(chunk))
+            )
+            for item_id, cats, props in rows:
+                decisions[item_id] = controls.filter.matches(cats, props)
+        return decisions
+
+    def _diversify(
+        self, pool: list[Hit], k: int, controls: Controls, session: Session
+    ) -> list[Hit]:
+        if controls.diversity <= 0.0 or len(pool) <= 1:
+            return pool[:k]
+        vectors = self._index_vectors([h.item_id for h in pool], session)
+        by_id = {h.item_id: h for h in pool}
+        order = mmr(
+            [h.item_id for h in pool], [h.score for h in pool], vectors, k, controls.diversity
+        )
+        return [by_id[item_id] for item_id in order]
+
+    def _index_vectors(self, item_ids: Sequence[int], session: Session) -> dict[int, np.ndarray]:
+        """Index-space vectors: from the index where it keeps them, else stored and transformed."""
+        found: dict[int, np.ndarray] = {}
+        for item_id in item_ids:
+            vector = self.index.vector(item_id)
+            if vector is not None:
+                found[item_id] = np.asarray(vector, dtype=np.float32)
+        missing = [item_id for item_id in item_ids if item_id not in found]
+        if missing:
+            items = Item.__table__.c
+            rows = list(
+                session.execute(
+                    select(items.id, items.vector).where(
+                        items.id.in_(missing),
+                        items.vector.is_not(None),
+                        items.vector_model == self.settings.embedder_model,
+                    )
+                )
+            )
+            if rows:
+                ids = np.array([item_id for item_id, _ in rows], dtype=np.int64)
+                raw = np.stack([np.frombuffer(vector, dtype=np.float32) for _, vector in rows])
+                transform = self.encoders.transform_for(self.index.model_version_id)
+                for item_id, vector in zip(ids, transform(ids, raw), strict=True):
+                    found[int(item_id)] = np.asarray(vector, dtype=np.float32)
+        return found
+
+    def _explain(
+        self,
+        state: ProfileState,
+        encoder: QueryEncoder,
+        hits: Sequence[Hit],
+        session: Session,
+    ) -> dict[int, list[Contribution]]:
+        """Per hit, the recent items with the largest decayed weight x similarity to it."""
+        recent, decay = self._recency(state, encoder)
+        if not recent or not hits:
+            return {h.item_id: [] for h in hits}
+        vectors = self._index_vectors(
+            list({item_id for _, item_id, _ in recent} | {h.item_id for h in hits}), session
+        )
+        return {
+            h.item_id: contributions(recent, decay, vectors, vectors[h.item_id])
+            if h.item_id in vectors
+            else []
+            for h in hits
+        }
+
+    def _recency(
+        self, state: ProfileState, encoder: QueryEncoder
+    ) -> tuple[list[tuple[float, int, float]], np.ndarray]:
+        """The buffer entries the query blends and each one's recency factor.
+
+        The plain blend decays with its half-life; a trained model with its learned recency
+        curve (or its chosen half-life) over the window it blends.
+        """
+        recent = [entry for entry in state.recent if entry[1] >= 0]
+        config = getattr(encoder, "config", None)
+        if config is not None:
+            recent = recent[-int(config.buffer_size) :]
+        ages = state.ref_time - np.array([t for t, _, _ in recent], dtype=np.float64)
+        correction = getattr(encoder, "correction", None)
+        if correction is not None:
+            return recent, np.asarray(correction.event_weights(ages), dtype=np.float64)
+        half_life = (
+            float(config.half_life_s)
+            if config is not None
+            else float(getattr(encoder, "half_life", self.settings.blend_half_life))
+        )
+        return recent, exponential_decay(ages, half_life)
+
+    def _cold_start_controlled(
+        self,
+        candidates: list[int],
+        popular: list[tuple[int, int]],
+        k: int,
+        controls: Controls,
+        session: Session | None,
+    ) -> Recommendation:
+        scores = dict(popular)
+        best = max(scores.values(), default=1)
+        with self._reading(session) as reading:
+            if controls.filter.active:
+                decided = self._filter_decisions(candidates, controls, reading)
+                candidates = [i for i in candidates if decided[i]]
+            pool = [Hit(item_id, scores[item_id] / best) for item_id in candidates]
+            if controls.min_score is not None:
+                pool = [h for h in pool if h.score >= controls.min_score]
+            hits = self._diversify(pool[: controls.pool_size(k)], k, controls, reading)
+            return Recommendation(
+                self._describe(hits, reading),
+                COLD_START,
+                self.index.version_id,
+                self.index.model_version_id,
+                {h.item_id: [] for h in hits} if controls.explain else None,
+            )

@@ -27,6 +27,7 @@ ENDPOINT_SCOPES = {
     "items.similar": "read",
     "search.search": "read",
     "users.recommendations": "read",
+    "users.recommendations_with_body": "read",
     "users.show": "read",
     "events.ingest": "write",
     "items.upsert": "admin",

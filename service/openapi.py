@@ -16,6 +16,7 @@ from flask import Blueprint, url_for
 
 from service.api.common import get_runtime
 from service.auth import ENDPOINT_SCOPES
+from service.recommend_params import MAX_EXCLUDE, MAX_FIELDS
 from service.validation import (
     MAX_EVENT_TYPE_LENGTH,
     MAX_EVENT_VALUE,
@@ -84,6 +85,86 @@ CATEGORY_PARAM = {
     "style": "form",
     "explode": True,
 }
+
+
+def _list_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "description": description,
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+    }
+
+
+#: The controls of `GET /v1/users/{user_id}/recommendations` beyond k, exclude_seen, category.
+CONTROL_PARAMS = [
+    _list_param("exclude", "Item ids never to return (repeat or comma-separate)"),
+    _list_param("categories", "Same as `category`"),
+    {
+        "name": "categories_mode",
+        "in": "query",
+        "description": "`any`: an item in one of the categories; `all`: in every one",
+        "schema": {"type": "string", "enum": ["any", "all"], "default": "any"},
+    },
+    {
+        "name": "min_score",
+        "in": "query",
+        "description": "Leave out items scoring below this",
+        "schema": {"type": "number"},
+    },
+    {
+        "name": "diversity",
+        "in": "query",
+        "description": "0 (by relevance) to 1: maximal marginal relevance over a larger pool",
+        "schema": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+    },
+    {
+        "name": "explain",
+        "in": "query",
+        "description": "Per item, the user's items that pulled it up most, and the serving path",
+        "schema": {"type": "boolean", "default": False},
+    },
+    _list_param("fields", "Item properties to return with each item (and `categories`)"),
+]
+
+
+def recommend_body(settings: Settings) -> dict[str, Any]:
+    """The JSON controls of a recommendation request (the POST forms)."""
+    strings = {"type": "array", "items": {"type": "string"}}
+    condition = {
+        "description": "A value (equality; a list property matches when it contains it) or "
+        "operators: eq, ne, in (a list), gt, gte, lt, lte (numbers or ISO 8601 dates)",
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "k": {"type": "integer", "minimum": 1, "maximum": settings.max_k, "default": 10},
+            "exclude_seen": {"type": "boolean", "default": True},
+            "exclude": {**strings, "maxItems": MAX_EXCLUDE},
+            "categories": strings,
+            "categories_mode": {"type": "string", "enum": ["any", "all"]},
+            "filter": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "categories": strings,
+                    "categories_mode": {"type": "string", "enum": ["any", "all"]},
+                    "properties": {
+                        "type": "object",
+                        "additionalProperties": condition,
+                        "description": 'e.g. {"color": "red", "price": {"gte": 1, "lt": 10}}',
+                    },
+                },
+            },
+            "min_score": {"type": "number"},
+            "diversity": {"type": "number", "minimum": 0, "maximum": 1},
+            "explain": {"type": "boolean"},
+            "fields": {**strings, "maxItems": MAX_FIELDS},
+        },
+    }
 
 
 def _components(settings: Settings) -> dict[str, Any]:
@@ -181,6 +262,65 @@ def _components(settings: Settings) -> dict[str, Any]:
                 "id": {"type": "string"},
                 "title": {"type": "string"},
                 "score": {"type": "number"},
+            },
+        },
+        "RecommendedItem": {
+            "type": "object",
+            "required": ["id", "title", "score"],
+            "properties": {
+                "id": {"type": "string"},
+                "title": {"type": "string"},
+                "score": {"type": "number"},
+                "properties": {"type": "object", "description": "The `fields` asked for"},
+                "categories": {"type": "array", "items": {"type": "string"}},
+                "explanation": {
+                    "type": "object",
+                    "required": ["served_by", "because"],
+                    "properties": {
+                        "served_by": _ref("ServedBy"),
+                        "because": {
+                            "type": "array",
+                            "items": _object(
+                                ["id", "title", "weight", "similarity", "contribution"],
+                                {
+                                    "id": {"type": "string"},
+                                    "title": {"type": "string"},
+                                    "weight": {
+                                        "type": "number",
+                                        "description": "Event weight x recency decay",
+                                    },
+                                    "similarity": {"type": "number"},
+                                    "contribution": {
+                                        "type": "number",
+                                        "description": "weight x similarity",
+                                    },
+                                },
+                            ),
+                        },
+                    },
+                },
+            },
+        },
+        "ServedBy": {
+            "type": "string",
+            "enum": ["correction_network", "decayed_blend", "cold_start"],
+        },
+        "Recommendations": {
+            "type": "object",
+            "required": [
+                "items",
+                "index_version",
+                "model_version",
+                "strategy",
+                "served_by",
+            ],
+            "properties": {
+                "user_id": {"type": "string"},
+                "items": {"type": "array", "items": _ref("RecommendedItem")},
+                "index_version": {"type": ["integer", "null"]},
+                "model_version": {"type": ["integer", "null"]},
+                "strategy": {"type": "string", "enum": ["personalized", "cold_start"]},
+                "served_by": _ref("ServedBy"),
             },
         },
         "Ranked": {
@@ -365,25 +505,21 @@ def build_spec(settings: Settings, *, server_url: str | None = None) -> dict[str
             "parameters": [_id_param("user_id", "user")],
             "get": _operation(
                 "users.recommendations",
-                "Top k items for the user (cold start for unknown users)",
+                "Top k items for the user (cold start for unknown users), with controls",
                 {
-                    "200": _json(
-                        _object(
-                            ["user_id", "strategy", *ranked_props],
-                            {
-                                "user_id": {"type": "string"},
-                                "strategy": {
-                                    "type": "string",
-                                    "enum": ["personalized", "cold_start"],
-                                },
-                                **ranked_props,
-                            },
-                        ),
-                        "Ranked items",
-                    ),
+                    "200": _json(_ref("Recommendations"), "Ranked items"),
                     **_errors(READ_ERRORS),
                 },
-                parameters=[k, flag, CATEGORY_PARAM],
+                parameters=[k, flag, CATEGORY_PARAM, *CONTROL_PARAMS],
+            ),
+            "post": _operation(
+                "users.recommendations_with_body",
+                "Top k items for the user, controls and property filters in a JSON body",
+                {
+                    "200": _json(_ref("Recommendations"), "Ranked items"),
+                    **_errors(BODY_ERRORS),
+                },
+                body=recommend_body(settings),
             ),
         },
         "/v1/users/{user_id}": {

@@ -147,6 +147,18 @@ def seen_item_ids(session: Session, user_id: int) -> set[int]:
     return set(session.scalars(select(events.item_id).where(events.user_id == user_id).distinct()))
 
 
+def item_ids_with_event_types(session: Session, user_id: int, types: Sequence[str]) -> set[int]:
+    """Items the user has an event of one of ``types`` on (e.g. hidden or disliked items)."""
+    events = Event.__table__.c
+    return set(
+        session.scalars(
+            select(events.item_id)
+            .where(events.user_id == user_id, events.type.in_(list(types)))
+            .distinct()
+        )
+    )
+
+
 def iter_events_by_user(
     session: Session, *, batch_users: int = 500
 ) -> Iterator[tuple[int, list[Event]]]:

@@ -22,6 +22,8 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "rating": 4.0,
     "purchase": 8.0,
     "dislike": -4.0,
+    "skip": -1.0,
+    "hide": -8.0,
 }
 
 # Wall-clock half-lives of the decayed accumulators every profile keeps, in seconds. The last one
@@ -44,6 +46,8 @@ class Settings:
     database_url: str = ""
     data_dir: Path = Path("var")
     embedder_model: str = "bundled:all-MiniLM-L6-v2"
+    #: "torch" (sentence-transformers) or "onnx" (ONNX Runtime on a local export, same vectors).
+    embedder_backend: str = "torch"
     embed_batch_size: int = 64
     torch_threads: int = 1
     half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
@@ -97,6 +101,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_DATABASE_URL": ("database_url", str),
         "DRIFTREC_DATA_DIR": ("data_dir", Path),
         "DRIFTREC_EMBEDDER_MODEL": ("embedder_model", str),
+        "DRIFTREC_EMBEDDER_BACKEND": ("embedder_backend", lambda raw: raw.strip().lower()),
         "DRIFTREC_EMBED_BATCH_SIZE": ("embed_batch_size", int),
         "DRIFTREC_TORCH_THREADS": ("torch_threads", int),
         "DRIFTREC_HALF_LIVES": ("half_lives", _float_list),

@@ -7,8 +7,11 @@ from typing import Any
 from flask import Blueprint, Response, request
 from sqlalchemy import func, select
 
-from service.api.common import get_runtime, ranked
-from service.validation import categories_param, iso, parse_flag, parse_k, path_id
+from service import recommend_params, recommending
+from service.api.common import get_runtime
+from service.recommend_params import RecommendParams
+from service.runtime import Runtime
+from service.validation import iso, json_body, path_id
 from store.events import delete_user, get_user, user_events
 from store.items import items_by_ids
 from store.models import Event
@@ -20,16 +23,30 @@ RECENT_ITEMS = 10
 
 @bp.get("/<user_id>/recommendations")
 def recommendations(user_id: str) -> dict[str, Any]:
-    """Top ``k`` items for the user; unknown users and users without events get cold start."""
+    """Top ``k`` items for the user; unknown users and users without events get cold start.
+
+    Controls as query parameters (lists repeat or are comma-separated): ``exclude``,
+    ``category``/``categories`` with ``categories_mode``, ``min_score``, ``diversity``,
+    ``explain``, ``fields``. The JSON body of the POST form also takes property filters.
+    """
     runtime = get_runtime()
     user_id = path_id(user_id, "user")
-    k = parse_k(request.args.get("k"), runtime.settings.max_k)
-    exclude_seen = parse_flag(request.args.get("exclude_seen"), "exclude_seen", default=True)
-    categories = categories_param(request.args.getlist("category"))
-    found = runtime.recommender.for_user(
-        user_id, k, exclude_seen=exclude_seen, categories=categories
-    )
-    return {"user_id": user_id, **ranked(found), "strategy": found.strategy}
+    params = recommend_params.from_query(request.args, runtime.settings.max_k)
+    return _answer(runtime, user_id, params)
+
+
+@bp.post("/<user_id>/recommendations")
+def recommendations_with_body(user_id: str) -> dict[str, Any]:
+    """The same as the GET form, with the controls in a JSON body (and ``filter.properties``)."""
+    runtime = get_runtime()
+    user_id = path_id(user_id, "user")
+    params = recommend_params.from_body(json_body(), runtime.settings.max_k)
+    return _answer(runtime, user_id, params)
+
+
+def _answer(runtime: Runtime, user_id: str, params: RecommendParams) -> dict[str, Any]:
+    found = recommending.for_user(runtime, user_id, params)
+    return {"user_id": user_id, **recommending.render(runtime, found, params)}
 
 
 @bp.get("/<user_id>")

@@ -151,7 +151,15 @@ def test_unknown_user_gets_cold_start(client):
     assert body["strategy"] == "cold_start"
     assert body["user_id"].startswith("never-seen-")
     assert len(body["items"]) <= 5
-    assert set(body) == {"user_id", "items", "strategy", "index_version", "model_version"}
+    assert set(body) == {
+        "user_id",
+        "items",
+        "strategy",
+        "served_by",
+        "index_version",
+        "model_version",
+    }
+    assert body["served_by"] == "cold_start"
     assert all(set(item) == {"id", "title", "score"} for item in body["items"])
 
 
