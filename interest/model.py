@@ -26,6 +26,7 @@ import numpy as np
 from interest.errors import ModelCorrupt
 from interest.linear import LN2
 from interest.profile import ProfileState
+from interest.recency import CorrectionWeights
 
 
 @dataclass(frozen=True)
@@ -53,30 +54,43 @@ class InterestModel:
     text_out: np.ndarray  # (dim, r) text vector -> index vector, for unseen items
     metrics: dict[str, Any]
     version_id: int | None = None
+    #: The learned correction (recency weights and popularity coefficient), when it was kept.
+    correction: CorrectionWeights | None = None
+    log_popularity: np.ndarray | None = None  # (n,) log(1 + events) per item, with a correction
 
     def __post_init__(self) -> None:
         self._row = {int(item_id): row for row, item_id in enumerate(self.item_ids)}
 
     @property
     def dim(self) -> int:
-        return int(self.v.shape[1])
+        """Dimension of query and index vectors (one more with a correction: the bias)."""
+        return int(self.v.shape[1]) + (1 if self.correction is not None else 0)
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
 
     def query(self, recent: Sequence[tuple[float, int, float]], t_ref: float) -> np.ndarray:
-        """The decayed blend of the input vectors of the most recent events."""
+        """The weighted blend of the input vectors of the most recent events.
+
+        Weights are the events' own (type) weights times the recency curve: the learned one of
+        the correction network, or the exponential with the chosen half-life.
+        """
+        rank = self.v.shape[1]
         q = np.zeros(self.dim, dtype=np.float64)
         window = recent[-self.config.buffer_size :]
+        if self.correction is not None:
+            q[rank] = 1.0  # picks up each item's bias
         if not window:
             return q.astype(np.float32)
         rows = self.rows([item_id for _, item_id, _ in window])
-        times = np.array([t for t, _, _ in window])
+        ages = t_ref - np.array([t for t, _, _ in window])
         weights = np.array([w for _, _, w in window])
-        if not np.isinf(self.config.half_life_s):
-            weights = weights * np.exp(-LN2 * (t_ref - times) / self.config.half_life_s)
+        if self.correction is not None:
+            weights = weights * self.correction.event_weights(ages)
+        elif not np.isinf(self.config.half_life_s):
+            weights = weights * np.exp(-LN2 * ages / self.config.half_life_s)
         known = rows >= 0
-        q += weights[known] @ self.u[rows[known]]
+        q[:rank] += weights[known] @ self.u[rows[known]]
         return q.astype(np.float32)
 
     # -- QueryEncoder protocol ---------------------------------------------------------------
@@ -85,9 +99,13 @@ class InterestModel:
 
     def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
         rows = self.rows(item_ids)
-        out = np.asarray(raw, dtype=np.float32) @ self.text_out
         known = rows >= 0
+        out = np.asarray(raw, dtype=np.float32) @ self.text_out
         out[known] = self.v[rows[known]]
+        if self.correction is not None and self.log_popularity is not None:
+            bias = np.zeros((len(rows), 1), dtype=np.float32)
+            bias[known, 0] = self.correction.popularity_scale * self.log_popularity[rows[known]]
+            out = np.hstack([out, bias])
         return np.ascontiguousarray(out, dtype=np.float32)
 
     # -- persistence ---------------------------------------------------------------------------
@@ -104,6 +122,7 @@ class InterestModel:
             v=self.v,
             text_in=self.text_in,
             text_out=self.text_out,
+            **_correction_arrays(self.correction, self.log_popularity),
         )
         data = buffer.getvalue()
         tmp = path.with_name(path.name + ".tmp")
@@ -113,6 +132,19 @@ class InterestModel:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         return hashlib.sha256(data).hexdigest()
+
+
+def _correction_arrays(
+    correction: CorrectionWeights | None, log_popularity: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    if correction is None or log_popularity is None:
+        return {}
+    return {
+        "correction_position": correction.position,
+        "correction_gap": correction.gap,
+        "correction_popularity_scale": np.array(correction.popularity_scale),
+        "log_popularity": log_popularity,
+    }
 
 
 def load_model(path: Path, checksum: str | None, version_id: int | None = None) -> InterestModel:
@@ -133,6 +165,14 @@ def load_model(path: Path, checksum: str | None, version_id: int | None = None) 
             text_out=arrays["text_out"],
             metrics=json.loads(str(arrays["metrics"])),
             version_id=version_id,
+            correction=CorrectionWeights(
+                position=arrays["correction_position"],
+                gap=arrays["correction_gap"],
+                popularity_scale=float(arrays["correction_popularity_scale"]),
+            )
+            if "correction_position" in arrays
+            else None,
+            log_popularity=arrays["log_popularity"] if "log_popularity" in arrays else None,
         )
 
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import torch
+from torch import nn
 from tqdm import tqdm
 
 from indexer.reindex import load_live_vectors
+from interest.correction import DecayCorrection
 from interest.ingest import event_weight
 from interest.linear import (
     EaseSpectrum,
@@ -31,6 +34,7 @@ from interest.linear import (
     text_map,
 )
 from interest.model import InterestModel, LinearConfig
+from interest.recency import CorrectionWeights, gap_buckets
 from store.db import Database
 from store.events import event_log
 from store.models import ModelVersion
@@ -65,6 +69,11 @@ class TrainConfig:
     max_items: int = 20_000
     validation_per_user: int = 3
     max_validation_targets: int = 6_000
+    use_correction: bool = True
+    correction_learning_rate: float = 0.01
+    correction_batch_size: int = 256
+    correction_epochs: int = 10
+    correction_patience: int = 2
     seed: int = 0
 
 
@@ -109,20 +118,22 @@ def load_training_data(db: Database, settings: Settings, max_items: int) -> Trai
 
 def hold_out_latest(
     histories: Histories, per_user: int
-) -> tuple[Histories, Histories, np.ndarray, list[np.ndarray]]:
+) -> tuple[Histories, Histories, np.ndarray, list[np.ndarray], np.ndarray]:
     """Hold out each user's latest ``per_user`` events as validation targets.
 
     Returns the training histories (everything before the held-out events), one validation
     history per target (the user's events before it), the targets, and per target the items to
-    exclude from its ranking (everything the user had seen before it). Users with fewer than
-    ``per_user + 1`` events hold out fewer.
+    exclude from its ranking (everything the user had seen before it), and the position of
+    each target's user in ``histories``. Users with fewer than ``per_user + 1`` events hold out
+    fewer.
     """
     train = Histories([], [], [])
     valid = Histories([], [], [])
     targets: list[int] = []
     seen: list[np.ndarray] = []
-    for rows, times, weights in zip(
-        histories.rows, histories.times, histories.weights, strict=True
+    users: list[int] = []
+    for user, (rows, times, weights) in enumerate(
+        zip(histories.rows, histories.times, histories.weights, strict=True)
     ):
         held = min(per_user, len(rows) - 1)
         cut = len(rows) - max(held, 0)
@@ -135,7 +146,8 @@ def hold_out_latest(
             valid.weights.append(weights[:position])
             targets.append(int(rows[position]))
             seen.append(rows[:position])
-    return train, valid, np.array(targets, dtype=np.int64), seen
+            users.append(user)
+    return train, valid, np.array(targets, dtype=np.int64), seen, np.array(users, dtype=np.int64)
 
 
 def truncate(histories: Histories, buffer_size: int) -> Histories:
@@ -159,33 +171,71 @@ def ndcg_at_10(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) 
     return float(gains.mean())
 
 
+@dataclass
+class ValidationSet:
+    """Held-out latest events, and the linear model's spectrum fitted without them."""
+
+    spectrum: EaseSpectrum
+    histories: Histories  # per target, the user's events before it
+    buffered: Histories  # the same, cut to what a profile buffer holds
+    targets: np.ndarray
+    seen: list[np.ndarray]
+    users: np.ndarray
+    train_counts: np.ndarray  # events per item in the training part
+
+    @classmethod
+    def build(cls, data: TrainingData, config: TrainConfig, buffer_size: int) -> ValidationSet:
+        train_h, valid_h, targets, seen, users = hold_out_latest(
+            data.histories, config.validation_per_user
+        )
+        if len(targets) > config.max_validation_targets:
+            rng = np.random.default_rng(config.seed)
+            keep = np.sort(rng.choice(len(targets), config.max_validation_targets, replace=False))
+            valid_h = Histories(
+                [valid_h.rows[i] for i in keep],
+                [valid_h.times[i] for i in keep],
+                [valid_h.weights[i] for i in keep],
+            )
+            targets, seen, users = targets[keep], [seen[i] for i in keep], users[keep]
+        n_items = len(data.item_ids)
+        spectrum = EaseSpectrum(
+            interaction_matrix(train_h, n_items), rank=config.rank, seed=config.seed
+        )
+        return cls(
+            spectrum,
+            valid_h,
+            truncate(valid_h, buffer_size),
+            targets,
+            seen,
+            users,
+            item_counts(train_h, n_items),
+        )
+
+
+def item_counts(histories: Histories, n_items: int) -> np.ndarray:
+    return (
+        np.bincount(np.concatenate(histories.rows), minlength=n_items).astype(np.float64)
+        if histories.rows
+        else np.zeros(n_items)
+    )
+
+
 def choose_linear_settings(
-    data: TrainingData, config: TrainConfig, buffer_size: int, progress: bool
+    validation: ValidationSet, config: TrainConfig, progress: bool
 ) -> tuple[float, float, dict[str, Any]]:
     """Pick (l2, half-life) by validation NDCG@10 over the grid, scoring exactly as served:
-    factorised to ``config.rank`` and blending only the last ``buffer_size`` events."""
-    train_h, valid_h, targets, seen = hold_out_latest(data.histories, config.validation_per_user)
-    if len(targets) > config.max_validation_targets:
-        rng = np.random.default_rng(config.seed)
-        keep = np.sort(rng.choice(len(targets), config.max_validation_targets, replace=False))
-        valid_h = Histories(
-            [valid_h.rows[i] for i in keep],
-            [valid_h.times[i] for i in keep],
-            [valid_h.weights[i] for i in keep],
-        )
-        targets, seen = targets[keep], [seen[i] for i in keep]
-    n_items = len(data.item_ids)
-    spectrum = EaseSpectrum(
-        interaction_matrix(train_h, n_items), rank=config.rank, seed=config.seed
-    )
-    buffered = truncate(valid_h, buffer_size)
-    rows_by_half_life = {hl: history_rows(buffered, n_items, hl) for hl in config.half_life_grid_s}
+    factorised to ``config.rank`` and blending only the events a profile buffer holds."""
+    n_items = len(validation.train_counts)
+    rows_by_half_life = {
+        hl: history_rows(validation.buffered, n_items, hl) for hl in config.half_life_grid_s
+    }
     grid: dict[str, float] = {}
     best = (-1.0, config.l2_grid[0], math.inf)
     combos = [(l2, hl) for l2 in config.l2_grid for hl in config.half_life_grid_s]
     for l2, half_life in tqdm(combos, desc="validation", disable=not progress):
-        u, v = spectrum.factors(l2, config.rank)
-        value = ndcg_at_10((rows_by_half_life[half_life] @ u) @ v.T, targets, seen)
+        u, v = validation.spectrum.factors(l2, config.rank)
+        scores = (rows_by_half_life[half_life] @ u) @ v.T
+        value = ndcg_at_10(scores, validation.targets, validation.seen)
         grid[f"l2={l2:g},half_life_days={half_life / DAY:g}"] = value
         if value > best[0]:
             best = (value, l2, half_life)
@@ -194,6 +244,108 @@ def choose_linear_settings(
         "train chosen l2=%g half_life_days=%g validation_ndcg10=%.4f", l2, half_life / DAY, value
     )
     return l2, half_life, {"validation_ndcg@10": value, "grid": grid}
+
+
+def _buffer_tensors(buffered: Histories, buffer_size: int) -> tuple[np.ndarray, ...]:
+    """Padded (rows, positions, age buckets, weights) of every buffer, newest event last."""
+    n = len(buffered)
+    rows = np.zeros((n, buffer_size), dtype=np.int64)
+    positions = np.zeros((n, buffer_size), dtype=np.int64)
+    gaps = np.zeros((n, buffer_size), dtype=np.int64)
+    weights = np.zeros((n, buffer_size), dtype=np.float32)
+    for i, (r, t, w) in enumerate(
+        zip(buffered.rows, buffered.times, buffered.weights, strict=True)
+    ):
+        m = len(r)
+        if m == 0:
+            continue
+        rows[i, :m], weights[i, :m] = r, w
+        positions[i, :m] = np.arange(m)[::-1]
+        gaps[i, :m] = gap_buckets(t.max() - t)
+    return rows, positions, gaps, weights
+
+
+def fit_correction(
+    validation: ValidationSet,
+    l2: float,
+    half_life: float,
+    config: TrainConfig,
+    buffer_size: int,
+    progress: bool,
+) -> tuple[CorrectionWeights | None, dict[str, Any]]:
+    """Train the correction network on held-out events of 80% of users; keep it only if it
+    beats the plain recency curve on the other 20%."""
+    torch.manual_seed(config.seed)
+    u, v = validation.spectrum.factors(l2, config.rank)
+    rows, positions, gaps, weights = _buffer_tensors(validation.buffered, buffer_size)
+    rng = np.random.default_rng(config.seed)
+    unique_users = np.unique(validation.users)
+    held_users = set(
+        rng.choice(unique_users, size=max(1, len(unique_users) // 5), replace=False).tolist()
+    )
+    held = np.array([user in held_users for user in validation.users])
+    fit_idx, eval_idx = np.flatnonzero(~held), np.flatnonzero(held)
+    if len(fit_idx) < 10 or len(eval_idx) < 10:
+        return None, {"correction": "skipped: too few held-out events"}
+    u_t, v_t = torch.from_numpy(u), torch.from_numpy(v)
+    log_pop = torch.from_numpy(np.log1p(validation.train_counts).astype(np.float32))
+    net = DecayCorrection(buffer_size, half_life)
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.correction_learning_rate)
+
+    def logits(idx: np.ndarray) -> torch.Tensor:
+        out = net(
+            u_t[torch.from_numpy(rows[idx])],
+            torch.from_numpy(positions[idx]),
+            torch.from_numpy(gaps[idx]),
+            torch.from_numpy(weights[idx]),
+            v_t,
+            log_pop,
+        )
+        for row, example in enumerate(idx):
+            out[row, validation.seen[example]] = -torch.inf
+        return out
+
+    def held_ndcg() -> float:
+        with torch.no_grad():
+            scores = logits(eval_idx).numpy()
+        return ndcg_at_10(
+            scores, validation.targets[eval_idx], [np.zeros(0, np.int64)] * len(eval_idx)
+        )
+
+    baseline = best = held_ndcg()
+    best_state = {k: p.detach().clone() for k, p in net.state_dict().items()}
+    stale = 0
+    targets = torch.from_numpy(validation.targets)
+    epochs = 0
+    for _ in tqdm(range(config.correction_epochs), desc="correction", disable=not progress):
+        epochs += 1
+        order = rng.permutation(fit_idx)
+        for start in range(0, len(order), config.correction_batch_size):
+            batch = order[start : start + config.correction_batch_size]
+            loss = nn.functional.cross_entropy(logits(batch), targets[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        value = held_ndcg()
+        if value > best:
+            best, stale = value, 0
+            best_state = {k: p.detach().clone() for k, p in net.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= config.correction_patience:
+                break
+    net.load_state_dict(best_state)
+    metrics = {
+        "correction_heldout_ndcg@10": best,
+        "plain_curve_heldout_ndcg@10": baseline,
+        "correction_epochs": epochs,
+    }
+    if best <= baseline:
+        metrics["correction"] = "not kept: no better than the plain recency curve"
+        return None, metrics
+    metrics["correction"] = "kept"
+    log.info("train correction kept heldout_ndcg10=%.4f plain=%.4f", best, baseline)
+    return net.export(), metrics
 
 
 def fit_linear(
@@ -230,10 +382,20 @@ def train(
     if len(data.item_ids) < 2 or not any(len(r) >= 2 for r in data.histories.rows):
         raise ValueError("not enough events to train: need users with at least two events")
     buffer_size = settings.recent_buffer_size
-    l2, half_life, chosen = choose_linear_settings(data, config, buffer_size, progress)
+    validation = ValidationSet.build(data, config, buffer_size)
+    l2, half_life, chosen = choose_linear_settings(validation, config, progress)
+    correction, correction_metrics = (
+        fit_correction(validation, l2, half_life, config, buffer_size, progress)
+        if config.use_correction
+        else (None, {"correction": "off"})
+    )
     model = fit_linear(data, l2, half_life, config, buffer_size)
+    if correction is not None:
+        model.correction = correction
+        model.log_popularity = np.log1p(item_counts(data.histories, len(data.item_ids)))
     model.metrics = {
         **chosen,
+        **correction_metrics,
         "train_s": time.perf_counter() - started,
         "items": int(len(data.item_ids)),
         "users": len(data.histories),

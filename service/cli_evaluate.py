@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from interest.evaluation.errors import EvaluationError
-from interest.evaluation.names import METHODS, PROTOCOLS
+from interest.evaluation.names import DEFAULT_METHODS, METHODS, PROTOCOLS
 
 
 def _json_default(value: object) -> object:
@@ -53,7 +53,7 @@ def _methods(raw: str) -> tuple[str, ...]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Write a Markdown report with plots into this directory (needs matplotlib).",
 )
-@click.option("--methods", default=",".join(METHODS), show_default=True)
+@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True)
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),

@@ -31,12 +31,15 @@ from interest.evaluation.data import Dataset, load_dataset
 from interest.evaluation.embedding_cache import EmbeddingCache
 from interest.evaluation.errors import EvaluationError
 from interest.evaluation.names import (
+    ABLATIONS,
     BASELINES,
+    DEFAULT_METHODS,
     LEAVE_LAST_OUT,
     METHODS,
     PRODUCTION,
     PROTOCOLS,
     REPLAY,
+    TRAIN_OVERRIDES,
 )
 from interest.evaluation.production import ProductionBench, RuntimeFactory, load_trainer
 from interest.evaluation.ranking import Ranked, rank_cases
@@ -52,7 +55,7 @@ HISTORY_BUCKETS = (0, 1, 10, 20, 50, 100, 250, 500)
 @dataclass(frozen=True)
 class EvaluationConfig:
     protocol: str = LEAVE_LAST_OUT
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     #: Where embeddings persist between runs, keyed by (model, content hash); None: no cache.
     cache_dir: Path | None = None
     include_tags: bool = False
@@ -255,7 +258,7 @@ def evaluate(
         results[name] = summarise(ranked, split.cases, dataset.n_items, config, new_items)
         results[name].update(settings=chosen, timings_s=timings)
 
-    production = [m for m in config.methods if m in PRODUCTION]
+    production = [m for m in config.methods if m in PRODUCTION or m in ABLATIONS]
     if production:
         if runtime_factory is None:
             raise EvaluationError(f"{', '.join(production)} need a runtime factory")
@@ -285,7 +288,12 @@ def evaluate(
             for name in production:
                 echo(f"{name}: ranking through the production path")
                 half_life, train = _production_settings(name, settings, config)
-                run = bench.run(name, blend_half_life=half_life, train=train)
+                run = bench.run(
+                    name,
+                    blend_half_life=half_life,
+                    train=train,
+                    train_overrides=TRAIN_OVERRIDES.get(name, {}),
+                )
                 results[name] = summarise(
                     run.ranked, split.cases, dataset.n_items, config, new_items
                 )

@@ -5,4 +5,15 @@ REPLAY = "replay"
 PROTOCOLS = (LEAVE_LAST_OUT, REPLAY)
 BASELINES = ("popularity", "itemknn", "ease")
 PRODUCTION = ("content_mean", "content_decayed", "driftrec")
-METHODS = BASELINES + PRODUCTION
+#: Ablations of driftrec's trained model (run only when asked for with --methods):
+#: the learned item side with a fixed 1-day recency, then with the recency chosen on validation
+#: but no correction network. `driftrec` itself adds the correction when it validates.
+ABLATIONS = ("driftrec_1d", "driftrec_linear")
+#: Overrides of `interest.train.TrainConfig` for each trained production method.
+TRAIN_OVERRIDES: dict[str, dict[str, object]] = {
+    "driftrec_1d": {"half_life_grid_s": (86_400.0,), "use_correction": False},
+    "driftrec_linear": {"use_correction": False},
+    "driftrec": {},
+}
+METHODS = BASELINES + PRODUCTION + ABLATIONS
+DEFAULT_METHODS = BASELINES + PRODUCTION

@@ -14,7 +14,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,8 +173,16 @@ class ProductionBench:
         return self.runtime_factory(_settings_for(self.base_settings, data_dir, **changes))
 
     # -- methods ---------------------------------------------------------------------------
-    def run(self, name: str, *, blend_half_life: float, train: bool) -> ProductionRun:
-        """Rank every case with the plain blend at ``blend_half_life`` or a trained model."""
+    def run(
+        self,
+        name: str,
+        *,
+        blend_half_life: float,
+        train: bool,
+        train_overrides: Mapping[str, object] | None = None,
+    ) -> ProductionRun:
+        """Rank every case with the plain blend at ``blend_half_life`` or a trained model
+        (``train_overrides`` change fields of `interest.train.TrainConfig`, for ablations)."""
         settings: dict[str, Any] = {"blend_half_life_s": _json_float(blend_half_life)}
         timings: dict[str, float] = {}
         runtime = self._runtime(name, blend_half_life=blend_half_life)
@@ -185,7 +193,16 @@ class ProductionBench:
                     settings["model"] = "plain blend (interest.train not available yet)"
                 else:
                     clock = time.perf_counter()
-                    settings["model_version_id"] = trainer(runtime, progress=self.progress)
+                    kwargs: dict[str, Any] = {"progress": self.progress}
+                    if train_overrides:
+                        from interest.train import TrainConfig
+
+                        kwargs["config"] = TrainConfig(**train_overrides)  # type: ignore[arg-type]
+                        settings["train_overrides"] = {
+                            k: list(v) if isinstance(v, tuple) else v
+                            for k, v in train_overrides.items()
+                        }
+                    settings["model_version_id"] = trainer(runtime, **kwargs)
                     timings["train_s"] = time.perf_counter() - clock
                     clock = time.perf_counter()
                     runtime.reindex(progress=self.progress)

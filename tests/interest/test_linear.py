@@ -65,3 +65,41 @@ def test_model_query_is_the_decayed_blend_of_recent_input_vectors(tmp_path):
     loaded = load_model(tmp_path / "m.npz", checksum)
     np.testing.assert_array_equal(loaded.u, u)
     assert loaded.config == model.config
+
+
+def test_correction_starts_from_the_chosen_exponential_curve():
+    from interest.correction import DecayCorrection
+
+    half_life = 600.0
+    weights = DecayCorrection(buffer_size=50, half_life_s=half_life).export()
+    ages = np.array([0.0, 1.0, 64.0, 1024.0])  # bucket lower bounds: 2^(b-1) seconds
+    expected = np.exp(-math.log(2) * ages / half_life)
+    np.testing.assert_allclose(weights.event_weights(ages)[::-1] / 1.0, expected[::-1], rtol=1e-4)
+
+
+def test_model_with_correction_folds_the_popularity_bias_into_the_inner_product():
+    from interest.recency import GAP_BUCKETS, CorrectionWeights
+
+    rng = np.random.default_rng(2)
+    u, v = rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32)
+    correction = CorrectionWeights(
+        position=np.zeros(4), gap=np.zeros(GAP_BUCKETS), popularity_scale=0.5
+    )
+    model = InterestModel(
+        config=LinearConfig(l2=1.0, half_life_s=math.inf, rank=2, buffer_size=4),
+        item_ids=np.array([1, 2, 3]),
+        u=u,
+        v=v,
+        text_in=np.zeros((4, 2), np.float32),
+        text_out=np.zeros((4, 2), np.float32),
+        metrics={},
+        correction=correction,
+        log_popularity=np.log1p(np.array([0.0, 3.0, 7.0])),
+    )
+    state = ProfileState.empty((math.inf,), 4)
+    state.apply(np.zeros(4, np.float32), 1.0, 10.0, 1, buffer_size=5)
+    query = model.encode([state], now=10.0)[0]
+    items = model.item_vectors(np.array([1, 2, 3]), np.zeros((3, 4), np.float32))
+    softplus0 = math.log(2.0)
+    expected = softplus0 * (u[0] @ v.T) + 0.5 * np.log1p([0.0, 3.0, 7.0])
+    np.testing.assert_allclose(items @ query, expected, rtol=1e-5)
