@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.embedder import Embedder
-from indexer.vector_index import VectorIndex
+from indexer.vector_index import BUILD_SPEC, VectorIndex
 from store.db import Database
 from store.items import (
     catalogue_revision,
@@ -141,7 +141,7 @@ def build_index(
     embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
     ids, raw, revision = load_live_vectors(db, embedder.model_name)
     dim = raw.shape[1] if len(ids) else embedder.dim
-    kind_hint = f"exact<={exact_max_items}"
+    kind_hint = f"exact<={exact_max_items}|{BUILD_SPEC}"
     catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
     with db.read() as session:
         active = active_index_version(session)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 
 from indexer.catalogue import UpsertResult, delete_from_catalogue, upsert_catalogue
-from indexer.embedder import Embedder, load_embedder
+from indexer.embedder import Embedder, LazyEmbedder, load_embedder
 from indexer.live import LiveIndex
 from indexer.reindex import ReindexResult, build_index
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
@@ -48,6 +48,8 @@ class Runtime:
             self.settings.embedder_model,
             batch_size=self.settings.embed_batch_size,
             threads=self.settings.torch_threads,
+            backend=self.settings.embedder_backend,
+            cache_dir=self.settings.data_dir / "embedders",
         )
 
     @functools.cached_property
@@ -113,9 +115,12 @@ class Runtime:
         with self.db.read() as session:
             model = active_model_version(session)
             model_id = model.id if model is not None else None
+        embedder = LazyEmbedder(
+            self.settings.embedder_model, self.embedding_dim, lambda: self.embedder
+        )
         result = build_index(
             self.db,
-            self.embedder,
+            embedder,
             self.settings.index_dir,
             exact_max_items=self.settings.exact_index_max_items,
             transform=self.encoders.transform_for(model_id),

@@ -48,6 +48,8 @@ class Settings:
     embedder_model: str = "bundled:all-MiniLM-L6-v2"
     #: "torch" (sentence-transformers) or "onnx" (ONNX Runtime on a local export, same vectors).
     embedder_backend: str = "torch"
+    #: "torch" (sentence-transformers) or "onnx" (ONNX Runtime on a local export, same vectors).
+    embedder_backend: str = "torch"
     embed_batch_size: int = 64
     torch_threads: int = 1
     half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
@@ -101,6 +103,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_DATABASE_URL": ("database_url", str),
         "DRIFTREC_DATA_DIR": ("data_dir", Path),
         "DRIFTREC_EMBEDDER_MODEL": ("embedder_model", str),
+        "DRIFTREC_EMBEDDER_BACKEND": ("embedder_backend", lambda raw: raw.strip().lower()),
         "DRIFTREC_EMBEDDER_BACKEND": ("embedder_backend", lambda raw: raw.strip().lower()),
         "DRIFTREC_EMBED_BATCH_SIZE": ("embed_batch_size", int),
         "DRIFTREC_TORCH_THREADS": ("torch_threads", int),

@@ -27,7 +27,12 @@ def test_approximate_recall_against_exact_search():
     ids = np.arange(20_000) * 3 + 7  # stable external ids, not positions
     exact = VectorIndex.build(ids, vectors, exact_max_items=10**9)
     approx = VectorIndex.build(ids, vectors, exact_max_items=1000)
-    queries = _unit_vectors(100, seed=1)
+    # Queries as the service makes them: blends of catalogue items (a user's liked items, an
+    # item's neighbours), not points from unrelated clusters that no query resembles.
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.integers(0, 20_000, 100)] + vectors[rng.integers(0, 20_000, 100)]
+    queries += 0.3 * rng.normal(size=queries.shape)
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     recalls = []
     for query in queries:
         truth = {hit.item_id for hit in exact.search(query, 10)}

@@ -1,0 +1,186 @@
+"""Ingestion: POST /v1/events (batches of 1 and 100) and bulk import, on SQLite and PostgreSQL.
+
+Reference, in the same database: a raw DBAPI executemany of the same rows into ``events``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from bench.data import BENCH_DIR, MODEL, build_catalogue
+from bench.server import Server
+
+log = logging.getLogger(__name__)
+
+POSTGRES_ADMIN = os.environ.get(
+    "DRIFTREC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+ITEMS = 10_000
+
+
+def _fresh_database(backend: str) -> tuple[str, dict[str, str]]:
+    """A migrated database holding the 10k catalogue's items (with vectors), no events."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    from bench.data import _synthetic_item, title_vectors
+    from store.db import Database
+    from store.importing import import_item_vectors
+    from store.migrate import upgrade
+
+    directory = BENCH_DIR / f"ingest-{backend}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    if backend == "sqlite":
+        url = f"sqlite:///{directory / 'driftrec.db'}"
+    else:
+        admin = create_engine(POSTGRES_ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text('DROP DATABASE IF EXISTS "driftrec_bench" WITH (FORCE)'))
+            connection.execute(text('CREATE DATABASE "driftrec_bench"'))
+        admin.dispose()
+        url = make_url(POSTGRES_ADMIN).set(database="driftrec_bench").render_as_string(False)
+    upgrade(url)
+    catalogue = build_catalogue(ITEMS, progress=False)
+    movies, _ = title_vectors()
+    rng = np.random.default_rng(5)
+    origin = rng.integers(0, len(movies), ITEMS)
+    db = Database(url)
+    try:
+        items = (_synthetic_item(i + 1, movies[origin[i]]) for i in range(ITEMS))
+        import_item_vectors(db, items, catalogue.vectors, MODEL)
+    finally:
+        db.dispose()
+    return url, {"DRIFTREC_DATABASE_URL": url, "DRIFTREC_DATA_DIR": str(directory)}
+
+
+def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
+    from store.importing import EventRecord
+
+    rng = np.random.default_rng(11)
+    users, items = rng.integers(0, 10_000, n), rng.integers(1, ITEMS + 1, n)
+    base = datetime(2024, 6, 1, tzinfo=UTC).timestamp()
+    return [
+        EventRecord(
+            f"{tag}-{i}",
+            f"u{users[i]}",
+            f"b{items[i]}",
+            "view",
+            None,
+            datetime.fromtimestamp(base + i, UTC),
+        )
+        for i in range(n)
+    ]
+
+
+def bulk(url: str, n: int) -> dict[str, Any]:
+    """`store.importing.import_events` (the path of `driftrec import events`) against a raw
+    executemany of the same rows into the same table, after deleting them again."""
+    from sqlalchemy import delete, select, text
+
+    from store.db import Database
+    from store.importing import import_events
+    from store.items import ids_by_external
+    from store.models import Event, User
+
+    records = _records(n, "bulk")
+    db = Database(url)
+    try:
+        started = time.perf_counter()
+        stats = import_events(db, records)
+        import_s = time.perf_counter() - started
+        with db.read() as session:
+            users = dict(session.execute(select(User.external_id, User.id)).all())
+            items = ids_by_external(session, {r.item_id for r in records})
+        with db.write() as session:
+            session.execute(delete(Event))
+        now = datetime.now(UTC)
+        sqlite = db.dialect == "sqlite"
+        rows = [
+            (
+                r.event_id,
+                users[r.user_id],
+                items[r.item_id],
+                r.type,
+                r.value,
+                r.timestamp.replace(tzinfo=None).isoformat(" ") if sqlite else r.timestamp,
+                now.replace(tzinfo=None).isoformat(" ") if sqlite else now,
+            )
+            for r in records
+        ]
+        marker = "?" if sqlite else "%s"
+        sql = (
+            "INSERT INTO events (event_id, user_id, item_id, type, value, timestamp, received_at)"
+            f" VALUES ({', '.join([marker] * 7)})"
+        )
+        started = time.perf_counter()
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql(sql, rows)
+        raw_s = time.perf_counter() - started
+        with db.write() as session:
+            session.execute(text("DELETE FROM events"))
+    finally:
+        db.dispose()
+    return {
+        "events": n,
+        "accepted": stats.accepted,
+        "import_eps": n / import_s,
+        "raw_executemany_eps": n / raw_s,
+    }
+
+
+def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": []}
+    for backend in ("sqlite", "postgresql"):
+        url, env = _fresh_database(backend)
+        result: dict[str, Any] = {"bulk": bulk(url, 50_000 if quick else 200_000)}
+        with Server(env, name=f"ingest-{backend}") as server:
+            for batch in (1, 100):
+                result[f"api_{batch}"] = server.load(
+                    f"events{batch}", items=ITEMS, duration=duration, seed=batch
+                )
+        out[backend] = result
+        b = result["bulk"]
+        raw = b["raw_executemany_eps"]
+        label = "SQLite" if backend == "sqlite" else "PostgreSQL"
+        for batch in (1, 100):
+            m = result[f"api_{batch}"]
+            eps = m["qps"] * batch
+            if batch == 1:
+                target, ok = "p99 <= 10 ms", m["p99_ms"] <= 10 and m["errors"] == 0
+            else:
+                want = 5000 if backend == "sqlite" else 3000
+                target, ok = f">= {want} events/s", eps >= want and m["errors"] == 0
+            out["rows"].append(
+                (
+                    "ingest",
+                    f"{label} POST /v1/events x{batch}",
+                    f"{eps:.0f} events/s, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
+                    f"{m['errors']} err",
+                    f"raw executemany {raw:.0f} events/s",
+                    f"{eps / raw:.1%}",
+                    target,
+                    "yes" if ok else "NO",
+                )
+            )
+        out["rows"].append(
+            (
+                "ingest",
+                f"{label} bulk import ({b['events']} events)",
+                f"{b['import_eps']:.0f} events/s",
+                f"raw executemany {raw:.0f} events/s",
+                f"{b['import_eps'] / raw:.0%}",
+                ">= 50000 events/s",
+                "yes" if b["import_eps"] >= 50_000 else "NO",
+            )
+        )
+        log.info("bench ingest %s %s", backend, result)
+    return out

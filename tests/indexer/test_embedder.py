@@ -1,0 +1,61 @@
+"""Embedder backends: the ONNX Runtime export agrees with sentence-transformers (real MiniLM)."""
+
+import numpy as np
+import pytest
+
+from indexer.embedder import ONNX, TORCH, EmbedderUnavailable, LazyEmbedder, load_embedder
+from store.settings import load_settings
+
+MODEL = "bundled:all-MiniLM-L6-v2"
+TEXTS = [
+    "Toy Story (1995). Genres: Adventure, Animation, Children, Comedy, Fantasy",
+    "Heat (1995)",
+    "a much longer description of a film about a detective who solves crimes in a rainy city "
+    "at night while the rest of the town sleeps and the jazz clubs play until morning",
+    "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
+    "",
+]
+
+
+@pytest.mark.slow
+def test_onnx_backend_matches_sentence_transformers(tmp_path):
+    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
+    onnx = load_embedder(MODEL, backend=ONNX, cache_dir=tmp_path, batch_size=7)
+    onnx_vectors = onnx.embed(TEXTS)
+    assert onnx.model_name == MODEL and onnx.dim == 384
+    assert onnx_vectors.shape == torch_vectors.shape and onnx_vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(onnx_vectors, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(onnx_vectors * torch_vectors, axis=1)) > 0.9999
+    # Batches of mixed lengths give each text the vector it gets alone.
+    assert np.allclose(onnx.embed(TEXTS[2:3])[0], onnx_vectors[2], atol=1e-5)
+    exported = list(tmp_path.glob("*.onnx"))
+    assert len(exported) == 1  # exported once, then reused from the cache directory
+    assert onnx.embed([]).shape == (0, 384)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(EmbedderUnavailable):
+        load_embedder(MODEL, backend="tensorflow")
+
+
+def test_backend_setting():
+    assert load_settings({}).embedder_backend == TORCH
+    assert load_settings({"DRIFTREC_EMBEDDER_BACKEND": " ONNX "}).embedder_backend == ONNX
+
+
+def test_lazy_embedder_loads_only_for_texts():
+    loads = []
+
+    class Real:
+        model_name, dim = "m", 3
+
+        def embed(self, texts, *, progress=False):
+            return np.ones((len(texts), 3), dtype=np.float32)
+
+    def load():
+        loads.append(1)
+        return Real()
+
+    lazy = LazyEmbedder("m", 3, load)
+    assert lazy.embed([]).shape == (0, 3) and not loads
+    assert lazy.embed(["x"]).shape == (1, 3) and loads == [1]
