@@ -32,6 +32,8 @@ class EventInput:
     type: str
     timestamp: datetime
     value: float | None = None
+    #: The recommendation answer the event came from (attribution), when known.
+    recomm_id: str | None = None
 
 
 @dataclass
@@ -124,7 +126,15 @@ def _ingest(
         return result
     users = ensure_users(session, {e.user_id for _, e in valid})
     rows = [
-        EventRow(e.event_id, users[e.user_id], items[e.item_id], e.type, e.value, e.timestamp)
+        EventRow(
+            e.event_id,
+            users[e.user_id],
+            items[e.item_id],
+            e.type,
+            e.value,
+            e.timestamp,
+            e.recomm_id,
+        )
         for _, e in valid
     ]
     inserted = insert_events(session, rows)

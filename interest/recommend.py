@@ -473,3 +473,18 @@ class Recommender:
                 self.index.model_version_id,
                 {h.item_id: [] for h in hits} if controls.explain else None,
             )
+
+    def cold_start(
+        self,
+        k: int,
+        *,
+        exclude: Collection[int] = (),
+        categories: Sequence[str] = (),
+        controls: Controls | None = None,
+        now: float | None = None,
+    ) -> Recommendation:
+        """The cold-start list (for requests with nothing to personalise on)."""
+        now = time.time() if now is None else now
+        with self.db.read() as session:
+            self.index.refresh(session=session)
+            return self._cold_start(k, set(exclude), categories, now, session, controls=controls)

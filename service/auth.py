@@ -28,6 +28,8 @@ ENDPOINT_SCOPES = {
     "search.search": "read",
     "users.recommendations": "read",
     "users.recommendations_with_body": "read",
+    "recommendations.by_examples": "read",
+    "recommendations.next_page": "read",
     "users.show": "read",
     "events.ingest": "write",
     "items.upsert": "admin",

@@ -17,10 +17,12 @@ from flask import Blueprint, url_for
 from service.api.common import get_runtime
 from service.auth import ENDPOINT_SCOPES
 from service.recommend_params import MAX_EXCLUDE, MAX_FIELDS
+from service.recommending import MAX_EXAMPLES
 from service.validation import (
     MAX_EVENT_TYPE_LENGTH,
     MAX_EVENT_VALUE,
     MAX_QUERY_LENGTH,
+    MAX_RECOMM_ID_LENGTH,
 )
 from store.models import EXTERNAL_ID_LENGTH
 from store.settings import Settings
@@ -167,6 +169,27 @@ def recommend_body(settings: Settings) -> dict[str, Any]:
     }
 
 
+def examples_body(settings: Settings) -> dict[str, Any]:
+    body = recommend_body(settings)
+    example = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Exactly one of item_id, text, vector; weight may be negative",
+        "properties": {
+            "item_id": {"type": "string", "minLength": 1},
+            "text": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_LENGTH},
+            "vector": {"type": "array", "items": {"type": "number"}},
+            "weight": {"type": "number", "default": 1},
+        },
+    }
+    body["required"] = ["examples"]
+    body["properties"] = {
+        "examples": {"type": "array", "minItems": 1, "maxItems": MAX_EXAMPLES, "items": example},
+        **body["properties"],
+    }
+    return body
+
+
 def _components(settings: Settings) -> dict[str, Any]:
     text = {"type": "string", "minLength": 1}
     ident = {"type": "string", "minLength": 1, "maxLength": EXTERNAL_ID_LENGTH}
@@ -253,6 +276,12 @@ def _components(settings: Settings) -> dict[str, Any]:
                     "maximum": MAX_EVENT_VALUE,
                 },
                 "timestamp": {**timestamp, "description": "At most one day in the future"},
+                "recomm_id": {
+                    "type": ["string", "null"],
+                    "minLength": 1,
+                    "maxLength": MAX_RECOMM_ID_LENGTH,
+                    "description": "The recommendation answer the event came from (attribution)",
+                },
             },
         },
         "RankedItem": {
@@ -308,6 +337,7 @@ def _components(settings: Settings) -> dict[str, Any]:
         "Recommendations": {
             "type": "object",
             "required": [
+                "recomm_id",
                 "items",
                 "index_version",
                 "model_version",
@@ -315,8 +345,24 @@ def _components(settings: Settings) -> dict[str, Any]:
                 "served_by",
             ],
             "properties": {
+                "recomm_id": {
+                    "type": "string",
+                    "description": "Continue with GET /v1/recommendations/{recomm_id}/next",
+                },
                 "user_id": {"type": "string"},
                 "items": {"type": "array", "items": _ref("RecommendedItem")},
+                "skipped": {
+                    "type": "array",
+                    "description": "Anonymous requests: examples whose item is unknown",
+                    "items": _object(
+                        ["index", "item_id", "reason"],
+                        {
+                            "index": {"type": "integer"},
+                            "item_id": {"type": "string"},
+                            "reason": {"type": "string"},
+                        },
+                    ),
+                },
                 "index_version": {"type": ["integer", "null"]},
                 "model_version": {"type": ["integer", "null"]},
                 "strategy": {"type": "string", "enum": ["personalized", "cold_start"]},
@@ -520,6 +566,44 @@ def build_spec(settings: Settings, *, server_url: str | None = None) -> dict[str
                     **_errors(BODY_ERRORS),
                 },
                 body=recommend_body(settings),
+            ),
+        },
+        "/v1/recommendations": {
+            "post": _operation(
+                "recommendations.by_examples",
+                "Recommendations for weighted examples (item ids, texts, vectors): no user needed",
+                {
+                    "200": _json(_ref("Recommendations"), "Ranked items, with `skipped`"),
+                    **_errors(BODY_ERRORS),
+                },
+                body=examples_body(settings),
+            )
+        },
+        "/v1/recommendations/{recomm_id}/next": {
+            "parameters": [
+                {
+                    "name": "recomm_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "From an earlier recommendation answer",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                }
+            ],
+            "get": _operation(
+                "recommendations.next_page",
+                "The next page of an earlier answer: no item repeats; 404 once expired",
+                {
+                    "200": _json(_ref("Recommendations"), "Ranked items"),
+                    **_errors(READ_ERRORS),
+                },
+                parameters=[
+                    {
+                        "name": "k",
+                        "in": "query",
+                        "description": "Page size (default: the first request's k)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": settings.max_k},
+                    }
+                ],
             ),
         },
         "/v1/users/{user_id}": {

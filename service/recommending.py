@@ -4,16 +4,24 @@ JSON answer (chosen item fields, explanations).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
+from interest.ingest import raw_vectors
+from interest.profile import ProfileState
 from interest.recommend import COLD_START, Recommendation
+from service.errors import ValidationError
 from service.recommend_params import RecommendParams
 from service.runtime import Runtime
 from store.items import ids_by_external
 from store.models import Item
+from store.recommendations import add_shown, create_session, get_session, new_recomm_id
 
 SERVED_BY_MODEL = "correction_network"
 SERVED_BY_BLEND = "decayed_blend"
@@ -38,6 +46,7 @@ def resolve_exclude(runtime: Runtime, external_ids: Collection[str]) -> set[int]
 def for_user(
     runtime: Runtime, user_id: str, params: RecommendParams, *, shown: Collection[int] = ()
 ) -> Recommendation:
+    """The user's recommendations with the request's controls, never repeating ``shown``."""
     excluded = resolve_exclude(runtime, params.exclude) | set(shown)
     return runtime.recommender.for_user(
         user_id,
@@ -123,3 +132,206 @@ def _facts(runtime: Runtime, item_ids: set[int]) -> dict[int, tuple[str, str, li
             item_id: (external_id, title, list(cats or []), dict(props or {}))
             for item_id, external_id, title, cats, props in rows
         }
+
+
+# -- pagination ------------------------------------------------------------------------------
+def remember(
+    runtime: Runtime,
+    found: Recommendation,
+    *,
+    user_id: str | None,
+    params: Mapping[str, Any],
+) -> str:
+    """Store the answer as a new recommendation session; return its ``recomm_id``."""
+    recomm_id = new_recomm_id()
+    with runtime.db.write() as session:
+        create_session(
+            session,
+            recomm_id=recomm_id,
+            user_external_id=user_id,
+            params=dict(params),
+            shown=[item.item_id for item in found.items],
+            strategy=found.strategy,
+            model_version_id=found.model_version,
+            arm=None,
+            ttl_s=runtime.settings.recommendation_ttl_s,
+        )
+    return recomm_id
+
+
+def next_page(runtime: Runtime, recomm_id: str, k: int | None) -> dict[str, Any]:
+    """The next ``k`` items of an earlier answer, none of them answered before."""
+    with runtime.db.read() as session:
+        row = get_session(session, recomm_id)
+        user_id, stored, shown = row.user_external_id, dict(row.params), list(row.shown)
+    examples = stored.pop("examples", None)
+    params = RecommendParams.from_json(stored)
+    if k is not None:
+        params = params.with_k(k)
+    if user_id is not None:
+        found = for_user(runtime, user_id, params, shown=shown)
+        skipped: list[dict[str, Any]] | None = None
+    else:
+        parsed = [Example(**example) for example in examples or []]
+        found, skipped = for_examples(runtime, parsed, params, shown=shown)
+
+    def work(session):  # type: ignore[no-untyped-def]
+        return add_shown(
+            session,
+            recomm_id,
+            [item.item_id for item in found.items],
+            ttl_s=runtime.settings.recommendation_ttl_s,
+        )
+
+    runtime.db.run_write(work)
+    body: dict[str, Any] = {"recomm_id": recomm_id}
+    if user_id is not None:
+        body["user_id"] = user_id
+    body.update(render(runtime, found, params))
+    if skipped is not None:
+        body["skipped"] = skipped
+    return body
+
+
+# -- anonymous requests ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    """One weighted example of an anonymous request: an item id, a text or a raw vector."""
+
+    weight: float = 1.0
+    item_id: str | None = None
+    text: str | None = None
+    vector: list[float] | None = field(default=None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight,
+            "item_id": self.item_id,
+            "text": self.text,
+            "vector": self.vector,
+        }
+
+
+def state_from_examples(
+    runtime: Runtime, examples: Sequence[Example], now: float
+) -> tuple[ProfileState, list[dict[str, Any]], set[int]]:
+    """An in-memory profile from the examples, the skipped ones, and the example items' ids.
+
+    Examples are folded in the order given, one second apart, so the last is the most recent.
+    Unknown item ids (and items without a vector yet) are skipped, not an error.
+    """
+    dim = runtime.embedding_dim
+    state = ProfileState.empty(runtime.settings.half_lives, dim)
+    skipped: list[dict[str, Any]] = []
+    wanted = [e.item_id for e in examples if e.item_id is not None]
+    with runtime.db.read() as session:
+        ids = ids_by_external(session, wanted) if wanted else {}
+        vectors = raw_vectors(session, list(ids.values()), runtime.settings.embedder_model)
+    texts = [e.text for e in examples if e.text is not None]
+    embedded = iter(runtime.embedder.embed(texts)) if texts else iter(())
+    used: set[int] = set()
+    for index, example in enumerate(examples):
+        item_id = -1
+        if example.item_id is not None:
+            internal = ids.get(example.item_id)
+            if internal is None or internal not in vectors:
+                reason = "unknown item" if internal is None else "item has no vector yet"
+                skipped.append({"index": index, "item_id": example.item_id, "reason": reason})
+                continue
+            vector, item_id = vectors[internal], internal
+            used.add(internal)
+        elif example.text is not None:
+            vector = np.asarray(next(embedded), dtype=np.float32)
+        else:
+            vector = np.asarray(example.vector, dtype=np.float32)
+            if vector.shape != (dim,):
+                raise ValidationError(
+                    f"examples[{index}].vector has {vector.size} numbers; the embedder's "
+                    f"dimension is {dim}"
+                )
+        at = now - (len(examples) - index)
+        state.apply(vector, example.weight, at, item_id, runtime.settings.recent_buffer_size)
+    return state, skipped, used
+
+
+def for_examples(
+    runtime: Runtime,
+    examples: Sequence[Example],
+    params: RecommendParams,
+    *,
+    shown: Collection[int] = (),
+) -> tuple[Recommendation, list[dict[str, Any]]]:
+    """Recommendations for an anonymous session; the example items are left out unless
+    ``exclude_seen`` is false. With no usable example, the cold-start list."""
+    now = time.time()
+    state, skipped, used = state_from_examples(runtime, examples, now)
+    excluded = resolve_exclude(runtime, params.exclude) | set(shown)
+    if params.exclude_seen:
+        excluded |= used
+    controls = params.controls() if needs_controls(params) else None
+    recommender = runtime.recommender
+    if state.event_count == 0 or not np.any(state.weight_sums):
+        found = recommender.cold_start(
+            params.k, exclude=excluded, categories=params.categories, controls=controls
+        )
+    else:
+        runtime.index.refresh()
+        found = recommender.for_state(
+            state,
+            params.k,
+            exclude=excluded,
+            categories=params.categories,
+            now=now,
+            controls=controls,
+        )
+    return found, skipped
+
+
+MAX_EXAMPLES = 100
+MAX_EXAMPLE_WEIGHT = 1e6
+EXAMPLE_FIELDS = {"item_id", "text", "vector", "weight"}
+
+
+def parse_examples(raw: object, max_text: int) -> list[Example]:
+    """``examples``: 1 to 100 objects with exactly one of item_id, text, vector, and a weight."""
+    if not isinstance(raw, list) or not raw:
+        raise ValidationError("examples must be a non-empty list")
+    if len(raw) > MAX_EXAMPLES:
+        raise ValidationError(f"at most {MAX_EXAMPLES} examples")
+    found = []
+    for index, entry in enumerate(raw):
+        where = f"examples[{index}]"
+        if not isinstance(entry, dict):
+            raise ValidationError(f"{where} must be an object")
+        unknown = sorted(set(entry) - EXAMPLE_FIELDS)
+        if unknown:
+            raise ValidationError(f"{where} has an unknown field {unknown[0]!r}")
+        given = [name for name in ("item_id", "text", "vector") if entry.get(name) is not None]
+        if len(given) != 1:
+            raise ValidationError(f"{where} needs exactly one of item_id, text, vector")
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValidationError(f"{where}.weight must be a number")
+        if not math.isfinite(weight) or abs(weight) > MAX_EXAMPLE_WEIGHT:
+            raise ValidationError(f"{where}.weight must be finite and within ±1e6")
+        value = entry[given[0]]
+        if given[0] in ("item_id", "text"):
+            if not isinstance(value, str) or not value.strip():
+                raise ValidationError(f"{where}.{given[0]} must be a non-empty string")
+            if len(value) > max_text:
+                raise ValidationError(f"{where}.{given[0]} is longer than {max_text} characters")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValidationError(f"{where}.{given[0]} is not valid Unicode text") from exc
+            if "\x00" in value:
+                raise ValidationError(f"{where}.{given[0]} must not contain NUL characters")
+        else:
+            if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value
+            ):
+                raise ValidationError(f"{where}.vector must be a list of finite numbers")
+            value = [float(v) for v in value]
+        found.append(Example(weight=float(weight), **{given[0]: value}))
+    return found

@@ -30,7 +30,8 @@ MAX_EVENT_TYPE_LENGTH = 64
 MAX_QUERY_LENGTH = 1_000
 
 ITEM_FIELDS = {"id", "title", "text", "categories", "properties", "available", "expires_at"}
-EVENT_FIELDS = {"id", "user_id", "item_id", "type", "value", "timestamp"}
+EVENT_FIELDS = {"id", "user_id", "item_id", "type", "value", "timestamp", "recomm_id"}
+MAX_RECOMM_ID_LENGTH = 64
 
 
 class EntryError(ValueError):
@@ -224,6 +225,11 @@ def parse_event(entry: object, *, now: float | None = None) -> EventInput:
     now = time.time() if now is None else now
     if timestamp.timestamp() > now + MAX_FUTURE_S:
         raise EntryError("timestamp is more than one day in the future")
+    recomm_id = data.get("recomm_id")
+    if recomm_id is not None:
+        recomm_id = _text(data, "recomm_id")
+        if len(recomm_id) > MAX_RECOMM_ID_LENGTH:
+            raise EntryError(f"recomm_id is longer than {MAX_RECOMM_ID_LENGTH} characters")
     return EventInput(
         event_id=_id(data, "id"),
         user_id=_id(data, "user_id"),
@@ -231,6 +237,7 @@ def parse_event(entry: object, *, now: float | None = None) -> EventInput:
         type=event_type,
         timestamp=timestamp,
         value=value,
+        recomm_id=recomm_id,
     )
 
 

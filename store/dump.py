@@ -44,6 +44,7 @@ TABLES = (
     "model_versions",
     "index_versions",
     "api_keys",
+    "recommendation_sessions",
 )
 FILE_TABLES = {"index_versions": "indexes", "model_versions": "models"}
 

@@ -24,6 +24,7 @@ class EventRow:
     type: str
     value: float | None
     timestamp: datetime
+    recomm_id: str | None = None
 
 
 def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
@@ -106,6 +107,7 @@ def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
                 "value": row.value,
                 "timestamp": row.timestamp,
                 "received_at": now,
+                "recomm_id": row.recomm_id,
             }
             for row in rows
         ],

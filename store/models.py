@@ -96,6 +96,8 @@ class Event(Base):
     value: Mapped[float | None] = mapped_column(Float)
     timestamp: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The recommendation answer the event came from (attribution), when the caller says so.
+    recomm_id: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class Profile(Base):
@@ -172,3 +174,23 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class RecommendationSession(Base):
+    """One recommendation request, kept so its next pages never repeat an item and so events
+    can be attributed to the model version (and experiment arm) that served it."""
+
+    __tablename__ = "recommendation_sessions"
+
+    recomm_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The caller's user id; None for an anonymous request (examples in ``params``).
+    user_external_id: Mapped[str | None] = mapped_column(String(EXTERNAL_ID_LENGTH))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Internal ids of the items answered so far, in order.
+    shown: Mapped[list[int]] = mapped_column(JSON, default=list)
+    shown_count: Mapped[int] = mapped_column(Integer, default=0)
+    strategy: Mapped[str] = mapped_column(String(32))
+    model_version_id: Mapped[int | None]
+    arm: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -48,8 +48,6 @@ class Settings:
     embedder_model: str = "bundled:all-MiniLM-L6-v2"
     #: "torch" (sentence-transformers) or "onnx" (ONNX Runtime on a local export, same vectors).
     embedder_backend: str = "torch"
-    #: "torch" (sentence-transformers) or "onnx" (ONNX Runtime on a local export, same vectors).
-    embedder_backend: str = "torch"
     embed_batch_size: int = 64
     torch_threads: int = 1
     half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
@@ -66,6 +64,8 @@ class Settings:
     log_level: str = "INFO"
     #: "enabled" (every /v1 request needs an API key) or "disabled" (local experiments only).
     auth: str = "enabled"
+    #: How long a recommendation answer's next pages stay available (seconds since last page).
+    recommendation_ttl_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -104,7 +104,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_DATA_DIR": ("data_dir", Path),
         "DRIFTREC_EMBEDDER_MODEL": ("embedder_model", str),
         "DRIFTREC_EMBEDDER_BACKEND": ("embedder_backend", lambda raw: raw.strip().lower()),
-        "DRIFTREC_EMBEDDER_BACKEND": ("embedder_backend", lambda raw: raw.strip().lower()),
         "DRIFTREC_EMBED_BATCH_SIZE": ("embed_batch_size", int),
         "DRIFTREC_TORCH_THREADS": ("torch_threads", int),
         "DRIFTREC_HALF_LIVES": ("half_lives", _float_list),
@@ -118,6 +117,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_BLEND_HALF_LIFE": ("blend_half_life", float),
         "DRIFTREC_COLD_START_WINDOW": ("cold_start_window", float),
         "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
+        "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

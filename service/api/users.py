@@ -46,7 +46,12 @@ def recommendations_with_body(user_id: str) -> dict[str, Any]:
 
 def _answer(runtime: Runtime, user_id: str, params: RecommendParams) -> dict[str, Any]:
     found = recommending.for_user(runtime, user_id, params)
-    return {"user_id": user_id, **recommending.render(runtime, found, params)}
+    recomm_id = recommending.remember(runtime, found, user_id=user_id, params=params.as_json())
+    return {
+        "user_id": user_id,
+        "recomm_id": recomm_id,
+        **recommending.render(runtime, found, params),
+    }
 
 
 @bp.get("/<user_id>")

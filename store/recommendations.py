@@ -1,0 +1,131 @@
+"""Recommendation sessions: what one request asked and which items it has answered so far.
+
+They make pagination repeat nothing across workers (the state is in the database, not in a
+process) and let events name the answer they came from (attribution by model version and
+experiment arm). Functions take a `Session` and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from store.errors import NotFound
+from store.models import Event, RecommendationSession
+from store.types import utcnow
+
+
+def new_recomm_id() -> str:
+    return uuid.uuid4().hex
+
+
+def create_session(
+    session: Session,
+    *,
+    recomm_id: str,
+    user_external_id: str | None,
+    params: dict[str, Any],
+    shown: Sequence[int],
+    strategy: str,
+    model_version_id: int | None,
+    arm: str | None,
+    ttl_s: float,
+) -> None:
+    now = utcnow()
+    session.execute(
+        RecommendationSession.__table__.insert().values(
+            recomm_id=recomm_id,
+            user_external_id=user_external_id,
+            params=params,
+            shown=list(shown),
+            shown_count=len(shown),
+            strategy=strategy,
+            model_version_id=model_version_id,
+            arm=arm,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+    )
+
+
+def get_session(
+    session: Session, recomm_id: str, *, for_update: bool = False
+) -> RecommendationSession:
+    """The live session; `NotFound` when unknown or expired."""
+    stmt = select(RecommendationSession).where(RecommendationSession.recomm_id == recomm_id)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.scalar(stmt)
+    if row is None or row.expires_at <= utcnow():
+        raise NotFound(f"recommendation {recomm_id!r} not found or expired")
+    return row
+
+
+def add_shown(
+    session: Session, recomm_id: str, item_ids: Sequence[int], *, ttl_s: float
+) -> RecommendationSession:
+    """Append answered items (those not already there) and extend the expiry."""
+    row = get_session(session, recomm_id, for_update=True)
+    known = set(row.shown)
+    shown = list(row.shown) + [i for i in item_ids if i not in known]
+    row.shown = shown
+    row.shown_count = len(shown)
+    row.expires_at = utcnow() + timedelta(seconds=ttl_s)
+    session.flush()
+    return row
+
+
+def delete_expired(session: Session, *, before: datetime | None = None) -> int:
+    """Remove sessions that expired before ``before`` (default now); returns how many."""
+    moment = before or utcnow()
+    result = session.execute(
+        delete(RecommendationSession).where(RecommendationSession.expires_at < moment)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def attribution_counts(session: Session, since: datetime | None = None) -> list[dict[str, Any]]:
+    """Per model version and arm: answers served, items shown, events attributed by type."""
+    sessions = RecommendationSession.__table__.c
+    events = Event.__table__.c
+    served = select(
+        sessions.model_version_id,
+        sessions.arm,
+        func.count().label("answers"),
+        func.coalesce(func.sum(sessions.shown_count), 0).label("shown"),
+    ).group_by(sessions.model_version_id, sessions.arm)
+    attributed = (
+        select(
+            sessions.model_version_id,
+            sessions.arm,
+            events.type,
+            func.count().label("events"),
+            func.count(func.distinct(events.recomm_id)).label("answers_with_events"),
+        )
+        .select_from(
+            events.join(RecommendationSession.__table__, events.recomm_id == sessions.recomm_id)
+        )
+        .group_by(sessions.model_version_id, sessions.arm, events.type)
+    )
+    if since is not None:
+        served = served.where(sessions.created_at >= since)
+        attributed = attributed.where(sessions.created_at >= since)
+    groups: dict[tuple[int | None, str | None], dict[str, Any]] = {}
+    for model_version, arm, answers, shown in session.execute(served):
+        groups[(model_version, arm)] = {
+            "model_version": model_version,
+            "arm": arm,
+            "answers": int(answers),
+            "items_shown": int(shown),
+            "events": {},
+        }
+    for model_version, arm, kind, count, _ in session.execute(attributed):
+        group = groups.get((model_version, arm))
+        if group is not None:
+            group["events"][kind] = int(count)
+    return list(groups.values())

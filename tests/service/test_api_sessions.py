@@ -1,0 +1,190 @@
+"""Pagination that never repeats (recomm_id), and anonymous recommendations by example, through
+the real service (model, FAISS, SQLite)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from store.models import Event, RecommendationSession
+from store.types import utcnow
+from tests.service.conftest import admin_client, catalogue_items
+
+
+def _user() -> str:
+    return f"u-{uuid.uuid4().hex[:8]}"
+
+
+def _like(client, user: str, items: list[str], **extra) -> None:
+    events = [
+        {
+            "id": uuid.uuid4().hex,
+            "user_id": user,
+            "item_id": item,
+            "type": "like",
+            "timestamp": time.time(),
+            **extra,
+        }
+        for item in items
+    ]
+    response = client.post("/v1/events", json={"events": events})
+    assert response.status_code == 200 and response.get_json()["accepted"] == len(items)
+
+
+def _ok(response) -> dict:
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _ids(body: dict) -> list[str]:
+    return [item["id"] for item in body["items"]]
+
+
+def test_pages_never_repeat_until_the_catalogue_is_exhausted(client):
+    user = _user()
+    _like(client, user, ["space-0", "space-1"])
+    first = _ok(client.get(f"/v1/users/{user}/recommendations?k=7"))
+    recomm_id = first["recomm_id"]
+    pages = [_ids(first)]
+    while pages[-1]:
+        body = _ok(client.get(f"/v1/recommendations/{recomm_id}/next?k=7"))
+        assert body["recomm_id"] == recomm_id and body["user_id"] == user
+        pages.append(_ids(body))
+    shown = [item for page in pages for item in page]
+    assert len(shown) == len(set(shown)), "an item repeated across pages"
+    everything = {item["id"] for item in catalogue_items()} - {"space-0", "space-1"}
+    assert everything <= set(shown)
+    assert all(len(page) == 7 for page in pages[:-2])
+
+
+def test_next_page_keeps_the_request_and_its_k(client):
+    user = _user()
+    _like(client, user, ["music-0"])
+    first = _ok(
+        client.post(
+            f"/v1/users/{user}/recommendations",
+            json={"k": 2, "categories": ["food"], "fields": ["categories"], "explain": True},
+        )
+    )
+    seen = _ids(first)
+    for _ in range(2):
+        body = _ok(client.get(f"/v1/recommendations/{first['recomm_id']}/next"))
+        assert len(body["items"]) == 2
+        for item in body["items"]:
+            assert item["categories"] == ["food"] and "explanation" in item
+        seen += _ids(body)
+    assert sorted(seen) == sorted(f"food-{n}" for n in range(6))
+    last = _ok(client.get(f"/v1/recommendations/{first['recomm_id']}/next?k=5"))
+    assert last["items"] == []
+
+
+def test_sessions_are_shared_across_workers_and_expire(client, app, app_builder, embedder, tmp_path):
+    """A second app over the same database (another gunicorn worker) continues the answer."""
+    user = _user()
+    _like(client, user, ["nature-0"])
+    first = _ok(client.get(f"/v1/users/{user}/recommendations?k=3"))
+    url = app.extensions["driftrec"].settings.database_url
+    other = app_builder(url, tmp_path / "other-worker", embedder)
+    try:
+        second = _ok(admin_client(other).get(f"/v1/recommendations/{first['recomm_id']}/next"))
+    finally:
+        other.extensions["driftrec"].close()
+    assert len(second["items"]) == 3 and not set(_ids(second)) & set(_ids(first))
+
+    runtime = app.extensions["driftrec"]
+    with runtime.db.write() as session:
+        session.execute(
+            update(RecommendationSession)
+            .where(RecommendationSession.recomm_id == first["recomm_id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    expired = client.get(f"/v1/recommendations/{first['recomm_id']}/next")
+    assert expired.status_code == 404 and "expired" in expired.get_json()["error"]["message"]
+    assert client.get("/v1/recommendations/no-such-answer/next").status_code == 404
+    assert client.get(f"/v1/recommendations/{first['recomm_id']}/next?k=0").status_code == 422
+
+
+def test_events_carry_their_recomm_id(client, runtime):
+    user = _user()
+    _like(client, user, ["sports-0"])
+    body = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))
+    _like(client, user, [body["items"][0]["id"]], recomm_id=body["recomm_id"])
+    with runtime.db.read() as session:
+        stored = session.scalars(select(Event.recomm_id).where(Event.recomm_id.is_not(None)))
+        assert body["recomm_id"] in set(stored)
+    bad = client.post(
+        "/v1/events",
+        json={
+            "events": [
+                {
+                    "id": uuid.uuid4().hex,
+                    "user_id": user,
+                    "item_id": "sports-1",
+                    "type": "click",
+                    "timestamp": time.time(),
+                    "recomm_id": "x" * 65,
+                }
+            ]
+        },
+    ).get_json()
+    assert bad["accepted"] == 0 and "recomm_id" in bad["rejected"][0]["error"]
+
+
+def test_anonymous_recommendations_by_example(client, runtime, embedder):
+    vector = embedder.embed(["Cooking dinner in the kitchen"])[0].tolist()
+    body = _ok(
+        client.post(
+            "/v1/recommendations",
+            json={
+                "k": 5,
+                "examples": [
+                    {"item_id": "food-0", "weight": 2},
+                    {"text": "baking bread and cakes"},
+                    {"vector": vector, "weight": 1.5},
+                    {"item_id": "no-such-item"},
+                    {"item_id": "space-0", "weight": -3},
+                ],
+                "explain": True,
+            },
+        )
+    )
+    assert body["skipped"] == [{"index": 3, "item_id": "no-such-item", "reason": "unknown item"}]
+    assert body["strategy"] == "personalized" and body["recomm_id"]
+    ids = _ids(body)
+    assert len(ids) == 5 and "food-0" not in ids and "space-0" not in ids
+    assert sum(item.startswith("food-") for item in ids) >= 4, ids
+    assert any(item["explanation"]["because"] for item in body["items"])
+    assert not {"user_id"} & set(body)
+
+    more = _ok(client.get(f"/v1/recommendations/{body['recomm_id']}/next?k=5"))
+    assert more["skipped"] == body["skipped"]
+    assert len(more["items"]) == 5 and not set(_ids(more)) & (set(ids) | {"food-0"})
+
+    # Only unknown ids: nothing to personalise on, the cold-start list; never an error.
+    cold = _ok(client.post("/v1/recommendations", json={"examples": [{"item_id": "nope"}]}))
+    assert cold["strategy"] == "cold_start" and len(cold["skipped"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"examples": []},
+        {"examples": [{}]},
+        {"examples": [{"item_id": "a", "text": "b"}]},
+        {"examples": [{"text": ""}]},
+        {"examples": [{"vector": [1.0, 2.0]}]},
+        {"examples": [{"vector": ["a"]}]},
+        {"examples": [{"item_id": "a", "weight": "heavy"}]},
+        {"examples": [{"item_id": "a", "colour": "red"}]},
+        {"examples": [{"item_id": "a\x00"}]},
+        {"examples": [{"item_id": "a"}], "diversity": 3},
+    ],
+)
+def test_bad_examples_are_422(client, body):
+    response = client.post("/v1/recommendations", json=body)
+    assert response.status_code == 422, response.get_json()
