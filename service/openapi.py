@@ -606,6 +606,96 @@ def build_spec(settings: Settings, *, server_url: str | None = None) -> dict[str
                 ],
             ),
         },
+        "/v1/stats": {
+            "get": _operation(
+                "stats.show",
+                "Click-through of recommendation answers by model version and experiment arm",
+                {
+                    "200": _json(
+                        _object(
+                            ["since", "by_model_version"],
+                            {
+                                "since": {"type": ["string", "null"]},
+                                "by_model_version": {
+                                    "type": "array",
+                                    "items": _object(
+                                        [
+                                            "model_version",
+                                            "arm",
+                                            "answers",
+                                            "items_shown",
+                                            "events",
+                                            "positive_events",
+                                            "click_through",
+                                        ],
+                                        {
+                                            "model_version": {"type": ["integer", "null"]},
+                                            "arm": {"type": ["string", "null"]},
+                                            "answers": int_,
+                                            "items_shown": int_,
+                                            "events": {
+                                                "type": "object",
+                                                "additionalProperties": int_,
+                                                "description": "Attributed events by type",
+                                            },
+                                            "positive_events": int_,
+                                            "click_through": {
+                                                "type": ["number", "null"],
+                                                "description": "positive_events / items_shown",
+                                            },
+                                        },
+                                    ),
+                                },
+                            },
+                        ),
+                        "Counts per model version and arm",
+                    ),
+                    **_errors(READ_ERRORS),
+                },
+                parameters=[
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "description": "Only answers made since (ISO 8601 or epoch seconds)",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+        "/v1/users/merge": {
+            "post": _operation(
+                "users.merge",
+                "Join an anonymous user's events into a user's profile (idempotent)",
+                {
+                    "200": _json(
+                        _object(
+                            ["from", "into", "merged", "moved_events", "event_count"],
+                            {
+                                "from": {"type": "string"},
+                                "into": {"type": "string"},
+                                "merged": {
+                                    "type": "boolean",
+                                    "description": "False when `from` no longer exists",
+                                },
+                                "moved_events": int_,
+                                "event_count": int_,
+                            },
+                        ),
+                        "Merged (or nothing left to merge)",
+                    ),
+                    **_errors(BODY_ERRORS),
+                },
+                body={
+                    "type": "object",
+                    "required": ["from", "into"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "from": {**_id_param("from", "user")["schema"], "pattern": r"\S"},
+                        "into": {**_id_param("into", "user")["schema"], "pattern": r"\S"},
+                    },
+                },
+            )
+        },
         "/v1/users/{user_id}": {
             "parameters": [_id_param("user_id", "user")],
             "get": _operation(

@@ -108,7 +108,9 @@ def attribution_counts(session: Session, since: datetime | None = None) -> list[
             func.count(func.distinct(events.recomm_id)).label("answers_with_events"),
         )
         .select_from(
-            events.join(RecommendationSession.__table__, events.recomm_id == sessions.recomm_id)
+            Event.__table__.join(
+                RecommendationSession.__table__, events.recomm_id == sessions.recomm_id
+            )
         )
         .group_by(sessions.model_version_id, sessions.arm, events.type)
     )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Flask
 
-from service.api import events, health, items, recommendations, search, users
+from service.api import events, health, items, recommendations, search, stats, users
 
 
 def register_blueprints(app: Flask) -> None:
     from service import openapi  # imports service.auth, which imports service.api.common
 
-    for module in (items, events, users, recommendations, search, health, openapi):
+    for module in (items, events, users, recommendations, search, stats, health, openapi):
         app.register_blueprint(module.bp)

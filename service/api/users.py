@@ -7,8 +7,10 @@ from typing import Any
 from flask import Blueprint, Response, request
 from sqlalchemy import func, select
 
+from interest.merge import SameUser, merge_users
 from service import recommend_params, recommending
 from service.api.common import get_runtime
+from service.errors import ValidationError
 from service.recommend_params import RecommendParams
 from service.runtime import Runtime
 from service.validation import iso, json_body, path_id
@@ -19,6 +21,41 @@ from store.models import Event
 bp = Blueprint("users", __name__, url_prefix="/v1/users")
 
 RECENT_ITEMS = 10
+
+
+@bp.post("/merge")
+def merge() -> dict[str, Any]:
+    """Body ``{"from": anonymous id, "into": user id}``: move the events, rebuild the target's
+    profile and delete the anonymous user, in one transaction. Idempotent: merging a user that
+    no longer exists answers ``merged: false`` and changes nothing."""
+    runtime = get_runtime()
+    body = json_body()
+    unknown = sorted(set(body) - {"from", "into"})
+    if unknown:
+        raise ValidationError(f"unknown field {unknown[0]!r}")
+    ids = {}
+    for name in ("from", "into"):
+        value = body.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(f"{name} must be a non-empty user id")
+        ids[name] = path_id(value, name)
+    try:
+        result = merge_users(
+            runtime.db,
+            ids["from"],
+            ids["into"],
+            runtime.profile_config,
+            runtime.settings.embedder_model,
+        )
+    except SameUser as exc:
+        raise ValidationError(str(exc)) from exc
+    return {
+        "from": ids["from"],
+        "into": ids["into"],
+        "merged": result.merged,
+        "moved_events": result.moved_events,
+        "event_count": result.event_count,
+    }
 
 
 @bp.get("/<user_id>/recommendations")

@@ -33,7 +33,12 @@ PROPERTY_ITEMS = [
         "id": "shop-red-scarf",
         "title": "Red wool scarf",
         "categories": ["clothes", "winter"],
-        "properties": {"color": ["red", "white"], "size": "S", "price": 3, "released": "2020-01-01"},
+        "properties": {
+            "color": ["red", "white"],
+            "size": "S",
+            "price": 3,
+            "released": "2020-01-01",
+        },
     },
 ]
 
@@ -187,7 +192,9 @@ def test_explain_names_the_users_items_and_the_path(client):
 
     cold = _get(client, f"nobody-{_user()}", "k=3&explain=true")
     assert cold["strategy"] == "cold_start" and cold["served_by"] == "cold_start"
-    assert all(i["explanation"] == {"served_by": "cold_start", "because": []} for i in cold["items"])
+    assert all(
+        i["explanation"] == {"served_by": "cold_start", "because": []} for i in cold["items"]
+    )
 
 
 def test_negative_feedback_pushes_away_and_excludes(client):

@@ -1,5 +1,5 @@
-"""Pagination that never repeats (recomm_id), and anonymous recommendations by example, through
-the real service (model, FAISS, SQLite)."""
+"""Pagination that never repeats (recomm_id), anonymous recommendations by example, merging
+users and attribution stats, through the real service (model, FAISS, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,16 @@ from sqlalchemy import select, update
 from store.models import Event, RecommendationSession
 from store.types import utcnow
 from tests.service.conftest import admin_client, catalogue_items
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_database_url(request, tmp_path_factory, postgres_database):
+    """Sessions, attribution and merge write SQL of their own: run on both backends."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'driftrec.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
 
 
 def _user() -> str:
@@ -82,7 +92,9 @@ def test_next_page_keeps_the_request_and_its_k(client):
     assert last["items"] == []
 
 
-def test_sessions_are_shared_across_workers_and_expire(client, app, app_builder, embedder, tmp_path):
+def test_sessions_are_shared_across_workers_and_expire(
+    client, app, app_builder, embedder, tmp_path
+):
     """A second app over the same database (another gunicorn worker) continues the answer."""
     user = _user()
     _like(client, user, ["nature-0"])
@@ -188,3 +200,66 @@ def test_anonymous_recommendations_by_example(client, runtime, embedder):
 def test_bad_examples_are_422(client, body):
     response = client.post("/v1/recommendations", json=body)
     assert response.status_code == 422, response.get_json()
+
+
+def test_merge_moves_events_rebuilds_the_profile_and_is_idempotent(client, runtime):
+    from interest.rebuild import verify_profiles
+
+    anonymous, user = f"anon-{_user()}", _user()
+    _like(client, anonymous, ["food-0", "food-1", "food-2"])
+    _like(client, user, ["space-0"])
+    pending = _ok(client.get(f"/v1/users/{anonymous}/recommendations?k=2"))
+
+    body = _ok(client.post("/v1/users/merge", json={"from": anonymous, "into": user}))
+    assert body == {
+        "from": anonymous,
+        "into": user,
+        "merged": True,
+        "moved_events": 3,
+        "event_count": 4,
+    }
+    assert client.get(f"/v1/users/{anonymous}").status_code == 404
+    summary = _ok(client.get(f"/v1/users/{user}"))
+    assert summary["event_count"] == 4
+    assert {i["id"] for i in summary["recent_items"]} == {"food-0", "food-1", "food-2", "space-0"}
+    report = verify_profiles(runtime.db, runtime.profile_config, runtime.settings.embedder_model)
+    assert not report.drifted
+    recommended = _ids(_ok(client.get(f"/v1/users/{user}/recommendations?k=30")))
+    assert not {"food-0", "food-1", "food-2", "space-0"} & set(recommended)
+    # The anonymous answer's next page continues for the merged user.
+    more = _ok(client.get(f"/v1/recommendations/{pending['recomm_id']}/next"))
+    assert more["user_id"] == user
+
+    again = _ok(client.post("/v1/users/merge", json={"from": anonymous, "into": user}))
+    assert again["merged"] is False and again["moved_events"] == 0 and again["event_count"] == 4
+    fresh = _ok(client.post("/v1/users/merge", json={"from": _user(), "into": f"new-{_user()}"}))
+    assert fresh["merged"] is False and fresh["event_count"] == 0
+    same = client.post("/v1/users/merge", json={"from": user, "into": user})
+    assert same.status_code == 422
+    assert client.post("/v1/users/merge", json={"from": user}).status_code == 422
+
+
+def test_stats_report_click_through_by_model_version(client):
+    def blend_row(query: str = "") -> dict:
+        body = _ok(client.get(f"/v1/stats{query}"))
+        rows = [r for r in body["by_model_version"] if r["model_version"] is None]
+        return rows[0] if rows else {"answers": 0, "items_shown": 0, "events": {}}
+
+    before = blend_row()
+    user = _user()
+    _like(client, user, ["music-1"])
+    first = _ok(client.get(f"/v1/users/{user}/recommendations?k=4"))
+    _ok(client.get(f"/v1/recommendations/{first['recomm_id']}/next?k=2"))
+    clicked = [first["items"][0]["id"], first["items"][1]["id"]]
+    _like(client, user, clicked, recomm_id=first["recomm_id"])
+    after = blend_row()
+    assert after["answers"] == before["answers"] + 1
+    assert after["items_shown"] == before["items_shown"] + 6
+    assert after["events"].get("like", 0) == before["events"].get("like", 0) + 2
+    assert after["click_through"] == pytest.approx(
+        after["positive_events"] / after["items_shown"], abs=1e-6
+    )
+    assert after["arm"] is None
+    future = _ok(client.get(f"/v1/stats?since={time.time() + 3600}"))
+    assert future["by_model_version"] == []
+    assert client.get("/v1/stats?since=someday").status_code == 422

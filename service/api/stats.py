@@ -1,0 +1,55 @@
+"""``GET /v1/stats``: click-through of recommendation answers by model version (and arm).
+
+An answer is one recommendation response (each `/next` page adds its items to it); events that
+carry its ``recomm_id`` are attributed to the model version and experiment arm that served it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+
+from service.api.common import get_runtime
+from service.errors import ValidationError
+from service.validation import EntryError, iso, parse_timestamp
+from store.recommendations import attribution_counts
+
+bp = Blueprint("stats", __name__, url_prefix="/v1/stats")
+
+
+@bp.get("")
+def show() -> dict[str, Any]:
+    """``since`` (ISO 8601 or epoch seconds) limits the answers counted by when they were made."""
+    runtime = get_runtime()
+    raw = request.args.get("since")
+    since = None
+    if raw is not None:
+        try:
+            since = parse_timestamp(_number_or_text(raw), "since")
+        except EntryError as exc:
+            raise ValidationError(str(exc)) from exc
+    positive = {kind for kind, weight in runtime.settings.event_weights.items() if weight > 0}
+    with runtime.db.read() as session:
+        groups = attribution_counts(session, since)
+    rows = []
+    for group in sorted(
+        groups, key=lambda g: (g["model_version"] is None, g["model_version"] or 0, g["arm"] or "")
+    ):
+        engaged = sum(n for kind, n in group["events"].items() if kind in positive)
+        shown = group["items_shown"]
+        rows.append(
+            {
+                **group,
+                "positive_events": engaged,
+                "click_through": round(engaged / shown, 6) if shown else None,
+            }
+        )
+    return {"since": iso(since), "by_model_version": rows}
+
+
+def _number_or_text(raw: str) -> float | str:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
