@@ -240,3 +240,44 @@ def test_bad_controls_are_422(client, method, query_or_body, message):
         response = client.post("/v1/users/someone/recommendations", json=query_or_body)
     assert response.status_code == 422, response.get_json()
     assert message in response.get_json()["error"]["message"]
+
+
+def test_explain_with_a_trained_model(app_builder, embedder, tmp_path):
+    """With a model active, answers say correction_network and explain by the model's recency."""
+    from interest.train import train
+    from tests.service.conftest import admin_client, catalogue_items
+
+    app = app_builder(f"sqlite:///{tmp_path / 'model.db'}", tmp_path / "data", embedder)
+    runtime = app.extensions["driftrec"]
+    try:
+        client = admin_client(app)
+        assert client.put("/v1/items", json={"items": catalogue_items()}).status_code == 200
+        now = time.time()
+        events = [
+            {
+                "id": f"{theme}-{user}-{n}",
+                "user_id": f"{theme}-fan-{user}",
+                "item_id": f"{theme}-{(user + n) % 6}",
+                "type": "like",
+                "timestamp": now - 3600 + 60 * n,
+            }
+            for theme in ("space", "food", "music")
+            for user in range(6)
+            for n in range(4)
+        ]
+        for start in (0, 36):
+            batch = {"events": events[start : start + 36]}
+            assert client.post("/v1/events", json=batch).get_json()["accepted"] == 36
+        version = train(runtime)
+        runtime.reindex()
+        body = _get(client, "space-fan-0", "k=4&explain=true")
+        assert body["model_version"] == version and body["served_by"] == "correction_network"
+        assert body["strategy"] == "personalized"
+        for item in body["items"]:
+            assert item["explanation"]["served_by"] == "correction_network"
+        assert any(item["explanation"]["because"] for item in body["items"])
+        fan_items = {e["item_id"] for e in events if e["user_id"] == "space-fan-0"}
+        reasons = {c["id"] for item in body["items"] for c in item["explanation"]["because"]}
+        assert reasons <= fan_items
+    finally:
+        runtime.close()
