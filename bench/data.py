@@ -142,6 +142,7 @@ def build_catalogue(size: int, *, progress: bool = True) -> Catalogue:
     vectors, origin = sample_items(centers, near, size, rng)
     user_events = _user_histories(origin, near, rng)
     if marker.exists():
+        upgrade(url)  # a cached catalogue follows later migrations
         return Catalogue(size, directory, url, vectors, user_events)
 
     shutil.rmtree(directory, ignore_errors=True)
