@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +43,12 @@ class LinearConfig:
     half_life_s: float
     rank: int
     buffer_size: int
+    #: Weight of the content term (0: none): the profile's decayed sum of raw text vectors at
+    #: ``content_half_life_s`` against each item's text vector, scaled to the linear scores.
+    content_weight: float = 0.0
+    content_half_life_s: float = math.inf
+    #: Median norm of the index vectors ``V``: puts the content term on the linear scores' scale.
+    v_scale: float = 1.0
 
 
 @dataclass
@@ -62,9 +69,15 @@ class InterestModel:
         self._row = {int(item_id): row for row, item_id in enumerate(self.item_ids)}
 
     @property
+    def content_dim(self) -> int:
+        return int(self.text_out.shape[0]) if self.config.content_weight > 0 else 0
+
+    @property
     def dim(self) -> int:
-        """Dimension of query and index vectors (one more with a correction: the bias)."""
-        return int(self.v.shape[1]) + (1 if self.correction is not None else 0)
+        """Dimension of query and index vectors: ``V``, then the text vector when the content
+        term is on, then one bias coordinate when the correction is kept."""
+        bias = 1 if self.correction is not None else 0
+        return int(self.v.shape[1]) + self.content_dim + bias
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
@@ -79,7 +92,7 @@ class InterestModel:
         q = np.zeros(self.dim, dtype=np.float64)
         window = recent[-self.config.buffer_size :]
         if self.correction is not None:
-            q[rank] = 1.0  # picks up each item's bias
+            q[-1] = 1.0  # picks up each item's bias
         if not window:
             return q.astype(np.float32)
         rows = self.rows([item_id for _, item_id, _ in window])
@@ -95,13 +108,37 @@ class InterestModel:
 
     # -- QueryEncoder protocol ---------------------------------------------------------------
     def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
-        return np.stack([self.query(s.recent, s.ref_time) for s in states]).astype(np.float32)
+        queries = np.stack([self.query(s.recent, s.ref_time) for s in states])
+        if self.content_dim:
+            rank = self.v.shape[1]
+            for row, state in enumerate(states):
+                linear_norm = float(np.linalg.norm(queries[row, :rank]))
+                queries[row, rank : rank + self.content_dim] = (
+                    self.config.content_weight
+                    * linear_norm
+                    * self.config.v_scale
+                    * self._content_direction(state)
+                )
+        return queries.astype(np.float32)
+
+    def _content_direction(self, state: ProfileState) -> np.ndarray:
+        """The unit direction of the profile's decayed text-vector sum at the content half-life."""
+        wanted = self.config.content_half_life_s
+        slot = min(
+            range(len(state.half_lives)),
+            key=lambda i: _log_distance(state.half_lives[i], wanted),
+        )
+        vector = state.accumulators[slot]
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
 
     def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
         rows = self.rows(item_ids)
         known = rows >= 0
         out = np.asarray(raw, dtype=np.float32) @ self.text_out
         out[known] = self.v[rows[known]]
+        if self.content_dim:
+            out = np.hstack([out, np.asarray(raw, dtype=np.float32)])
         if self.correction is not None and self.log_popularity is not None:
             bias = np.zeros((len(rows), 1), dtype=np.float32)
             bias[known, 0] = self.correction.popularity_scale * self.log_popularity[rows[known]]
@@ -132,6 +169,12 @@ class InterestModel:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         return hashlib.sha256(data).hexdigest()
+
+
+def _log_distance(a: float, b: float) -> float:
+    if math.isinf(a) or math.isinf(b):
+        return 0.0 if math.isinf(a) and math.isinf(b) else math.inf
+    return abs(math.log(a / b))
 
 
 def _correction_arrays(

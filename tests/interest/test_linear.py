@@ -103,3 +103,34 @@ def test_model_with_correction_folds_the_popularity_bias_into_the_inner_product(
     softplus0 = math.log(2.0)
     expected = softplus0 * (u[0] @ v.T) + 0.5 * np.log1p([0.0, 3.0, 7.0])
     np.testing.assert_allclose(items @ query, expected, rtol=1e-5)
+
+
+def test_content_term_lets_a_brand_new_item_score_from_its_text():
+    rng = np.random.default_rng(3)
+    u, v = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
+    model = InterestModel(
+        config=LinearConfig(
+            l2=1.0,
+            half_life_s=math.inf,
+            rank=3,
+            buffer_size=5,
+            content_weight=0.5,
+            content_half_life_s=math.inf,
+            v_scale=2.0,
+        ),
+        item_ids=np.array([1, 2]),
+        u=u,
+        v=v,
+        text_in=np.zeros((4, 3), np.float32),
+        text_out=np.zeros((4, 3), np.float32),
+        metrics={},
+    )
+    text = np.eye(4, dtype=np.float32)
+    state = ProfileState.empty((3600.0, math.inf), 4)
+    state.apply(text[0], 1.0, 0.0, 1, buffer_size=5)
+    query = model.encode([state], now=0.0)[0]
+    assert query.shape == (3 + 4,)
+    new_items = model.item_vectors(np.array([99, 98]), text[[0, 1]])
+    linear_norm = float(np.linalg.norm(u[0]))
+    # The unseen item with the profile's text scores by content alone: 0.5 * |q| * 2 * cos = |q|.
+    np.testing.assert_allclose(new_items @ query, [linear_norm, 0.0], rtol=1e-5)
