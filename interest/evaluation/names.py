@@ -7,12 +7,16 @@ BASELINES = ("popularity", "itemknn", "ease")
 PRODUCTION = ("content_mean", "content_decayed", "driftrec")
 #: Ablations of driftrec's trained model (run only when asked for with --methods):
 #: the learned item side with a fixed 1-day recency, then with the recency chosen on validation
-#: but no correction network. `driftrec` itself adds the correction when it validates.
+#: but no content term and no correction network. `driftrec` itself adds both when they validate.
 ABLATIONS = ("driftrec_1d", "driftrec_linear")
 #: Overrides of `interest.train.TrainConfig` for each trained production method.
 TRAIN_OVERRIDES: dict[str, dict[str, object]] = {
-    "driftrec_1d": {"half_life_grid_s": (86_400.0,), "use_correction": False},
-    "driftrec_linear": {"use_correction": False},
+    "driftrec_1d": {
+        "half_life_grid_s": (86_400.0,),
+        "content_weight_grid": (0.0,),
+        "use_correction": False,
+    },
+    "driftrec_linear": {"content_weight_grid": (0.0,), "use_correction": False},
     "driftrec": {},
 }
 METHODS = BASELINES + PRODUCTION + ABLATIONS
