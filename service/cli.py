@@ -364,6 +364,27 @@ def rebuild_profiles(app: App, users: tuple[str, ...]) -> None:
     click.echo(f"profiles rebuilt={rebuilt}")
 
 
+@cli.command("purge-sessions")
+@click.option(
+    "--older-than-days",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Keep sessions that expired less than this long ago (GET /v1/stats counts them).",
+)
+@pass_app
+def purge_sessions(app: App, older_than_days: float) -> None:
+    """Delete expired recommendation sessions (one row per answer; run it from a scheduler)."""
+    from datetime import timedelta
+
+    from store.recommendations import delete_expired
+    from store.types import utcnow
+
+    before = utcnow() - timedelta(days=older_than_days)
+    deleted = app.runtime.db.run_write(lambda session: delete_expired(session, before=before))
+    click.echo(f"purge-sessions deleted={deleted}")
+
+
 @cli.command()
 @click.option("--tolerance", default=1e-5, show_default=True, help="Largest relative error.")
 @pass_app

@@ -1,0 +1,48 @@
+"""`driftrec purge-sessions` deletes recommendation sessions that expired long enough ago."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cli_helpers import fields, invoke, ok
+from sqlalchemy import func, select
+
+from store.db import Database
+from store.models import RecommendationSession
+from store.recommendations import create_session
+from store.types import utcnow
+
+
+def test_purge_keeps_live_and_recently_expired_sessions(cli_env):
+    ok(invoke(cli_env, "db", "upgrade"))
+    db = Database(cli_env["DRIFTREC_DATABASE_URL"])
+    try:
+        with db.write() as session:
+            for n in range(3):
+                create_session(
+                    session,
+                    recomm_id=f"r{n}",
+                    user_external_id="u1",
+                    params={},
+                    shown=[],
+                    strategy="cold_start",
+                    model_version_id=None,
+                    arm=None,
+                    ttl_s=3600,
+                )
+            rows = session.scalars(
+                select(RecommendationSession).order_by(RecommendationSession.recomm_id)
+            ).all()
+            rows[0].expires_at = utcnow() - timedelta(days=40)  # long expired
+            rows[1].expires_at = utcnow() - timedelta(days=1)  # recently expired
+        result = fields(ok(invoke(cli_env, "purge-sessions")).stdout, "purge-sessions")
+        assert result["deleted"] == "1"
+        with db.read() as session:
+            assert session.scalar(select(func.count()).select_from(RecommendationSession)) == 2
+        result = fields(
+            ok(invoke(cli_env, "purge-sessions", "--older-than-days", "0")).stdout,
+            "purge-sessions",
+        )
+        assert result["deleted"] == "1"
+    finally:
+        db.dispose()
