@@ -26,7 +26,7 @@ import numpy as np
 
 from interest.errors import ModelCorrupt
 from interest.linear import LN2
-from interest.profile import ProfileState
+from interest.profile import ProfileState, closest_slot
 from interest.recency import CorrectionWeights
 
 
@@ -123,12 +123,7 @@ class InterestModel:
 
     def _content_direction(self, state: ProfileState) -> np.ndarray:
         """The unit direction of the profile's decayed text-vector sum at the content half-life."""
-        wanted = self.config.content_half_life_s
-        slot = min(
-            range(len(state.half_lives)),
-            key=lambda i: _log_distance(state.half_lives[i], wanted),
-        )
-        vector = state.accumulators[slot]
+        vector = state.accumulators[closest_slot(state.half_lives, self.config.content_half_life_s)]
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
@@ -169,12 +164,6 @@ class InterestModel:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         return hashlib.sha256(data).hexdigest()
-
-
-def _log_distance(a: float, b: float) -> float:
-    if math.isinf(a) or math.isinf(b):
-        return 0.0 if math.isinf(a) and math.isinf(b) else math.inf
-    return abs(math.log(a / b))
 
 
 def _correction_arrays(

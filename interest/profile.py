@@ -31,6 +31,20 @@ def decay_rates(half_lives: Sequence[float]) -> np.ndarray:
     )
 
 
+def closest_slot(half_lives: Sequence[float], wanted: float) -> int:
+    """Index of the accumulator whose half-life is closest to ``wanted`` on a log scale.
+
+    An infinite half-life matches only an infinite one.
+    """
+
+    def distance(h: float) -> float:
+        if math.isinf(h) or math.isinf(wanted):
+            return 0.0 if math.isinf(h) and math.isinf(wanted) else math.inf
+        return abs(math.log(h / wanted))
+
+    return min(range(len(half_lives)), key=lambda i: distance(half_lives[i]))
+
+
 @dataclass
 class ProfileState:
     half_lives: tuple[float, ...]

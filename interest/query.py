@@ -8,13 +8,12 @@ it was built for.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
-from interest.profile import ProfileState
+from interest.profile import ProfileState, closest_slot
 
 
 class QueryEncoder(Protocol):
@@ -43,18 +42,12 @@ class PlainBlend:
     def __init__(self, half_life: float) -> None:
         self.half_life = half_life
 
-    def _slot(self, half_lives: Sequence[float]) -> int:
-        def distance(h: float) -> float:
-            if math.isinf(h) or math.isinf(self.half_life):
-                return 0.0 if math.isinf(h) and math.isinf(self.half_life) else math.inf
-            return abs(math.log(h / self.half_life))
-
-        return min(range(len(half_lives)), key=lambda i: distance(half_lives[i]))
-
     def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
         if not states:
             return np.zeros((0, 0), dtype=np.float32)
-        rows = np.stack([s.accumulators[self._slot(s.half_lives)] for s in states])
+        rows = np.stack(
+            [s.accumulators[closest_slot(s.half_lives, self.half_life)] for s in states]
+        )
         return normalise(rows)
 
     def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:

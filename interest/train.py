@@ -36,6 +36,7 @@ from interest.linear import (
     text_map,
 )
 from interest.model import InterestModel, LinearConfig
+from interest.profile import closest_slot
 from interest.recency import CorrectionWeights, gap_buckets
 from store.db import Database
 from store.events import event_log
@@ -252,13 +253,7 @@ def choose_linear_settings(
 
 def content_half_life(half_lives: Sequence[float], linear_half_life: float) -> float:
     """The profile accumulator's half-life closest to the linear part's (what serving blends)."""
-
-    def distance(h: float) -> float:
-        if math.isinf(h) or math.isinf(linear_half_life):
-            return 0.0 if math.isinf(h) and math.isinf(linear_half_life) else math.inf
-        return abs(math.log(h / linear_half_life))
-
-    return min(half_lives, key=distance)
+    return half_lives[closest_slot(half_lives, linear_half_life)]
 
 
 def median_norm(v: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ from interest.evaluation.names import (
 from interest.evaluation.production import ProductionBench, RuntimeFactory, load_trainer
 from interest.evaluation.ranking import Ranked, rank_cases
 from interest.evaluation.split import Cases, Split, leave_last_out, replay_split, validation_split
+from interest.profile import closest_slot
 from store.settings import DAY, Settings
 
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ def evaluate(
                 results[name] = summarise(
                     run.ranked, split.cases, dataset.n_items, config, new_items
                 )
-                slot = _slot_half_life(settings.half_lives, half_life)
+                slot = settings.half_lives[closest_slot(settings.half_lives, half_life)]
                 run.settings["profile_half_life_s"] = "inf" if math.isinf(slot) else slot
                 results[name].update(
                     settings=run.settings,
@@ -346,14 +347,6 @@ def _production_settings(
     if name == "content_decayed":
         return config.decayed_half_life_s, False
     return settings.blend_half_life, True
-
-
-def _slot_half_life(half_lives: Sequence[float], wanted: float) -> float:
-    """The profile half-life the plain blend will actually use for ``wanted``."""
-    if math.isinf(wanted):
-        return wanted
-    finite = [h for h in half_lives if not math.isinf(h) and h > 0]
-    return min(finite, key=lambda h: abs(math.log(h / wanted))) if finite else math.inf
 
 
 class _workdir:
