@@ -10,13 +10,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from tqdm import tqdm
 
 from interest.ingest import ProfileConfig, event_weight, raw_vectors
 from interest.profile import ProfileState, new_row, state_from_row, write_state
 from store.db import Database
-from store.events import get_profile, iter_events_by_user
+from store.events import get_profile, iter_events_by_user, iter_user_batches
 from store.models import Event, User
 
 log = logging.getLogger(__name__)
@@ -51,24 +51,29 @@ def rebuild_profiles(
     user_ids: set[int] | None = None,
     progress: bool = False,
 ) -> int:
-    """Recompute profiles from stored events, committing per batch of users; returns the count."""
+    """Recompute profiles from stored events (all users, or ``user_ids``), committing per batch
+    of users; returns the count. Reads, and holds in memory, one batch of users at a time."""
     with db.read() as session:
-        total = session.scalar(select(User.id).order_by(User.id.desc()).limit(1)) or 0
+        total = (
+            len(user_ids)
+            if user_ids is not None
+            else session.scalar(select(func.count()).select_from(User))
+        )
     bar = tqdm(total=total, desc="profiles", unit="user", disable=not progress)
     rebuilt = 0
     with db.read() as session:
-        batches = list(iter_events_by_user(session))
-    vector_cache = _vectors_for(db, [e for _, events in batches for e in events], embedder_model)
-    pending: list[tuple[int, ProfileState]] = []
-    for user_id, events in batches:
-        bar.update(1)
-        if user_ids is not None and user_id not in user_ids:
-            continue
-        pending.append((user_id, state_from_events(events, vector_cache, config)))
-        if len(pending) >= 500:
-            rebuilt += _write_states(db, pending)
-            pending = []
-    rebuilt += _write_states(db, pending)
+        for batch in iter_user_batches(session, only=user_ids):
+            vectors = raw_vectors(
+                session,
+                list({e.item_id for events in batch.values() for e in events}),
+                embedder_model,
+            )
+            states = [
+                (user_id, state_from_events(events, vectors, config))
+                for user_id, events in batch.items()
+            ]
+            rebuilt += _write_states(db, states)
+            bar.update(len(batch))
     bar.close()
     log.info("profiles rebuilt users=%d", rebuilt)
     return rebuilt

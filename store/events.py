@@ -161,19 +161,33 @@ def item_ids_with_event_types(session: Session, user_id: int, types: Sequence[st
     )
 
 
-def iter_events_by_user(
-    session: Session, *, batch_users: int = 500
-) -> Iterator[tuple[int, list[Event]]]:
-    """Yield (user id, events in time order) for every user, a batch of users at a time."""
+def iter_user_batches(
+    session: Session, *, only: Iterable[int] | None = None, batch_users: int = 500
+) -> Iterator[dict[int, list[Event]]]:
+    """Yield {user id: events in time order} for every user (or only ``only``), a batch of
+    users at a time, so memory stays bounded by the batch."""
+    wanted = sorted(set(only)) if only is not None else None
     last_user = 0
     while True:
-        users = list(
-            session.scalars(
-                select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
+        if wanted is not None:
+            candidates = [u for u in wanted if u > last_user][:batch_users]
+            if not candidates:
+                return
+            users = list(
+                session.scalars(select(User.id).where(User.id.in_(candidates)).order_by(User.id))
             )
-        )
-        if not users:
-            return
+            last_user = candidates[-1]
+            if not users:  # none of these exist (any more)
+                continue
+        else:
+            users = list(
+                session.scalars(
+                    select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
+                )
+            )
+            if not users:
+                return
+            last_user = users[-1]
         events = session.scalars(
             select(Event)
             .where(Event.user_id.in_(users))
@@ -182,8 +196,15 @@ def iter_events_by_user(
         grouped: dict[int, list[Event]] = {user_id: [] for user_id in users}
         for event in events:
             grouped[event.user_id].append(event)
-        yield from grouped.items()
-        last_user = users[-1]
+        yield grouped
+
+
+def iter_events_by_user(
+    session: Session, *, batch_users: int = 500
+) -> Iterator[tuple[int, list[Event]]]:
+    """Yield (user id, events in time order) for every user, a batch of users at a time."""
+    for batch in iter_user_batches(session, batch_users=batch_users):
+        yield from batch.items()
 
 
 def event_log(session: Session) -> list[tuple[int, int, str, float | None, datetime]]:

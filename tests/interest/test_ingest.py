@@ -28,14 +28,24 @@ def catalogue(db):
     with db.write() as session:
         items = upsert_items(session, [ItemInput(f"i{n}", f"Item {n}") for n in range(20)])
         store_vectors(
-            session, MODEL, DIM, ((item.id, item.content_hash, v.tobytes())
-                                  for item, v in zip(items, vectors, strict=True))
+            session,
+            MODEL,
+            DIM,
+            (
+                (item.id, item.content_hash, v.tobytes())
+                for item, v in zip(items, vectors, strict=True)
+            ),
         )
     return db
 
 
-def _event(n: int, user: str = "u1", item: int | None = None, minutes: int | None = None,
-           kind: str = "click") -> EventInput:
+def _event(
+    n: int,
+    user: str = "u1",
+    item: int | None = None,
+    minutes: int | None = None,
+    kind: str = "click",
+) -> EventInput:
     return EventInput(
         event_id=f"e{n}-{user}",
         user_id=user,
@@ -94,8 +104,13 @@ def test_concurrent_writers_lose_no_update(catalogue):
         try:
             for n in range(15):
                 user = f"c{n % 3}"
-                event = EventInput(f"w{worker}-{n}", user, f"i{(worker + n) % 20}", "view",
-                                   T0 + timedelta(seconds=worker * 100 + n))
+                event = EventInput(
+                    f"w{worker}-{n}",
+                    user,
+                    f"i{(worker + n) % 20}",
+                    "view",
+                    T0 + timedelta(seconds=worker * 100 + n),
+                )
                 ingest_events(catalogue, [event], CONFIG, MODEL)
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
@@ -120,3 +135,17 @@ def test_rebuild_repairs_a_drifted_profile(catalogue):
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted
     rebuild_profiles(catalogue, CONFIG, MODEL)
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_rebuild_of_a_subset_touches_only_those_users(catalogue):
+    ingest_events(catalogue, [_event(n) for n in range(3)], CONFIG, MODEL)
+    ingest_events(catalogue, [_event(n, user="u2") for n in range(3)], CONFIG, MODEL)
+    with catalogue.write() as session:
+        ids = user_ids(session, ["u1", "u2"])
+        for user in ("u1", "u2"):
+            row = get_profile(session, ids[user])
+            row.accumulators = np.zeros_like(state_from_row(row).accumulators).tobytes()
+    # An id with no user is ignored; only u1 is rebuilt.
+    assert rebuild_profiles(catalogue, CONFIG, MODEL, user_ids={ids["u1"], 10**9}) == 1
+    drifted = {user_id for user_id, _ in verify_profiles(catalogue, CONFIG, MODEL).drifted}
+    assert drifted == {ids["u2"]}
