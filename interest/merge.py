@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from interest.errors import InterestError
 from interest.ingest import ProfileConfig, raw_vectors
 from interest.profile import new_row, write_state
 from interest.rebuild import state_from_events
@@ -23,7 +24,7 @@ from store.models import Event, Profile, RecommendationSession, User
 log = logging.getLogger(__name__)
 
 
-class SameUser(ValueError):
+class SameUser(InterestError, ValueError):
     """A user cannot be merged into itself."""
 
 

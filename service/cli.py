@@ -287,15 +287,9 @@ def import_dump_command(app: App, directory: Path) -> None:
     Every file's checksum is verified first; rows (ids included) are written in one transaction,
     index and model files are copied into DRIFTREC_DATA_DIR.
     """
-    from store.db import Database
     from store.dump import import_dump
 
-    app.check_schema()
-    database = Database(app.settings.database_url)
-    try:
-        summary = import_dump(database, directory, app.settings.data_dir)
-    finally:
-        database.dispose()
+    summary = import_dump(app.runtime.db, directory, app.settings.data_dir)
     rows = " ".join(f"{name}={count}" for name, count in summary.rows.items())
     click.echo(f"dump imported {rows} files={summary.files}")
 
@@ -309,15 +303,9 @@ def export_command(app: App, directory: Path) -> None:
     One consistent snapshot: JSONL per table, item vectors as .npy, the artefact files, and a
     manifest with checksums. Restore with `driftrec import dump DIRECTORY`.
     """
-    from store.db import Database
     from store.dump import export_dump
 
-    app.check_schema()
-    database = Database(app.settings.database_url)
-    try:
-        summary = export_dump(database, directory, app.settings.data_dir)
-    finally:
-        database.dispose()
+    summary = export_dump(app.runtime.db, directory, app.settings.data_dir)
     rows = " ".join(f"{name}={count}" for name, count in summary.rows.items())
     click.echo(f"dump exported {rows} files={summary.files}")
 
