@@ -4,7 +4,6 @@ JSON answer (chosen item fields, explanations).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -293,51 +292,5 @@ def for_examples(
     return found, skipped
 
 
+#: At most this many examples in one anonymous request.
 MAX_EXAMPLES = 100
-MAX_EXAMPLE_WEIGHT = 1e6
-EXAMPLE_FIELDS = {"item_id", "text", "vector", "weight"}
-
-
-def parse_examples(raw: object, max_text: int) -> list[Example]:
-    """``examples``: 1 to 100 objects with exactly one of item_id, text, vector, and a weight."""
-    if not isinstance(raw, list) or not raw:
-        raise ValidationError("examples must be a non-empty list")
-    if len(raw) > MAX_EXAMPLES:
-        raise ValidationError(f"at most {MAX_EXAMPLES} examples")
-    found = []
-    for index, entry in enumerate(raw):
-        where = f"examples[{index}]"
-        if not isinstance(entry, dict):
-            raise ValidationError(f"{where} must be an object")
-        unknown = sorted(set(entry) - EXAMPLE_FIELDS)
-        if unknown:
-            raise ValidationError(f"{where} has an unknown field {unknown[0]!r}")
-        given = [name for name in ("item_id", "text", "vector") if entry.get(name) is not None]
-        if len(given) != 1:
-            raise ValidationError(f"{where} needs exactly one of item_id, text, vector")
-        weight = entry.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValidationError(f"{where}.weight must be a number")
-        if not math.isfinite(weight) or abs(weight) > MAX_EXAMPLE_WEIGHT:
-            raise ValidationError(f"{where}.weight must be finite and within ±1e6")
-        value = entry[given[0]]
-        if given[0] in ("item_id", "text"):
-            if not isinstance(value, str) or not value.strip():
-                raise ValidationError(f"{where}.{given[0]} must be a non-empty string")
-            if len(value) > max_text:
-                raise ValidationError(f"{where}.{given[0]} is longer than {max_text} characters")
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise ValidationError(f"{where}.{given[0]} is not valid Unicode text") from exc
-            if "\x00" in value:
-                raise ValidationError(f"{where}.{given[0]} must not contain NUL characters")
-        else:
-            if not isinstance(value, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in value
-            ):
-                raise ValidationError(f"{where}.vector must be a list of finite numbers")
-            value = [float(v) for v in value]
-        found.append(Example(weight=float(weight), **{given[0]: value}))
-    return found

@@ -9,6 +9,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from indexer.errors import IndexerError
 from service.api.common import get_metrics, get_runtime
+from service.contract import operation
+from service.schemas import Health, NotReady, Ready
 from store.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -17,11 +19,18 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("Process alive (no I/O)", response=Health, response_description="Alive")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@operation(
+    "Database reachable and active index loaded",
+    response=Ready,
+    response_description="Ready",
+    responses={503: (NotReady, "Not ready")},
+)
 def readyz() -> Response | dict[str, object]:
     """Ready when the database answers and the active index version is loaded."""
     index = get_runtime().index
@@ -36,6 +45,11 @@ def readyz() -> Response | dict[str, object]:
 
 
 @bp.get("/metrics")
+@operation(
+    "Prometheus metrics",
+    text_response=("text/plain", {"type": "string"}),
+    response_description="Prometheus text format",
+)
 def metrics() -> Response:
     registry = get_metrics()
     return Response(registry.render(), mimetype=None, content_type=registry.content_type)

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
-from service import recommend_params, recommending
+from service import recommending
 from service.api.common import get_runtime
-from service.validation import MAX_QUERY_LENGTH, json_body, parse_k, path_id
+from service.contract import operation, path_id
+from service.schemas import ExamplesBody, NextPageQuery, Recommendations
 
 bp = Blueprint("recommendations", __name__, url_prefix="/v1/recommendations")
 
 
 @bp.post("")
-def by_examples() -> dict[str, Any]:
+@operation(
+    "Recommendations for weighted examples (item ids, texts, vectors): no user needed",
+    body=ExamplesBody,
+    response=Recommendations,
+    response_description="Ranked items, with `skipped`",
+)
+def by_examples(body: ExamplesBody) -> dict[str, Any]:
     """Body ``{"examples": [{"item_id"|"text"|"vector", "weight"?}], "k"?, ...controls}``."""
     runtime = get_runtime()
-    body = json_body()
-    params = recommend_params.from_body(body, runtime.settings.max_k, extra=frozenset({"examples"}))
-    examples = recommending.parse_examples(body.get("examples"), MAX_QUERY_LENGTH)
+    params = body.to_params()
+    examples = [example.to_example() for example in body.examples]
     found, skipped = recommending.for_examples(runtime, examples, params)
     stored = {**params.as_json(), "examples": [e.as_json() for e in examples]}
     recomm_id = recommending.remember(runtime, found, user_id=None, params=stored)
@@ -36,9 +42,13 @@ def by_examples() -> dict[str, Any]:
 
 
 @bp.get("/<recomm_id>/next")
-def next_page(recomm_id: str) -> dict[str, Any]:
+@operation(
+    "The next page of an earlier answer: no item repeats; 404 once expired",
+    query=NextPageQuery,
+    response=Recommendations,
+    path={"recomm_id": "From an earlier recommendation answer"},
+)
+def next_page(recomm_id: str, query: NextPageQuery) -> dict[str, Any]:
     """The next ``k`` (default: the first request's) items, none answered before."""
     runtime = get_runtime()
-    raw_k = request.args.get("k")
-    k = parse_k(raw_k, runtime.settings.max_k) if raw_k is not None else None
-    return recommending.next_page(runtime, path_id(recomm_id, "recommendation"), k)
+    return recommending.next_page(runtime, path_id(recomm_id, "recommendation"), query.k)

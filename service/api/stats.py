@@ -9,27 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from service.api.common import get_runtime
-from service.errors import ValidationError
-from service.validation import EntryError, iso, parse_timestamp
+from service.contract import operation
+from service.schemas import Stats, StatsQuery
+from service.validation import iso
 from store.recommendations import attribution_counts
 
 bp = Blueprint("stats", __name__, url_prefix="/v1/stats")
 
 
 @bp.get("")
-def show() -> dict[str, Any]:
+@operation(
+    "Click-through of recommendation answers by model version and experiment arm",
+    query=StatsQuery,
+    response=Stats,
+    response_description="Counts per model version and arm",
+)
+def show(query: StatsQuery) -> dict[str, Any]:
     """``since`` (ISO 8601 or epoch seconds) limits the answers counted by when they were made."""
     runtime = get_runtime()
-    raw = request.args.get("since")
-    since = None
-    if raw is not None:
-        try:
-            since = parse_timestamp(_number_or_text(raw), "since")
-        except EntryError as exc:
-            raise ValidationError(str(exc)) from exc
+    since = query.since
     positive = {kind for kind, weight in runtime.settings.event_weights.items() if weight > 0}
     with runtime.db.read() as session:
         groups = attribution_counts(session, since)
@@ -50,10 +51,3 @@ def show() -> dict[str, Any]:
             }
         )
     return {"since": iso(since), "by_model_version": rows}
-
-
-def _number_or_text(raw: str) -> float | str:
-    try:
-        return float(raw)
-    except ValueError:
-        return raw

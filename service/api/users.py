@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from sqlalchemy import func, select
 
 from interest.merge import SameUser, merge_users
-from service import recommend_params, recommending
+from service import recommending
 from service.api.common import get_runtime
+from service.contract import operation, path_id
 from service.errors import ValidationError
-from service.recommend_params import RecommendParams
+from service.recommend_params import RecommendBody, RecommendParams, RecommendQuery
 from service.runtime import Runtime
-from service.validation import iso, json_body, path_id
+from service.schemas import MergeBody, Merged, Recommendations, UserSummary
+from service.validation import iso
 from store.events import delete_user, get_user, user_events
 from store.items import items_by_ids
 from store.models import Event
@@ -21,37 +23,34 @@ from store.models import Event
 bp = Blueprint("users", __name__, url_prefix="/v1/users")
 
 RECENT_ITEMS = 10
+USER_ID = {"user_id": "The caller's user id"}
 
 
 @bp.post("/merge")
-def merge() -> dict[str, Any]:
+@operation(
+    "Join an anonymous user's events into a user's profile (idempotent)",
+    body=MergeBody,
+    response=Merged,
+    response_description="Merged (or nothing left to merge)",
+)
+def merge(body: MergeBody) -> dict[str, Any]:
     """Body ``{"from": anonymous id, "into": user id}``: move the events, rebuild the target's
     profile and delete the anonymous user, in one transaction. Idempotent: merging a user that
     no longer exists answers ``merged: false`` and changes nothing."""
     runtime = get_runtime()
-    body = json_body()
-    unknown = sorted(set(body) - {"from", "into"})
-    if unknown:
-        raise ValidationError(f"unknown field {unknown[0]!r}")
-    ids = {}
-    for name in ("from", "into"):
-        value = body.get(name)
-        if not isinstance(value, str) or not value.strip():
-            raise ValidationError(f"{name} must be a non-empty user id")
-        ids[name] = path_id(value, name)
     try:
         result = merge_users(
             runtime.db,
-            ids["from"],
-            ids["into"],
+            body.from_,
+            body.into,
             runtime.profile_config,
             runtime.settings.embedder_model,
         )
     except SameUser as exc:
         raise ValidationError(str(exc)) from exc
     return {
-        "from": ids["from"],
-        "into": ids["into"],
+        "from": body.from_,
+        "into": body.into,
         "merged": result.merged,
         "moved_events": result.moved_events,
         "event_count": result.event_count,
@@ -59,7 +58,13 @@ def merge() -> dict[str, Any]:
 
 
 @bp.get("/<user_id>/recommendations")
-def recommendations(user_id: str) -> dict[str, Any]:
+@operation(
+    "Top k items for the user (cold start for unknown users), with controls",
+    query=RecommendQuery,
+    response=Recommendations,
+    path=USER_ID,
+)
+def recommendations(user_id: str, query: RecommendQuery) -> dict[str, Any]:
     """Top ``k`` items for the user; unknown users and users without events get cold start.
 
     Controls as query parameters (lists repeat or are comma-separated): ``exclude``,
@@ -68,17 +73,21 @@ def recommendations(user_id: str) -> dict[str, Any]:
     """
     runtime = get_runtime()
     user_id = path_id(user_id, "user")
-    params = recommend_params.from_query(request.args, runtime.settings.max_k)
-    return _answer(runtime, user_id, params)
+    return _answer(runtime, user_id, query.to_params())
 
 
 @bp.post("/<user_id>/recommendations")
-def recommendations_with_body(user_id: str) -> dict[str, Any]:
+@operation(
+    "Top k items for the user, controls and property filters in a JSON body",
+    body=RecommendBody,
+    response=Recommendations,
+    path=USER_ID,
+)
+def recommendations_with_body(user_id: str, body: RecommendBody) -> dict[str, Any]:
     """The same as the GET form, with the controls in a JSON body (and ``filter.properties``)."""
     runtime = get_runtime()
     user_id = path_id(user_id, "user")
-    params = recommend_params.from_body(json_body(), runtime.settings.max_k)
-    return _answer(runtime, user_id, params)
+    return _answer(runtime, user_id, body.to_params())
 
 
 def _answer(runtime: Runtime, user_id: str, params: RecommendParams) -> dict[str, Any]:
@@ -92,6 +101,7 @@ def _answer(runtime: Runtime, user_id: str, params: RecommendParams) -> dict[str
 
 
 @bp.get("/<user_id>")
+@operation("A user's activity summary", response=UserSummary, path=USER_ID)
 def show(user_id: str) -> dict[str, Any]:
     runtime = get_runtime()
     with runtime.db.read() as session:
@@ -119,6 +129,7 @@ def show(user_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<user_id>")
+@operation("Erase the user, their events and profile", status=204, path=USER_ID)
 def delete(user_id: str) -> Response:
     """Remove the user with their events and profile (for erasure requests)."""
     runtime = get_runtime()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.validation import MAX_QUERY_LENGTH
+from service.schemas import MAX_QUERY_LENGTH
 from store.models import EXTERNAL_ID_LENGTH
 
 LONE_SURROGATE = '"\\ud800x"'  # valid JSON syntax, not encodable text
