@@ -177,15 +177,16 @@ def _message(error: ErrorDetails, root: str) -> str:
     if template is not None:
         ctx = dict(error.get("ctx") or {})
         given = error.get("input")
-        text = template.format(
-            **ctx,
-            got=_type_name(given),
-            input=repr(given[:64]) if isinstance(given, str) else given,
-        )
-    elif name:  # our own PydanticCustomError messages read after the field name
-        return f"{name} {error['msg']}"
-    else:  # a whole-model check (e.g. the filter's operators) says what it checks
-        return error["msg"]
+        try:
+            text = template.format(
+                **ctx,
+                got=_type_name(given),
+                input=repr(given[:64]) if isinstance(given, str) else given,
+            )
+        except (KeyError, IndexError):  # a context this template did not expect
+            text = error["msg"]
+    else:  # our own PydanticCustomError messages read after the field name
+        text = error["msg"]
     return f"{name or root} {text}"
 
 
