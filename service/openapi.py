@@ -5,17 +5,16 @@ Nothing here restates a field: the document is assembled from the endpoints' dec
 requests, with the settings-bound limits (``DRIFTREC_MAX_K``, ``DRIFTREC_MAX_BATCH_SIZE``) of
 the running app filled in. This module adds what is not a schema: the error responses, scopes
 and security schemes. tests/service/test_api_schema.py runs schemathesis against the real app
-with the document. ``/docs`` renders the paths as plain HTML (no JavaScript, nothing fetched
-from a CDN).
+with the document. ``/docs`` renders the document as one HTML page (`service.docs_page`).
 """
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, url_for
 
+from service import docs_page
 from service.api.common import get_runtime
 from service.auth import ENDPOINT_SCOPES, OPEN_ENDPOINTS
 from service.contract import (
@@ -33,6 +32,7 @@ from store.settings import Settings
 bp = Blueprint("docs", __name__)
 
 JSON = "application/json"
+DOCUMENT_KEY = "driftrec.openapi"
 
 ERRORS = {
     "400": "Body is not valid JSON (`invalid_json`)",
@@ -138,37 +138,22 @@ def _version() -> str:
         return "0.0.0"
 
 
+def app_document() -> dict[str, Any]:
+    """This app's document, built on first use: the routes and settings are fixed by then."""
+    document = current_app.extensions.get(DOCUMENT_KEY)
+    if document is None:
+        document = current_app.extensions[DOCUMENT_KEY] = build_spec(
+            current_app, get_runtime().settings
+        )
+    return document
+
+
 @bp.get("/openapi.json")
 @operation("This document", response=Document, response_description="OpenAPI 3.1")
 def spec() -> dict[str, Any]:
-    return build_spec(current_app, get_runtime().settings)
+    return app_document()
 
 
 @bp.get("/docs")
 def page() -> str:
-    document = build_spec(current_app, get_runtime().settings)
-    rows = []
-    for path, item in document["paths"].items():
-        for method, op in item.items():
-            if method == "parameters":
-                continue
-            scope = op.get("x-scope", "none")
-            codes = ", ".join(op["responses"])
-            rows.append(
-                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code>"
-                f"</td><td>{html.escape(op['summary'])}</td><td>{scope}</td>"
-                f"<td>{codes}</td></tr>"
-            )
-    title = html.escape(document["info"]["title"])
-    spec_url = url_for("docs.spec")
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title} API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;"
-        "border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
-        f"<h1>{title} API {html.escape(document['info']['version'])}</h1>"
-        f"<p>{html.escape(document['info']['description'])}</p>"
-        "<p>Send <code>Authorization: Bearer &lt;key&gt;</code> (or <code>X-API-Key</code>); "
-        f"the full machine-readable description is <a href='{spec_url}'>{spec_url}</a>.</p>"
-        "<table><tr><th>Method</th><th>Path</th><th>Summary</th><th>Scope</th>"
-        f"<th>Responses</th></tr>{''.join(rows)}</table></body></html>"
-    )
+    return docs_page.render(app_document(), url_for("docs.spec"))

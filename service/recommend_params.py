@@ -146,7 +146,7 @@ class Filter(BaseModel):
 
 
 class RecommendBody(BaseModel):
-    """The POST forms: the same controls as JSON, plus ``filter`` (with property conditions)."""
+    """The recommendation controls as JSON, plus `filter` (property conditions)."""
 
     model_config = ConfigDict(extra="forbid")
 

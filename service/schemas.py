@@ -54,14 +54,15 @@ Query = text(max_length=MAX_QUERY_LENGTH, non_empty=True)
 
 
 class Entry(BaseModel):
-    """A request object: unknown fields are refused (a typo should not pass silently)."""
+    # Unknown fields are refused: a typo should not pass silently. (Class docstrings of the
+    # models are the descriptions clients read in /openapi.json and /docs.)
 
     model_config = ConfigDict(extra="forbid")
 
 
 # -- requests --------------------------------------------------------------------------------
 class ItemEntry(Entry):
-    """One item of ``PUT /v1/items``."""
+    """One catalogue item; `id` is the caller's."""
 
     id: Id
     title: NonEmptyText
@@ -84,7 +85,7 @@ class ItemEntry(Entry):
 
 
 class EventEntry(Entry):
-    """One event of ``POST /v1/events``. Unknown items and event types are left to ingest."""
+    """One event; an unknown item or event type rejects the entry, not the batch."""
 
     id: Id = Field(description="Idempotency key: a stored id is a duplicate")
     user_id: Id
@@ -117,13 +118,18 @@ class EventEntry(Entry):
 
 
 class ItemsBody(BaseModel):
-    """Entries are validated one by one (`contract.entry`) so each bad one is reported."""
+    """All or nothing: with any bad entry nothing is written and each one is listed by index
+    in `error.details`."""
+
+    # Entries are validated one by one (`contract.entry`) so that each bad one is reported.
 
     items: Annotated[list[Any], Entries(ItemEntry), AtMost("max_batch_size")]
 
 
 class EventsBody(BaseModel):
-    """Entries are validated one by one (`contract.entry`): good ones are accepted."""
+    """Each entry stands alone: good ones are accepted, bad ones listed in `rejected`."""
+
+    # Entries are validated one by one (`contract.entry`).
 
     events: Annotated[list[Any], Entries(EventEntry), AtMost("max_batch_size")]
 
@@ -172,7 +178,7 @@ class ExampleInput(Entry):
 
 
 class ExamplesBody(RecommendBody):
-    """``POST /v1/recommendations``: weighted examples, with the controls of `RecommendBody`."""
+    """Weighted examples instead of a user, with the controls of RecommendBody."""
 
     examples: Annotated[list[ExampleInput], Field(min_length=1, max_length=MAX_EXAMPLES)]
 
@@ -285,7 +291,7 @@ class ErrorBody(BaseModel):
 
 
 class Error(BaseModel):
-    """Every error answer: ``{"error": {"code", "message", "details"?}}``."""
+    """Every error answer."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -19,6 +19,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from tests.service.conftest import MAX_BATCH
+
 EXAMPLES_PER_OPERATION = 15
 
 
@@ -69,3 +71,7 @@ def test_openapi_document_and_docs_page(client):
     assert page.status_code == 200 and page.mimetype == "text/html"
     text = page.get_data(as_text=True)
     assert "/v1/users/{user_id}/recommendations" in text and "<script" not in text
+    # Each operation and schema is described, with the running app's limits.
+    assert "id='users_recommendations'" in text and "id='schema-EventEntry'" in text
+    events = text[text.index("id='schema-EventsBody'") :]
+    assert f"array of <a href='#schema-EventEntry'>EventEntry</a> (max items {MAX_BATCH})" in events
