@@ -5,8 +5,9 @@ entries reported one by one) and build the domain inputs (`ItemEntry.to_input` -
 `store.items.ItemInput`, `EventEntry.to_input` -> `interest.ingest.EventInput`,
 `ExampleInput.to_example`). Response models only describe the answers in ``/openapi.json``;
 the endpoints return plain dicts, and tests/service/test_api_schema.py checks every answer
-against the document. A response model does not forbid extra fields, so adding one (e.g. an
-experiment ``arm`` on `Recommendations`) is a one-line change that keeps old clients valid.
+against the document. A response model does not forbid extra fields, so adding one (as the
+experiment's ``experiment`` and ``arm`` on `Recommendations`) is a one-line change here that
+keeps old clients valid.
 The recommendation controls live with `RecommendParams` in `service.recommend_params`.
 """
 
