@@ -28,7 +28,6 @@ from pydantic import ValidationError as PydanticError
 from pydantic.json_schema import models_json_schema
 from pydantic_core import ErrorDetails
 
-from service.api.common import get_runtime
 from service.errors import PayloadTooLarge, ValidationError
 from service.fields import REF_TEMPLATE, SETTING_LIMIT_KEY, Entries, Id
 from service.validation import check_raw_path, json_body
@@ -83,6 +82,8 @@ def operation(summary: str, **declared: Any) -> Callable[[Callable[..., Any]], C
 # -- validation ------------------------------------------------------------------------------
 def context() -> dict[str, Any]:
     """What settings-bound limits (`service.fields.AtMost`) and clock checks read."""
+    from service.api.common import get_runtime  # service.api imports this module
+
     settings = get_runtime().settings
     return {"max_k": settings.max_k, "max_batch_size": settings.max_batch_size, "now": time.time()}
 
