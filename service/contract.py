@@ -175,6 +175,8 @@ def _message(error: ErrorDetails, root: str) -> str:
         parent = _field(loc[:-1])
         return f"unknown {parent + ' ' if parent else ''}field {loc[-1]!r}"
     template = _MESSAGES.get(kind)
+    if kind == "too_short" and (error.get("ctx") or {}).get("min_length") == 1:
+        template = "must not be empty"
     if template is not None:
         ctx = dict(error.get("ctx") or {})
         given = error.get("input")

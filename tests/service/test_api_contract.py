@@ -75,6 +75,9 @@ def test_messages_name_the_field_at_fault(client):
         == "k must be an integer, got a string"
     )
     assert _message(client.post("/v1/search", json={"k": 3})) == "missing field 'query'"
+    assert _message(client.post("/v1/recommendations", json={"examples": []})) == (
+        "examples must not be empty"
+    )
     assert (
         _message(client.post("/v1/users/u/recommendations", json={"filter": {"colour": 1}}))
         == "unknown filter field 'colour'"
