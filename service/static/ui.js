@@ -94,7 +94,8 @@ function renderRecs(recs) {
   list.dataset.recommId = recs.recomm_id;
   list.dataset.items = recs.items.map((item) => item.id).join(",");
   $("recs-meta").textContent =
-    `served by ${recs.served_by} (${recs.strategy}), model ${recs.model_version ?? "none"}`;
+    `served by ${recs.served_by} (${recs.strategy}), model ${recs.model_version ?? "none"}` +
+    (recs.experiment ? `, experiment ${recs.experiment}: ${recs.arm} arm` : "");
   for (const item of recs.items) {
     const button = el(
       "button",
