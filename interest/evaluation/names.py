@@ -14,9 +14,14 @@ TRAIN_OVERRIDES: dict[str, dict[str, object]] = {
     "driftrec_1d": {
         "half_life_grid_s": (86_400.0,),
         "content_weight_grid": (0.0,),
+        "cold_weight_grid": (0.0,),
         "use_correction": False,
     },
-    "driftrec_linear": {"content_weight_grid": (0.0,), "use_correction": False},
+    "driftrec_linear": {
+        "content_weight_grid": (0.0,),
+        "cold_weight_grid": (0.0,),
+        "use_correction": False,
+    },
     "driftrec": {},
 }
 METHODS = BASELINES + PRODUCTION + ABLATIONS
