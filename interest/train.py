@@ -618,13 +618,17 @@ def train(
     content_weight, content_metrics = choose_content_weight(
         validation, l2, half_life, content_half_life_s, config
     )
-    cold_weight, cold_metrics = choose_cold_weight(
-        ValidationSet.build_time_cut(data, config, buffer_size),
-        l2,
-        half_life,
-        content_half_life_s,
-        content_weight,
-        config,
+    cold_weight, cold_metrics = (
+        choose_cold_weight(
+            ValidationSet.build_time_cut(data, config, buffer_size),
+            l2,
+            half_life,
+            content_half_life_s,
+            content_weight,
+            config,
+        )
+        if any(w > 0 for w in config.cold_weight_grid)
+        else (0.0, {"cold_weight": 0.0})
     )
     model = fit_linear(data, l2, half_life, config, buffer_size)
     model.config = dataclasses.replace(
