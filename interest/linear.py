@@ -35,6 +35,16 @@ class Histories:
         return len(self.rows)
 
 
+def only_items(histories: Histories, keep: np.ndarray) -> Histories:
+    """The same histories without the events on items where ``keep`` (per row) is false."""
+    masks = [keep[rows] for rows in histories.rows]
+    return Histories(
+        [r[m] for r, m in zip(histories.rows, masks, strict=True)],
+        [t[m] for t, m in zip(histories.times, masks, strict=True)],
+        [w[m] for w, m in zip(histories.weights, masks, strict=True)],
+    )
+
+
 def interaction_matrix(histories: Histories, n_items: int) -> sp.csr_matrix:
     """Binary user x item matrix (an item counts once per user)."""
     indptr = np.zeros(len(histories) + 1, dtype=np.int64)

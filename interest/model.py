@@ -47,8 +47,15 @@ class LinearConfig:
     #: ``content_half_life_s`` against each item's text vector, scaled to the linear scores.
     content_weight: float = 0.0
     content_half_life_s: float = math.inf
-    #: Median norm of the index vectors ``V``: puts the content term on the linear scores' scale.
+    #: Median norm of the index vectors ``V``: puts the content and cold terms on the linear
+    #: scores' scale.
     v_scale: float = 1.0
+    #: Weight of the cold term (0: none): items the model has no events for get a 1 in an extra
+    #: index coordinate, and the query puts there the recency-weighted share of the profile's
+    #: recent events that were on such items, scaled like the content term. Someone going
+    #: through items nobody had touched at training time (new releases, the long tail) is likely
+    #: to go on doing so, and only this term can tell: their ``V`` is only a text prediction.
+    cold_weight: float = 0.0
 
 
 @dataclass
@@ -73,11 +80,16 @@ class InterestModel:
         return int(self.text_out.shape[0]) if self.config.content_weight > 0 else 0
 
     @property
+    def cold_dim(self) -> int:
+        return 1 if self.config.cold_weight > 0 else 0
+
+    @property
     def dim(self) -> int:
         """Dimension of query and index vectors: ``V``, then the text vector when the content
-        term is on, then one bias coordinate when the correction is kept."""
+        term is on, then the cold coordinate when that term is on, then one bias coordinate
+        when the correction is kept."""
         bias = 1 if self.correction is not None else 0
-        return int(self.v.shape[1]) + self.content_dim + bias
+        return int(self.v.shape[1]) + self.content_dim + self.cold_dim + bias
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
@@ -86,39 +98,64 @@ class InterestModel:
         """The weighted blend of the input vectors of the most recent events.
 
         Weights are the events' own (type) weights times the recency curve: the learned one of
-        the correction network, or the exponential with the chosen half-life.
+        the correction network, or the exponential with the chosen half-life. The linear part
+        only; `encode` adds the content and cold terms.
         """
+        return self._linear_query(recent, t_ref)[0].astype(np.float32)
+
+    def _linear_query(
+        self, recent: Sequence[tuple[float, int, float]], t_ref: float
+    ) -> tuple[np.ndarray, float]:
+        """(query with the linear part filled in, float64; share of the recency weight that
+        falls on items the model has no vectors for)."""
         rank = self.v.shape[1]
         q = np.zeros(self.dim, dtype=np.float64)
         window = recent[-self.config.buffer_size :]
         if self.correction is not None:
             q[-1] = 1.0  # picks up each item's bias
         if not window:
-            return q.astype(np.float32)
+            return q, 0.0
         rows = self.rows([item_id for _, item_id, _ in window])
         ages = t_ref - np.array([t for t, _, _ in window])
         weights = np.array([w for _, _, w in window])
+        known = rows >= 0
         if self.correction is not None:
             weights = weights * self.correction.event_weights(ages)
+            linear = weights[known]
         elif not np.isinf(self.config.half_life_s):
-            weights = weights * np.exp(-LN2 * ages / self.config.half_life_s)
-        known = rows >= 0
-        q[:rank] += weights[known] @ self.u[rows[known]]
-        return q.astype(np.float32)
+            decay = np.exp(-LN2 * ages / self.config.half_life_s)
+            # The ranking does not depend on the query's scale (the content and cold terms
+            # scale with it), so the known items' curve starts at the newest of them: with a
+            # short half-life and newer events on unknown items, the plain curve underflows
+            # to a zero query, which ranks nothing.
+            newest = ages[known].min() if known.any() else 0.0
+            linear = weights[known] * np.exp(
+                -LN2 * (ages[known] - newest) / self.config.half_life_s
+            )
+            weights = weights * decay
+        else:
+            linear = weights[known]
+        q[:rank] += linear @ self.u[rows[known]]
+        total = float(weights.sum())
+        cold_share = float(weights[~known].sum()) / total if total > 0 else 0.0
+        return q, cold_share
 
     # -- QueryEncoder protocol ---------------------------------------------------------------
     def encode(self, states: Sequence[ProfileState], now: float) -> np.ndarray:
-        queries = np.stack([self.query(s.recent, s.ref_time) for s in states])
-        if self.content_dim:
-            rank = self.v.shape[1]
-            for row, state in enumerate(states):
-                linear_norm = float(np.linalg.norm(queries[row, :rank]))
+        rank = self.v.shape[1]
+        queries = np.zeros((len(states), self.dim), dtype=np.float64)
+        for row, state in enumerate(states):
+            queries[row], cold_share = self._linear_query(state.recent, state.ref_time)
+            # The content and cold terms are on the linear scores' scale; with no known item
+            # in the buffer there are no linear scores, and any positive scale ranks the same.
+            linear_norm = float(np.linalg.norm(queries[row, :rank])) or 1.0
+            scale = linear_norm * self.config.v_scale
+            if self.content_dim:
                 queries[row, rank : rank + self.content_dim] = (
-                    self.config.content_weight
-                    * linear_norm
-                    * self.config.v_scale
-                    * self._content_direction(state)
+                    self.config.content_weight * scale * self._content_direction(state)
                 )
+            if self.cold_dim:
+                queries[row, rank + self.content_dim] = self.config.cold_weight * scale * cold_share
         return queries.astype(np.float32)
 
     def _content_direction(self, state: ProfileState) -> np.ndarray:
@@ -134,6 +171,8 @@ class InterestModel:
         out[known] = self.v[rows[known]]
         if self.content_dim:
             out = np.hstack([out, np.asarray(raw, dtype=np.float32)])
+        if self.cold_dim:
+            out = np.hstack([out, (~known).astype(np.float32)[:, None]])
         if self.correction is not None and self.log_popularity is not None:
             bias = np.zeros((len(rows), 1), dtype=np.float32)
             bias[known, 0] = self.correction.popularity_scale * self.log_popularity[rows[known]]

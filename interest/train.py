@@ -16,7 +16,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from interest.linear import (
     Histories,
     history_rows,
     interaction_matrix,
+    only_items,
     text_map,
 )
 from interest.model import InterestModel, LinearConfig
@@ -59,6 +60,9 @@ class TrainConfig:
     validation_per_user: latest events per user held out as validation targets (several, so
     that the choice among candidates is not decided by the noise of one target per user).
     content_weight_grid: weights of the content term tried (0: linear model alone).
+    cold_weight_grid: weights of the cold term tried (0: none), on the time-cut validation.
+    time_cut_quantile: the time-cut validation holds out the events after this quantile of
+    event times (the replay protocol's 90%).
 
     l2_grid: EASE lambdas tried. half_life_grid_s: query recency half-lives tried (inf: none).
     rank: factorisation rank (capped by the number of items). max_items: most popular items
@@ -74,6 +78,8 @@ class TrainConfig:
     validation_per_user: int = 3
     max_validation_targets: int = 6_000
     content_weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
+    cold_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    time_cut_quantile: float = 0.9
     use_correction: bool = True
     correction_learning_rate: float = 0.01
     correction_batch_size: int = 256
@@ -121,9 +127,10 @@ def load_training_data(db: Database, settings: Settings, max_items: int) -> Trai
     return TrainingData(item_ids, text, all_ids, all_text, histories)
 
 
-def hold_out_latest(
-    histories: Histories, per_user: int
-) -> tuple[Histories, Histories, np.ndarray, list[np.ndarray], np.ndarray]:
+Split = tuple[Histories, Histories, np.ndarray, list[np.ndarray], np.ndarray]
+
+
+def hold_out_latest(histories: Histories, per_user: int) -> Split:
     """Hold out each user's latest ``per_user`` events as validation targets.
 
     Returns the training histories (everything before the held-out events), one validation
@@ -132,6 +139,33 @@ def hold_out_latest(
     each target's user in ``histories``. Users with fewer than ``per_user + 1`` events hold out
     fewer.
     """
+
+    def bounds(rows: np.ndarray, times: np.ndarray) -> tuple[int, int]:
+        cut = len(rows) - max(min(per_user, len(rows) - 1), 0)
+        return cut, cut
+
+    return _hold_out(histories, bounds)
+
+
+def hold_out_after(histories: Histories, cut: float) -> Split:
+    """Hold out every event at or after ``cut`` (epoch s), as `hold_out_latest` returns them.
+
+    Each held-out event is a target ranked with all of its user's earlier events as history,
+    held-out ones included (serving folds events in as they come, with no retraining); events
+    of users with no earlier event are left out (serving answers those from popularity).
+    """
+
+    def bounds(rows: np.ndarray, times: np.ndarray) -> tuple[int, int]:
+        before = int(np.searchsorted(times, cut, side="left"))
+        return before, max(before, 1)
+
+    return _hold_out(histories, bounds)
+
+
+def _hold_out(
+    histories: Histories, bounds: Callable[[np.ndarray, np.ndarray], tuple[int, int]]
+) -> Split:
+    """Per user, ``bounds(rows, times)`` gives (end of the training part, first target)."""
     train = Histories([], [], [])
     valid = Histories([], [], [])
     targets: list[int] = []
@@ -140,12 +174,11 @@ def hold_out_latest(
     for user, (rows, times, weights) in enumerate(
         zip(histories.rows, histories.times, histories.weights, strict=True)
     ):
-        held = min(per_user, len(rows) - 1)
-        cut = len(rows) - max(held, 0)
-        train.rows.append(rows[:cut])
-        train.times.append(times[:cut])
-        train.weights.append(weights[:cut])
-        for position in range(cut, len(rows)):
+        train_end, first_target = bounds(rows, times)
+        train.rows.append(rows[:train_end])
+        train.times.append(times[:train_end])
+        train.weights.append(weights[:train_end])
+        for position in range(first_target, len(rows)):
             valid.rows.append(rows[:position])
             valid.times.append(times[:position])
             valid.weights.append(weights[:position])
@@ -165,20 +198,34 @@ def truncate(histories: Histories, buffer_size: int) -> Histories:
 
 
 def ndcg_at_10(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) -> float:
-    """Mean NDCG@10 of one held-out target per row, seen items excluded."""
+    """Mean NDCG@10 of one held-out target per row, seen items excluded.
+
+    Ties count against the target (a query that scores everything alike ranks nothing), so a
+    setting cannot win by scoring held-out items no better than the rest.
+    """
+    ranks = target_ranks(scores, targets, seen)
+    return float(np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+    """1-based rank of each row's target, seen items excluded, ties against the target (inf
+    when the target itself was seen)."""
     scores = scores.copy()
     for row, items in enumerate(seen):
         scores[row, items] = -np.inf
     target_scores = scores[np.arange(len(targets)), targets]
-    ranks = 1 + (scores > target_scores[:, None]).sum(axis=1)
-    gains = np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0)
-    gains[~np.isfinite(target_scores)] = 0.0
-    return float(gains.mean())
+    ranks = (scores >= target_scores[:, None]).sum(axis=1).astype(np.float64)
+    ranks[~np.isfinite(target_scores)] = np.inf
+    return ranks
 
 
 @dataclass
 class ValidationSet:
-    """Held-out latest events, and the linear model's spectrum fitted without them."""
+    """Held-out latest events, and the linear model's spectrum fitted without them.
+
+    Rankings cover every live item, as serving does: the model's items (those with events),
+    then ``extra_text``, the items with no events at all, which serving scores from their text.
+    """
 
     spectrum: EaseSpectrum
     histories: Histories  # per target, the user's events before it
@@ -187,12 +234,34 @@ class ValidationSet:
     seen: list[np.ndarray]
     users: np.ndarray
     train_counts: np.ndarray  # events per item in the training part
+    text: np.ndarray  # (n_items, dim) raw text vectors of the model's items
+    extra_text: np.ndarray  # (m, dim) raw text vectors of live items without events
 
     @classmethod
     def build(cls, data: TrainingData, config: TrainConfig, buffer_size: int) -> ValidationSet:
-        train_h, valid_h, targets, seen, users = hold_out_latest(
-            data.histories, config.validation_per_user
-        )
+        """Each user's latest events held out (`hold_out_latest`)."""
+        split = hold_out_latest(data.histories, config.validation_per_user)
+        return cls._from_split(data, config, buffer_size, split)
+
+    @classmethod
+    def build_time_cut(
+        cls, data: TrainingData, config: TrainConfig, buffer_size: int
+    ) -> ValidationSet:
+        """The latest part of the log held out (`hold_out_after`): what a model meets between
+        two trainings, items first seen after the cut included."""
+        times = np.concatenate(data.histories.times) if len(data.histories) else np.zeros(0)
+        cut = float(np.quantile(times, config.time_cut_quantile)) if len(times) else 0.0
+        return cls._from_split(data, config, buffer_size, hold_out_after(data.histories, cut))
+
+    @classmethod
+    def _from_split(
+        cls,
+        data: TrainingData,
+        config: TrainConfig,
+        buffer_size: int,
+        split: Split,
+    ) -> ValidationSet:
+        train_h, valid_h, targets, seen, users = split
         if len(targets) > config.max_validation_targets:
             rng = np.random.default_rng(config.seed)
             keep = np.sort(rng.choice(len(targets), config.max_validation_targets, replace=False))
@@ -214,6 +283,8 @@ class ValidationSet:
             seen,
             users,
             item_counts(train_h, n_items),
+            data.text,
+            data.all_text[np.isin(data.all_ids, data.item_ids, invert=True)],
         )
 
 
@@ -262,42 +333,142 @@ def median_norm(v: np.ndarray) -> float:
     return float(np.median(norms)) if len(norms) else 1.0
 
 
+@dataclass
+class ItemSideTerms:
+    """Validation scores of the served query's terms over every live item (the model's items,
+    then those without events), for choosing the content and cold weights.
+
+    Items without events in the validation fit are scored as serving scores items the model has
+    not seen: ``V`` from the ridge map of their text (fitted on the other items), a 1 in the
+    cold coordinate, and no input vector in the query.
+    """
+
+    linear: np.ndarray  # (targets, items) q . V
+    content: np.ndarray  # (targets, items) cosine of the profile's text blend, item text
+    scale: np.ndarray  # (targets, 1) |q| * median |V|: the terms' common scale
+    cold_share: np.ndarray  # (targets, 1) recency weight share of cold items in the buffer
+    cold: np.ndarray  # (items,) 1.0 for items without events in the validation fit
+
+    def scores(self, content_weight: float, cold_weight: float) -> np.ndarray:
+        out = self.linear + (content_weight * self.scale) * self.content
+        if cold_weight > 0:
+            out += (cold_weight * self.scale * self.cold_share) * self.cold[None, :]
+        return out
+
+
+def item_side_terms(
+    validation: ValidationSet,
+    l2: float,
+    half_life: float,
+    content_half_life_s: float,
+    config: TrainConfig,
+) -> ItemSideTerms:
+    u, v = validation.spectrum.factors(l2, config.rank)
+    n_items = len(validation.train_counts)
+    warm = validation.train_counts > 0
+    text_out = text_map(validation.text[warm], v[warm])
+    v = v.copy()
+    v[~warm] = validation.text[~warm] @ text_out
+    v_all = np.vstack([v, validation.extra_text @ text_out])
+    cold = np.concatenate([~warm, np.ones(len(validation.extra_text), dtype=bool)])
+    # The query's curve starts at the newest known item (as `InterestModel.query` does).
+    known_only = only_items(validation.buffered, warm)
+    query = history_rows(known_only, n_items, half_life) @ u
+    buffer_weights = history_rows(validation.buffered, n_items, half_life)
+    total = buffer_weights.sum(axis=1, keepdims=True)
+    cold_share = buffer_weights[:, ~warm].sum(axis=1, keepdims=True) / np.maximum(total, 1e-300)
+    blend = history_rows(validation.histories, n_items, content_half_life_s) @ validation.text
+    blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
+    query_norm = np.linalg.norm(query, axis=1, keepdims=True)
+    return ItemSideTerms(
+        linear=(query @ v_all.T).astype(np.float32),
+        content=(blend @ np.vstack([validation.text, validation.extra_text]).T).astype(np.float32),
+        scale=(np.where(query_norm > 0, query_norm, 1.0) * median_norm(v[warm])).astype(np.float32),
+        cold_share=cold_share.astype(np.float32),
+        cold=cold.astype(np.float32),
+    )
+
+
 def choose_content_weight(
     validation: ValidationSet,
-    text: np.ndarray,
     l2: float,
     half_life: float,
     content_half_life_s: float,
     config: TrainConfig,
 ) -> tuple[float, dict[str, Any]]:
-    """Pick the content term's weight by validation NDCG@10 (0 keeps the linear model alone).
-
-    Held-out events whose item had no training event are part of the validation set: only the
-    content term can rank those, which is what lets brand-new items be recommended.
-    """
-    u, v = validation.spectrum.factors(l2, config.rank)
-    n_items = len(validation.train_counts)
-    linear_query = history_rows(validation.buffered, n_items, half_life) @ u
-    linear = linear_query @ v.T
-    blend = history_rows(validation.histories, n_items, content_half_life_s) @ text
-    blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
-    content = blend @ text.T
-    scale = np.linalg.norm(linear_query, axis=1, keepdims=True) * median_norm(v)
-    grid = {}
-    best = (-1.0, 0.0)
-    for weight in config.content_weight_grid:
-        value = ndcg_at_10(linear + weight * scale * content, validation.targets, validation.seen)
-        grid[f"content_weight={weight:g}"] = value
-        if value > best[0] + 1e-12:
-            best = (value, weight)
-    cold = validation.train_counts[validation.targets] == 0
-    log.info("train content weight=%g validation_ndcg10=%.4f", best[1], best[0])
-    return best[1], {
-        "content_weight": best[1],
-        "content_validation_ndcg@10": best[0],
-        "validation_cold_targets": int(cold.sum()),
+    """Pick the content term's weight by validation NDCG@10 on each user's latest events (0
+    keeps the linear model alone)."""
+    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config)
+    weight, value, grid = _best_weight(
+        validation, config.content_weight_grid, lambda w: terms.scores(w, 0.0)
+    )
+    log.info("train content weight=%g validation_ndcg10=%.4f", weight, value)
+    return weight, {
+        "content_weight": weight,
+        "content_validation_ndcg@10": value,
         "content_grid": grid,
     }
+
+
+def choose_cold_weight(
+    validation: ValidationSet,
+    l2: float,
+    half_life: float,
+    content_half_life_s: float,
+    content_weight: float,
+    config: TrainConfig,
+) -> tuple[float, dict[str, Any]]:
+    """Pick the cold term's weight by NDCG@10 on the time-cut validation (0: no cold term).
+
+    There, as in service, items first seen after the cut are targets and items with no event
+    at all compete in every ranking; only the content and cold terms can rank such items, and
+    the choice weighs that against what the cold term costs on the other targets. (Each user's
+    latest events cannot judge this: their histories are almost all on items with events.)
+    """
+    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config)
+    weight, value, grid = _best_weight(
+        validation, config.cold_weight_grid, lambda w: terms.scores(content_weight, w)
+    )
+    cold_targets = terms.cold[validation.targets] > 0
+
+    def cold_hit_rate(cold_weight: float) -> float | None:
+        if not cold_targets.any():
+            return None
+        ranks = target_ranks(
+            terms.scores(content_weight, cold_weight), validation.targets, validation.seen
+        )
+        return float((ranks[cold_targets] <= 10).mean())
+
+    log.info("train cold weight=%g time-cut validation_ndcg10=%.4f", weight, value)
+    return weight, {
+        "cold_weight": weight,
+        "time_cut_validation_ndcg@10": value,
+        "time_cut_validation_ndcg@10_without_cold": grid["weight=0"]
+        if "weight=0" in grid
+        else None,
+        "time_cut_validation_targets": len(validation.targets),
+        "time_cut_validation_cold_targets": int(cold_targets.sum()),
+        "time_cut_validation_cold_hr@10": cold_hit_rate(weight),
+        "time_cut_validation_cold_hr@10_without_cold": cold_hit_rate(0.0),
+        "cold_grid": grid,
+    }
+
+
+def _best_weight(
+    validation: ValidationSet,
+    grid: Sequence[float],
+    scores: Callable[[float], np.ndarray],
+) -> tuple[float, float, dict[str, float]]:
+    """(weight with the best validation NDCG@10, that NDCG, NDCG per weight); the first of
+    equals wins, so list the simpler setting first."""
+    values = {}
+    best = (-1.0, grid[0])
+    for weight in grid:
+        value = ndcg_at_10(scores(weight), validation.targets, validation.seen)
+        values[f"weight={weight:g}"] = value
+        if value > best[0] + 1e-12:
+            best = (value, weight)
+    return best[1], best[0], values
 
 
 def _buffer_tensors(buffered: Histories, buffer_size: int) -> tuple[np.ndarray, ...]:
@@ -445,7 +616,19 @@ def train(
     )
     content_half_life_s = content_half_life(settings.half_lives, half_life)
     content_weight, content_metrics = choose_content_weight(
-        validation, data.text, l2, half_life, content_half_life_s, config
+        validation, l2, half_life, content_half_life_s, config
+    )
+    cold_weight, cold_metrics = (
+        choose_cold_weight(
+            ValidationSet.build_time_cut(data, config, buffer_size),
+            l2,
+            half_life,
+            content_half_life_s,
+            content_weight,
+            config,
+        )
+        if any(w > 0 for w in config.cold_weight_grid)
+        else (0.0, {"cold_weight": 0.0})
     )
     model = fit_linear(data, l2, half_life, config, buffer_size)
     model.config = dataclasses.replace(
@@ -453,6 +636,7 @@ def train(
         content_weight=content_weight,
         content_half_life_s=content_half_life_s,
         v_scale=median_norm(model.v),
+        cold_weight=cold_weight,
     )
     if correction is not None:
         model.correction = correction
@@ -461,6 +645,7 @@ def train(
         **chosen,
         **correction_metrics,
         **{k: v for k, v in content_metrics.items() if k != "content_grid"},
+        **{k: v for k, v in cold_metrics.items() if k != "cold_grid"},
         "train_s": time.perf_counter() - started,
         "items": int(len(data.item_ids)),
         "users": len(data.histories),
@@ -478,6 +663,7 @@ def publish(runtime: RuntimeLike, model: InterestModel, *, activate: bool) -> in
         "rank": model.config.rank,
         "buffer_size": model.config.buffer_size,
         "content_weight": model.config.content_weight,
+        "cold_weight": model.config.cold_weight,
     }
     with runtime.db.write() as session:
         version = add_model_version(

@@ -8,6 +8,7 @@ import pytest
 from interest.linear import EaseSpectrum, Histories, interaction_matrix
 from interest.model import InterestModel, LinearConfig, load_model
 from interest.profile import ProfileState
+from tests.interest.conftest import small_model
 
 
 def _histories(n_users: int, n_items: int, seed: int = 0) -> Histories:
@@ -106,25 +107,8 @@ def test_model_with_correction_folds_the_popularity_bias_into_the_inner_product(
 
 
 def test_content_term_lets_a_brand_new_item_score_from_its_text():
-    rng = np.random.default_rng(3)
-    u, v = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
-    model = InterestModel(
-        config=LinearConfig(
-            l2=1.0,
-            half_life_s=math.inf,
-            rank=3,
-            buffer_size=5,
-            content_weight=0.5,
-            content_half_life_s=math.inf,
-            v_scale=2.0,
-        ),
-        item_ids=np.array([1, 2]),
-        u=u,
-        v=v,
-        text_in=np.zeros((4, 3), np.float32),
-        text_out=np.zeros((4, 3), np.float32),
-        metrics={},
-    )
+    model = small_model(content_weight=0.5, content_half_life_s=math.inf)
+    u = model.u
     text = np.eye(4, dtype=np.float32)
     state = ProfileState.empty((3600.0, math.inf), 4)
     state.apply(text[0], 1.0, 0.0, 1, buffer_size=5)
