@@ -127,6 +127,59 @@ def test_concurrent_writers_lose_no_update(catalogue):
     assert report.checked == 3 and report.drifted == []
 
 
+def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue):
+    """Writers post batches spanning several users (some new) while profiles are rebuilt from
+    the log at the same time: every event ends up in its profile exactly once. The rebuilds
+    stop before the writers' last batches, so no late rebuild can hide an update it lost."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def rebuilder() -> None:
+        try:
+            while not stop.is_set():
+                rebuild_profiles(catalogue, CONFIG, MODEL, batch_users=2)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    background = threading.Thread(target=rebuilder)
+
+    def stop_rebuilds() -> None:
+        stop.set()
+        background.join()
+
+    halfway = threading.Barrier(4, action=stop_rebuilds)
+
+    def writer(worker: int) -> None:
+        try:
+            for n in range(12):
+                if n == 10:
+                    halfway.wait()
+                batch = [
+                    EventInput(
+                        f"b{worker}-{n}-{k}",
+                        f"r{(n + k) % 5}",
+                        f"i{(worker * 3 + n + k) % 20}",
+                        "click" if k % 2 else "view",
+                        T0 + timedelta(seconds=worker * 50 + n * 5 + k),
+                    )
+                    for k in range(4)
+                ]
+                assert ingest_events(catalogue, batch, CONFIG, MODEL).accepted == 4
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    background.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(_profile(catalogue, f"r{u}").event_count for u in range(5)) == 4 * 12 * 4
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == 5 and report.drifted == []
+
+
 def test_rebuild_repairs_a_drifted_profile(catalogue):
     ingest_events(catalogue, [_event(n) for n in range(5)], CONFIG, MODEL)
     with catalogue.write() as session:

@@ -17,8 +17,11 @@ from store.events import (
     get_profile,
     get_user,
     insert_events,
+    insert_profiles,
+    lock_profile_rows,
     lock_profiles,
     seen_item_ids,
+    update_profiles,
     user_events,
 )
 from store.items import ItemInput, upsert_items
@@ -138,6 +141,56 @@ def test_lock_profiles_in_user_id_order(db: Database) -> None:
     assert ("FOR UPDATE" in query) == (db.dialect == "postgresql")
     with db.write() as session:
         assert lock_profiles(session, []) == {}
+
+
+def test_profile_rows_locked_in_order_and_updated_with_a_new_version(db: Database) -> None:
+    users, _ = _setup(db, ["a", "b", "c"])
+    ids = sorted(users.values())
+    with db.write() as session:
+        session.add(_profile(ids[2]))
+    statements: list[str] = []
+    listener = lambda _conn, _cursor, statement, *_: statements.append(statement)  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        with db.write() as session:
+            created = insert_profiles(
+                session,
+                [
+                    {**_columns(ids[0]), "user_id": ids[0]},
+                    {**_columns(ids[2]), "user_id": ids[2], "event_count": 99},
+                ],
+            )
+            locked = lock_profile_rows(session, [ids[2], ids[0], ids[1]])
+            update_profiles(
+                session,
+                [{**_columns(uid), "user_id": uid, "event_count": uid} for uid in locked],
+            )
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert created == {ids[0]}  # the existing profile was left alone
+    assert list(locked) == [ids[0], ids[2]]
+    assert locked[ids[2]].event_count == 0
+    [query] = [s for s in statements if "FROM profiles" in s]
+    assert "ORDER BY profiles.user_id" in query
+    assert ("FOR UPDATE" in query) == (db.dialect == "postgresql")
+    with db.read() as session:
+        stored = {p.user_id: p for p in session.scalars(select(Profile))}
+    assert {uid: p.event_count for uid, p in stored.items()} == {ids[0]: ids[0], ids[2]: ids[2]}
+    assert stored[ids[0]].version == 2  # inserted as 1, bumped by the update
+    assert stored[ids[2]].version == 2  # the ORM's first version, bumped by the update
+
+
+def _columns(user_id: int) -> dict[str, object]:
+    profile = _profile(user_id)
+    return {
+        "dim": profile.dim,
+        "half_lives": profile.half_lives,
+        "accumulators": profile.accumulators,
+        "weight_sums": profile.weight_sums,
+        "ref_time": profile.ref_time,
+        "recent": [],
+        "event_count": 0,
+    }
 
 
 def test_delete_user_removes_events_and_profile(db: Database) -> None:
