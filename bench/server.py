@@ -116,6 +116,26 @@ class Server:
         self, mode: str, *, items: int, duration: float, concurrency: int = 8, seed: int = 1
     ) -> dict[str, object]:
         """Run the load generator in its own process and return its summary."""
+        argv = self.loadgen_argv(
+            mode, items=items, duration=duration, concurrency=concurrency, seed=seed
+        )
+        result = subprocess.run(
+            argv, env=base_env({}), capture_output=True, text=True, check=True, cwd=REPO_ROOT
+        )
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def loadgen_argv(
+        self,
+        mode: str,
+        *,
+        items: int,
+        duration: float,
+        concurrency: int = 8,
+        seed: int = 1,
+        rate: float = 0.0,
+        window: float = 0.0,
+    ) -> list[str]:
+        """The `bench.loadgen` command line against this server (``rate``: open loop)."""
         argv = [
             sys.executable,
             "-m",
@@ -135,11 +155,11 @@ class Server:
         ]
         if self.token:
             argv += ["--token", self.token]
-        env = base_env({})
-        result = subprocess.run(
-            argv, env=env, capture_output=True, text=True, check=True, cwd=REPO_ROOT
-        )
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        if rate:
+            argv += ["--rate", str(rate)]
+        if window:
+            argv += ["--window", str(window)]
+        return argv
 
     # -- memory ----------------------------------------------------------------------------
     def pids(self) -> list[int]:

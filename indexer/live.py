@@ -51,12 +51,16 @@ class LiveIndex:
         transform_for: Callable[[int | None], ItemTransform] = lambda _v: identity_transform,
         version_check_interval_s: float = 2.0,
         mmap: bool = False,
+        select_version: Callable[[Session], IndexVersion | None] = active_index_version,
     ) -> None:
+        """``select_version`` picks the version to serve: the active one, or for an experiment's
+        arm the newest index built for its model."""
         self._db = db
         self._embedder_model = embedder_model
         self._transform_for = transform_for
         self._interval = version_check_interval_s
         self._mmap = mmap
+        self._select_version = select_version
         self._lock = threading.RLock()
         self._snapshot = _Snapshot(version=None, base=None, revision=0)
         self._checked_at = 0.0
@@ -99,7 +103,7 @@ class LiveIndex:
             if force or now - self._checked_at >= self._interval or not self._ready:
                 self._checked_at = now
                 with self._db.read() as own:
-                    active = active_index_version(own)
+                    active = self._select_version(own)
                 if active is not None and active.id != self.version_id:
                     self._load(active)
                 self._ready = True

@@ -30,7 +30,11 @@ from store.items import (
     store_vectors,
 )
 from store.models import IndexVersion
-from store.versions import active_index_version, add_index_version
+from store.versions import (
+    active_index_version,
+    add_index_version,
+    latest_index_version_for_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +135,12 @@ def build_index(
     full: bool = False,
     batch_size: int = 512,
     progress: bool = False,
+    activate: bool = True,
 ) -> ReindexResult:
     """Embed stale items, then build and publish a new active index version if anything changed.
+
+    With ``activate`` false the version is published beside the active one (an experiment's
+    index for another model); "unchanged" then compares with the newest index for that model.
 
     ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
     re-embeds items whose stored vectors are current). ``batch_size`` items are embedded and
@@ -144,15 +152,19 @@ def build_index(
     kind_hint = f"exact<={exact_max_items}|{BUILD_SPEC}"
     catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
     with db.read() as session:
-        active = active_index_version(session)
+        current = (
+            active_index_version(session)
+            if activate
+            else latest_index_version_for_model(session, model_version_id, embedder.model_name)
+        )
         if (
             not full
-            and active is not None
-            and active.fingerprint == catalogue_fp
-            and Path(active.path).exists()
+            and current is not None
+            and current.fingerprint == catalogue_fp
+            and Path(current.path).exists()
         ):
-            log.info("reindex unchanged index_version=%d items=%d", active.id, active.item_count)
-            return ReindexResult(embedded, active.id, active.item_count, rebuilt=False)
+            log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
+            return ReindexResult(embedded, current.id, current.item_count, rebuilt=False)
     vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
     index = (
         VectorIndex.build(ids, vectors, exact_max_items=exact_max_items)
@@ -174,7 +186,7 @@ def build_index(
                 fingerprint=catalogue_fp,
                 catalogue_revision=revision,
             ),
-            activate=True,
+            activate=activate,
         )
         version_id = version.id
     log.info(

@@ -58,6 +58,14 @@ class Recommendation:
     #: With ``Controls.explain``: per recommended item (internal id), the user's recent items
     #: that pulled it up most. None when not asked for.
     explanations: dict[int, list[Contribution]] | None = None
+    #: The running experiment and the arm ("control" or "treatment") that served the answer.
+    experiment: str | None = None
+    arm: str | None = None
+
+    @property
+    def arm_label(self) -> str | None:
+        """``"<experiment>:<arm>"``, how answers are grouped for attribution; None outside one."""
+        return f"{self.experiment}:{self.arm}" if self.experiment and self.arm else None
 
 
 class Recommender:

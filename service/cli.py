@@ -32,6 +32,7 @@ from sqlalchemy.exc import OperationalError
 from indexer.errors import IndexerError
 from interest.errors import InterestError
 from service.cli_evaluate import evaluate_command
+from service.cli_experiment import experiment_group
 from service.cli_model import model_group, train_command
 from store import migrate
 from store.db import make_engine
@@ -713,6 +714,7 @@ def _print_curl_lines(app: App, base: str, key: str | None = None) -> None:
 cli.add_command(evaluate_command)
 cli.add_command(train_command)
 cli.add_command(model_group)
+cli.add_command(experiment_group)
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def model_list(app) -> None:  # type: ignore[no-untyped-def]
 @click.pass_obj
 def model_activate(app, version: str) -> None:  # type: ignore[no-untyped-def]
     """Make VERSION the active model (or `none` for the plain blend) and reindex for it."""
-    version_id = None if version.lower() == "none" else _version_id(version)
+    version_id = None if version.lower() == "none" else parse_version_id(version)
     runtime = app.runtime
     with runtime.db.write() as session:
         activate_model_version(session, version_id)
@@ -70,7 +70,7 @@ def model_activate(app, version: str) -> None:  # type: ignore[no-untyped-def]
     click.echo(f"model_version={version_id or 'none'} index_version={result.index_version_id}")
 
 
-def _version_id(raw: str) -> int:
+def parse_version_id(raw: str) -> int:
     try:
         return int(raw)
     except ValueError as exc:

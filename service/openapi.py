@@ -343,6 +343,8 @@ def _components(settings: Settings) -> dict[str, Any]:
                 "model_version",
                 "strategy",
                 "served_by",
+                "experiment",
+                "arm",
             ],
             "properties": {
                 "recomm_id": {
@@ -367,6 +369,15 @@ def _components(settings: Settings) -> dict[str, Any]:
                 "model_version": {"type": ["integer", "null"]},
                 "strategy": {"type": "string", "enum": ["personalized", "cold_start"]},
                 "served_by": _ref("ServedBy"),
+                "experiment": {
+                    "type": ["string", "null"],
+                    "description": "The running experiment (`driftrec experiment start`), if any",
+                },
+                "arm": {
+                    "type": ["string", "null"],
+                    "enum": ["control", "treatment", None],
+                    "description": "The experiment arm that served this user; null outside one",
+                },
             },
         },
         "Ranked": {
@@ -621,6 +632,7 @@ def build_spec(settings: Settings, *, server_url: str | None = None) -> dict[str
                                     "items": _object(
                                         [
                                             "model_version",
+                                            "experiment",
                                             "arm",
                                             "answers",
                                             "items_shown",
@@ -630,6 +642,7 @@ def build_spec(settings: Settings, *, server_url: str | None = None) -> dict[str
                                         ],
                                         {
                                             "model_version": {"type": ["integer", "null"]},
+                                            "experiment": {"type": ["string", "null"]},
                                             "arm": {"type": ["string", "null"]},
                                             "answers": int_,
                                             "items_shown": int_,

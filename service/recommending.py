@@ -46,9 +46,11 @@ def resolve_exclude(runtime: Runtime, external_ids: Collection[str]) -> set[int]
 def for_user(
     runtime: Runtime, user_id: str, params: RecommendParams, *, shown: Collection[int] = ()
 ) -> Recommendation:
-    """The user's recommendations with the request's controls, never repeating ``shown``."""
+    """The user's recommendations with the request's controls, never repeating ``shown``;
+    while an experiment runs, from the user's arm (and marked with it)."""
     excluded = resolve_exclude(runtime, params.exclude) | set(shown)
-    return runtime.recommender.for_user(
+    assignment = runtime.experiments.assign(user_id)
+    found = assignment.recommender.for_user(
         user_id,
         params.k,
         exclude_seen=params.exclude_seen,
@@ -56,6 +58,7 @@ def for_user(
         exclude=excluded,
         controls=params.controls() if needs_controls(params) else None,
     )
+    return assignment.label(found)
 
 
 def needs_controls(params: RecommendParams) -> bool:
@@ -72,7 +75,8 @@ def needs_controls(params: RecommendParams) -> bool:
 
 def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> dict[str, Any]:
     """``items`` (with ``properties``/``categories`` when asked, ``explanation`` when asked),
-    ``index_version``, ``model_version``, ``strategy`` and ``served_by``."""
+    ``index_version``, ``model_version``, ``strategy``, ``served_by``, and the ``experiment``
+    and ``arm`` that served it (null outside an experiment)."""
     wanted = set()
     if params.fields:
         wanted |= {item.item_id for item in found.items}
@@ -115,6 +119,8 @@ def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> 
         "model_version": found.model_version,
         "strategy": found.strategy,
         "served_by": path,
+        "experiment": found.experiment,
+        "arm": found.arm,
     }
 
 
@@ -153,7 +159,7 @@ def remember(
             shown=[item.item_id for item in found.items],
             strategy=found.strategy,
             model_version_id=found.model_version,
-            arm=None,
+            arm=found.arm_label,
             ttl_s=runtime.settings.recommendation_ttl_s,
         )
     return recomm_id

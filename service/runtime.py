@@ -15,15 +15,17 @@ from indexer.catalogue import UpsertResult, delete_from_catalogue, upsert_catalo
 from indexer.embedder import Embedder, LazyEmbedder, load_embedder
 from indexer.live import LiveIndex
 from indexer.reindex import ReindexResult, build_index
+from interest.experiments import ExperimentRouter
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
 from interest.rebuild import rebuild_profiles
 from interest.recommend import Recommender
 from interest.registry import EncoderRegistry
 from store.db import Database
+from store.experiments import running_experiment
 from store.items import ItemInput
 from store.models import Item
 from store.settings import Settings
-from store.versions import active_model_version
+from store.versions import active_model_version, latest_index_version_for_model
 
 #: Dimension of the bundled model, so profiles can be created before the model is loaded.
 BUNDLED_DIM = 384
@@ -41,6 +43,26 @@ class Runtime:
             version_check_interval_s=settings.reload_interval_s,
         )
         self.recommender = Recommender(self.db, settings, self.index, self.encoders)
+        self.experiments = ExperimentRouter(
+            self.db,
+            self.recommender,
+            self._treatment_recommender,
+            check_interval_s=settings.reload_interval_s,
+        )
+
+    def _treatment_recommender(self, model_version_id: int | None) -> Recommender:
+        """A recommender on the newest index built for ``model_version_id`` (an experiment's)."""
+        embedder_model = self.settings.embedder_model
+        index = LiveIndex(
+            self.db,
+            embedder_model,
+            transform_for=self.encoders.transform_for,
+            version_check_interval_s=self.settings.reload_interval_s,
+            select_version=lambda session: latest_index_version_for_model(
+                session, model_version_id, embedder_model
+            ),
+        )
+        return Recommender(self.db, self.settings, index, self.encoders)
 
     @functools.cached_property
     def embedder(self) -> Embedder:
@@ -108,13 +130,39 @@ class Runtime:
     def reindex(
         self, *, full: bool = False, batch_size: int | None = None, progress: bool = False
     ) -> ReindexResult:
-        """Build the index for the active model (or the plain blend) and publish it.
+        """Build the index for the active model (or the plain blend) and publish it; while an
+        experiment runs, also the index its treatment model serves from.
 
         Vectors are committed every ``batch_size`` items (default: the embedder's batch size).
         """
         with self.db.read() as session:
             model = active_model_version(session)
             model_id = model.id if model is not None else None
+            experiment = running_experiment(session)
+            treatment_id = experiment.model_version_id if experiment is not None else model_id
+        result = self._build_index(
+            model_id, activate=True, full=full, batch_size=batch_size, progress=progress
+        )
+        if treatment_id != model_id:
+            self.build_treatment_index(treatment_id, full=full, progress=progress)
+        return result
+
+    def build_treatment_index(
+        self, model_version_id: int | None, *, full: bool = False, progress: bool = False
+    ) -> ReindexResult:
+        """Build (unless unchanged) the index an experiment's ``model_version_id`` serves from,
+        beside the active one."""
+        return self._build_index(model_version_id, activate=False, full=full, progress=progress)
+
+    def _build_index(
+        self,
+        model_id: int | None,
+        *,
+        activate: bool,
+        full: bool = False,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> ReindexResult:
         embedder = LazyEmbedder(
             self.settings.embedder_model, self.embedding_dim, lambda: self.embedder
         )
@@ -128,8 +176,10 @@ class Runtime:
             full=full,
             batch_size=batch_size or self.settings.embed_batch_size,
             progress=progress,
+            activate=activate,
         )
-        self.index.refresh(force=True)
+        if activate:
+            self.index.refresh(force=True)
         return result
 
     def close(self) -> None:

@@ -31,6 +31,8 @@ NAMING_CONVENTION = {
 }
 
 EXTERNAL_ID_LENGTH = 256
+# Short enough that "<name>:treatment" fits a recommendation session's arm column.
+EXPERIMENT_NAME_LENGTH = 40
 
 # BIGINT primary keys on PostgreSQL, INTEGER (the rowid alias, so autoincrement works) on SQLite.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -158,6 +160,23 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Experiment(Base):
+    """An A/B test: ``percent`` of users, chosen by a hash of the experiment's name and the user
+    id, are served by ``model_version_id`` (None: the plain decayed blend) through an index built
+    for it; everyone else by the active model. At most one runs (``stopped_at`` is None)."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(EXPERIMENT_NAME_LENGTH), unique=True)
+    model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE")
+    )
+    percent: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]
 
 
 class ApiKey(Base):

@@ -29,6 +29,19 @@ def active_index_version(session: Session) -> IndexVersion | None:
     )
 
 
+def latest_index_version_for_model(
+    session: Session, model_version_id: int | None, embedder_model: str
+) -> IndexVersion | None:
+    """The newest index built for ``model_version_id`` (None: the plain blend), active or not."""
+    model = IndexVersion.model_version_id
+    return session.scalar(
+        select(IndexVersion)
+        .where(model.is_(None) if model_version_id is None else model == model_version_id)
+        .where(IndexVersion.embedder_model == embedder_model)
+        .order_by(IndexVersion.id.desc())
+    )
+
+
 def list_index_versions(session: Session) -> list[IndexVersion]:
     return list(session.scalars(select(IndexVersion).order_by(IndexVersion.id)))
 

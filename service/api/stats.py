@@ -1,7 +1,8 @@
 """``GET /v1/stats``: click-through of recommendation answers by model version (and arm).
 
 An answer is one recommendation response (each `/next` page adds its items to it); events that
-carry its ``recomm_id`` are attributed to the model version and experiment arm that served it.
+carry its ``recomm_id`` are attributed to the model version and experiment arm that served it
+(stored as ``"<experiment>:<arm>"``, answered as separate ``experiment`` and ``arm`` fields).
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def show() -> dict[str, Any]:
     ):
         engaged = sum(n for kind, n in group["events"].items() if kind in positive)
         shown = group["items_shown"]
+        experiment, _, arm = (group["arm"] or "").partition(":")
         rows.append(
             {
                 **group,
+                "experiment": experiment or None,
+                "arm": arm or None,
                 "positive_events": engaged,
                 "click_through": round(engaged / shown, 6) if shown else None,
             }

@@ -11,6 +11,7 @@ from pathlib import Path
 from cli_helpers import fields, invoke, ok, spawn, write_movielens
 from test_cli_serve import free_port, get, wait_ready
 
+from interest.experiments import CONTROL, TREATMENT, arm_for
 from interest.model import load_model
 from store.db import Database
 from store.versions import active_model_version, list_model_versions
@@ -89,9 +90,81 @@ def test_running_server_picks_up_a_trained_model_and_follows_new_events(
         assert after["model_version"] == version
         assert first not in [item["id"] for item in after["items"]]  # now seen
         assert [i["id"] for i in after["items"]] != [i["id"] for i in body["items"]]
+
+        _experiment_serves_both_models(env, base, version, log)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _wait_for(base: str, log: Path, done) -> dict:  # type: ignore[no-untyped-def]
+    """Poll user 1's recommendations until ``done(body)`` (workers reload within 0.5 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = get(f"{base}/v1/users/1/recommendations?k=5")
+        assert status == 200, body
+        if done(body):
+            # One worker has it; every worker re-reads on its first request after 0.5 s.
+            time.sleep(1.0)
+            return body
+        assert time.monotonic() < deadline, f"change never picked up:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+def _experiment_serves_both_models(env: dict[str, str], base: str, version: int, log: Path):
+    """The plain blend as control, the trained model as treatment for half the users."""
+    ok(invoke(env, "model", "activate", "none"))
+    _wait_for(base, log, lambda body: body["model_version"] is None)
+    started = fields(
+        ok(invoke(env, "experiment", "start", "ab", "--model", str(version))).stdout,
+        "experiment",
+    )
+    assert started["treatment_model"] == str(version) and started["percent"] == "50"
+    _wait_for(base, log, lambda body: body["experiment"] == "ab")
+
+    seen_arms: dict[str, str] = {}
+    for user in [str(n) for n in range(1, 41)] * 2:  # twice: both workers, same arm
+        status, body = get(f"{base}/v1/users/{user}/recommendations?k=5")
+        assert status == 200 and body["experiment"] == "ab", body
+        assert body["arm"] == arm_for("ab", user, 50.0)
+        assert seen_arms.setdefault(user, body["arm"]) == body["arm"]
+        if body["arm"] == TREATMENT:
+            assert body["model_version"] == version
+            assert body["index_version"] == int(started["index_version"])
+            treated = body
+        else:
+            assert body["model_version"] is None
+    assert set(seen_arms.values()) == {CONTROL, TREATMENT}
+
+    # A click on a treatment answer is attributed to the treatment arm.
+    status, result = _post(
+        f"{base}/v1/events",
+        {
+            "events": [
+                {
+                    "id": "experiment-click",
+                    "user_id": treated["user_id"],
+                    "item_id": treated["items"][0]["id"],
+                    "type": "click",
+                    "timestamp": time.time(),
+                    "recomm_id": treated["recomm_id"],
+                }
+            ]
+        },
+    )
+    assert status == 200 and result["accepted"] == 1, result
+    status, stats = get(f"{base}/v1/stats")
+    rows = {(r["experiment"], r["arm"]): r for r in stats["by_model_version"]}
+    assert rows[("ab", TREATMENT)]["model_version"] == version
+    assert rows[("ab", TREATMENT)]["events"] == {"click": 1}
+    assert rows[("ab", CONTROL)]["model_version"] is None
+    assert rows[("ab", CONTROL)]["events"] == {}
+
+    listed = fields(ok(invoke(env, "experiment", "list")).stdout, "*")
+    assert listed["treatment_model"] == str(version)
+    ok(invoke(env, "experiment", "stop"))
+    after = _wait_for(base, log, lambda body: body["experiment"] is None)
+    assert after["arm"] is None and after["model_version"] is None
 
 
 def test_killed_training_keeps_the_previous_model_and_a_rerun_completes(

@@ -161,8 +161,11 @@ def test_unknown_user_gets_cold_start(client):
         "recomm_id",
         "index_version",
         "model_version",
+        "experiment",
+        "arm",
     }
     assert body["served_by"] == "cold_start"
+    assert body["experiment"] is None and body["arm"] is None  # no experiment running
     assert all(set(item) == {"id", "title", "score"} for item in body["items"])
 
 

@@ -1,0 +1,225 @@
+"""``python -m bench.soak`` (``make soak``): minutes of steady load with writes and a reindex.
+
+1. A copy of the benchmark catalogue (``--size`` items, 10k users) is served by
+   `driftrec serve --workers 2`.
+2. The maximum recommendation rate is measured (closed loop, concurrency 8).
+3. For ``--minutes``, recommendations are sent open-loop at ``--load`` (70%) of that rate while
+   a second load generator posts batches of 10 events (``--event-rate`` batches a second,
+   open-loop), and halfway through `driftrec reindex
+   --full` rebuilds and publishes a new index version under the running server.
+4. Every 30 s window reports requests, errors, p50 and p99; server memory (PSS, RSS) is sampled
+   every 10 s. The run holds when nothing failed, the worst window's p99 stays within 3x the
+   median window's, and memory at the end is within 10% (+50 MiB) of memory after the first
+   window.
+
+Results go to ``bench/results/soak.json`` and ``soak.md``. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
+from bench.report import RESULTS_DIR
+from bench.server import DRIFTREC, Server, base_env
+
+log = logging.getLogger("bench.soak")
+
+WINDOW_S = 30.0
+MEMORY_EVERY_S = 10.0
+P99_SPREAD_LIMIT = 3.0
+MEMORY_GROWTH_LIMIT = 0.10
+MEMORY_SLACK_MIB = 50.0
+
+
+def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str, Any]:
+    catalogue = build_catalogue(size, progress=False)
+    # A copy, so the soak's events and index versions do not change the benchmark catalogue.
+    directory = BENCH_DIR / f"soak-{size}"
+    shutil.rmtree(directory, ignore_errors=True)
+    shutil.copytree(catalogue.directory, directory)
+    env = {
+        "DRIFTREC_DATABASE_URL": f"sqlite:///{directory / 'driftrec.db'}",
+        "DRIFTREC_DATA_DIR": str(directory),
+    }
+    duration = minutes * 60
+    result: dict[str, Any] = {
+        "size": size,
+        "minutes": minutes,
+        "load": load,
+        "event_rate": event_rate,
+    }
+    run_env = base_env(env)
+    subprocess.run([DRIFTREC, "reindex"], env=run_env, check=True, capture_output=True)
+    with Server(env, name=f"soak-{size}") as server:
+        server.load("recommendations", items=size, duration=5, concurrency=4, seed=99)
+        peak = server.load("recommendations", items=size, duration=20, seed=1)
+        rate = load * float(peak["qps"])
+        result["max_rate"] = peak
+        result["rate"] = rate
+        log.info("soak max qps=%.1f, soaking at %.1f qps for %.0f s", peak["qps"], rate, duration)
+
+        def start(mode: str, **kwargs: Any) -> subprocess.Popen[str]:
+            argv = server.loadgen_argv(mode, items=size, duration=duration, **kwargs)
+            return subprocess.Popen(
+                argv, env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+            )
+
+        recs = start("recommendations", rate=rate, window=WINDOW_S, seed=2)
+        events = start("events10", rate=event_rate, concurrency=2, window=WINDOW_S, seed=3)
+        began = time.monotonic()
+        memory: list[dict[str, float]] = []
+        reindex: dict[str, Any] | None = None
+        while recs.poll() is None:
+            elapsed = time.monotonic() - began
+            memory.append({"at_s": round(elapsed, 1), **server.memory()})
+            if reindex is None and elapsed >= duration / 2:
+                reindex = {"at_s": round(elapsed, 1), **_reindex(run_env, server)}
+            time.sleep(MEMORY_EVERY_S)
+        result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
+        result["events"] = json.loads(events.communicate()[0].strip().splitlines()[-1])
+        result["memory"] = memory
+        result["reindex"] = reindex
+    result["verdict"] = verdict(result)
+    return result
+
+
+def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
+    """A full rebuild published under load, and how long until the server answers from it."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [DRIFTREC, "reindex", "--full"], env=env, capture_output=True, text=True, check=True
+    )
+    seconds = time.monotonic() - started
+    line = next(x for x in done.stdout.splitlines() if x.startswith("reindex "))
+    published = int(dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)["index_version"])
+    published_at = time.monotonic()
+    served_after = None
+    while served_after is None and time.monotonic() - published_at < 30:
+        _, body = server.get("/v1/users/u1/recommendations?k=1")
+        if body.get("index_version") == published:
+            served_after = time.monotonic() - published_at
+        else:
+            time.sleep(0.2)
+    log.info(
+        "soak reindex version=%d in %.1f s, served after %s s", published, seconds, served_after
+    )
+    return {"seconds": seconds, "index_version": published, "served_after_s": served_after}
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    recs, events = result["recommendations"], result["events"]
+    windows = [w for w in recs["windows"] if w["requests"]]
+    p99s = [w["p99_ms"] for w in windows]
+    median_p99 = statistics.median(p99s)
+    memory = result["memory"]
+    settled = next((m for m in memory if m["at_s"] >= WINDOW_S), memory[0])
+    end = memory[-1]
+    growth = (end["pss_mib"] - settled["pss_mib"]) / settled["pss_mib"]
+    checks = {
+        "no_errors": recs["errors"] == 0 and events["errors"] == 0,
+        "p99_stable": max(p99s) <= P99_SPREAD_LIMIT * median_p99,
+        "memory_flat": end["pss_mib"]
+        <= settled["pss_mib"] * (1 + MEMORY_GROWTH_LIMIT) + MEMORY_SLACK_MIB,
+        "achieved_rate": recs["qps"] >= 0.95 * result["rate"],
+        "reindex_served": bool(result["reindex"])
+        and result["reindex"]["served_after_s"] is not None,
+    }
+    return {
+        **checks,
+        "holds": all(checks.values()),
+        "p99_median_window_ms": median_p99,
+        "p99_worst_window_ms": max(p99s),
+        "memory_pss_settled_mib": settled["pss_mib"],
+        "memory_pss_end_mib": end["pss_mib"],
+        "memory_growth": growth,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    recs, events, v = result["recommendations"], result["events"], result["verdict"]
+    lines = [
+        f"Soak ({result['started_at']}, commit {result['commit']}, load average "
+        f"{result['load_average_at_start']:.1f} at start): {result['size']:,} items, "
+        f"{result['minutes']:g} min at {result['load']:.0%} of the maximum recommendation rate "
+        f"({result['max_rate']['qps']:.0f} qps closed-loop -> {result['rate']:.1f} qps "
+        f"open-loop), events in batches of 10 at {result['event_rate']:g}/s, `reindex --full` "
+        "halfway.",
+        "",
+        "| check | value | holds |",
+        "|---|---|---|",
+        f"| errors | recommendations {recs['errors']} of {recs['requests']}, event batches "
+        f"{events['errors']} of {events['requests']} | {_yes(v['no_errors'])} |",
+        f"| achieved rate | {recs['qps']:.1f} qps of {result['rate']:.1f} asked | "
+        f"{_yes(v['achieved_rate'])} |",
+        f"| p99 per 30 s window | median {v['p99_median_window_ms']:.1f} ms, worst "
+        f"{v['p99_worst_window_ms']:.1f} ms (limit x{P99_SPREAD_LIMIT:g}) | "
+        f"{_yes(v['p99_stable'])} |",
+        f"| server memory (PSS) | {v['memory_pss_settled_mib']:.0f} MiB after the first window, "
+        f"{v['memory_pss_end_mib']:.0f} MiB at the end ({v['memory_growth']:+.1%}) | "
+        f"{_yes(v['memory_flat'])} |",
+    ]
+    reindex = result["reindex"]
+    if reindex:
+        lines.append(
+            f"| reindex under load | version {reindex['index_version']} built and published "
+            f"in {reindex['seconds']:.1f} s at {reindex['at_s']:.0f} s; answered from "
+            f"{_seconds(reindex['served_after_s'])} after publishing | "
+            f"{_yes(reindex['served_after_s'] is not None)} |"
+        )
+    lines += ["", "| window | requests | errors | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    for w in recs["windows"]:
+        p50 = f"{w['p50_ms']:.1f}" if w["p50_ms"] is not None else "-"
+        p99 = f"{w['p99_ms']:.1f}" if w["p99_ms"] is not None else "-"
+        lines.append(f"| {w['start_s']:.0f} s | {w['requests']} | {w['errors']} | {p50} | {p99} |")
+    return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f} s" if value is not None else "never (30 s)"
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--size", type=int, default=100_000, help="catalogue size")
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--load", type=float, default=0.7, help="share of the maximum rate")
+    parser.add_argument(
+        "--event-rate", type=float, default=20.0, help="batches of 10 events per second"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.strip()
+    header = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "load_average_at_start": os.getloadavg()[0],
+    }
+    result = {**header, **soak(args.size, args.minutes, args.load, args.event_rate)}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    Path(RESULTS_DIR / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = render(result)
+    Path(RESULTS_DIR / "soak.md").write_text(text + "\n")
+    print(text)
+    sys.exit(0 if result["verdict"]["holds"] else 1)
+
+
+if __name__ == "__main__":
+    main()
