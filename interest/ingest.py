@@ -177,9 +177,19 @@ def apply_to_profiles(
     states = locked_states(session, by_user, config)
     for user_id, events in by_user.items():
         fold_rows(states[user_id], events, config, vectors)
+    # Events never change a profile's shape: dim and half-lives stay as stored.
+    unchanged = ("dim", "half_lives")
     update_profiles(
-        session, [{"user_id": uid, **state_values(state)} for uid, state in states.items()]
+        session,
+        [
+            {"user_id": uid, **_without(state_values(state), unchanged)}
+            for uid, state in states.items()
+        ],
     )
+
+
+def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name not in names}
 
 
 def locked_states(

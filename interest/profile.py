@@ -24,6 +24,8 @@ import numpy as np
 
 from store.models import Profile
 
+RECENT_DTYPE = "<f8"
+
 
 def decay_rates(half_lives: Sequence[float]) -> np.ndarray:
     """ln 2 / half-life per accumulator; an infinite (or zero, as stored) half-life never decays."""
@@ -153,7 +155,19 @@ def _decode_half_lives(stored: Sequence[float]) -> tuple[float, ...]:
     return tuple(math.inf if h == 0 else float(h) for h in stored)
 
 
-def state_from_row(row: Profile) -> ProfileState:
+def pack_recent(recent: Sequence[tuple[float, int, float]]) -> bytes:
+    """The recent buffer as stored: little-endian float64 (epoch seconds, item id, weight)
+    triples. float64 keeps epoch seconds to the microsecond and item ids exact (< 2**53)."""
+    return np.asarray(recent, dtype=RECENT_DTYPE).reshape(-1, 3).tobytes()
+
+
+def unpack_recent(packed: bytes) -> list[tuple[float, int, float]]:
+    triples = np.frombuffer(packed, dtype=RECENT_DTYPE).reshape(-1, 3).tolist()
+    return [(t, int(i), w) for t, i, w in triples]
+
+
+def state_from_row(row: Any) -> ProfileState:
+    """The state of a `Profile` row, or of any row with its state columns."""
     half_lives = _decode_half_lives(row.half_lives)
     return ProfileState(
         half_lives=half_lives,
@@ -162,7 +176,7 @@ def state_from_row(row: Profile) -> ProfileState:
         .copy(),
         weight_sums=np.frombuffer(row.weight_sums, dtype=np.float64).copy(),
         ref_time=row.ref_time,
-        recent=[(float(t), int(i), float(w)) for t, i, w in row.recent],
+        recent=unpack_recent(row.recent),
         event_count=row.event_count,
     )
 
@@ -175,7 +189,7 @@ def state_values(state: ProfileState) -> dict[str, Any]:
         "accumulators": state.accumulators.astype(np.float64, copy=False).tobytes(),
         "weight_sums": state.weight_sums.astype(np.float64, copy=False).tobytes(),
         "ref_time": state.ref_time,
-        "recent": [[t, i, w] for t, i, w in state.recent],
+        "recent": pack_recent(state.recent),
         "event_count": state.event_count,
         "last_event_at": (
             datetime.fromtimestamp(state.ref_time, UTC) if state.event_count else None

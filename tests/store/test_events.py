@@ -188,7 +188,7 @@ def _columns(user_id: int) -> dict[str, object]:
         "accumulators": profile.accumulators,
         "weight_sums": profile.weight_sums,
         "ref_time": profile.ref_time,
-        "recent": [],
+        "recent": b"",
         "event_count": 0,
     }
 
