@@ -7,7 +7,7 @@ evaluation all call `ingest_events`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -168,15 +168,39 @@ def apply_to_profiles(
     """Fold stored events into their users' profiles (rows locked for the transaction).
 
     ``vectors`` maps item ids to their raw embedder vectors; an item without one counts with a
-    zero vector, as the rebuild from the log does. Plain rows and one executemany UPDATE: no
-    ORM object per profile.
+    zero vector, as the rebuild from the log does. Plain rows, one executemany UPDATE for the
+    existing profiles and one INSERT for new ones: no ORM object per profile.
     """
     by_user: dict[int, list[EventRow]] = {}
     for row in rows:
         by_user.setdefault(row.user_id, []).append(row)
-    states = locked_states(session, by_user, config)
+    stored = lock_profile_rows(session, by_user)
+    states = {uid: state_from_row(row) for uid, row in stored.items()}
+    new = {
+        uid: ProfileState.empty(config.half_lives, config.dim)
+        for uid in sorted(by_user)
+        if uid not in stored
+    }
     for user_id, events in by_user.items():
-        fold_rows(states[user_id], events, config, vectors)
+        fold_rows(states.get(user_id) or new[user_id], events, config, vectors)
+    _update(session, states)
+    if new:
+        created = insert_profiles(
+            session, [{"user_id": uid, **state_values(state)} for uid, state in new.items()]
+        )
+        # Another writer created some of these profiles after our lock query (PostgreSQL; on
+        # SQLite this transaction holds the write lock): fold our events into theirs instead.
+        raced = [uid for uid in new if uid not in created]
+        if raced:
+            theirs = {
+                uid: state_from_row(row) for uid, row in lock_profile_rows(session, raced).items()
+            }
+            for user_id, state in theirs.items():
+                fold_rows(state, by_user[user_id], config, vectors)
+            _update(session, theirs)
+
+
+def _update(session: Session, states: Mapping[int, ProfileState]) -> None:
     # Events never change a profile's shape: dim and half-lives stay as stored.
     unchanged = ("dim", "half_lives")
     update_profiles(
@@ -190,21 +214,6 @@ def apply_to_profiles(
 
 def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if name not in names}
-
-
-def locked_states(
-    session: Session, user_ids: Iterable[int], config: ProfileConfig
-) -> dict[int, ProfileState]:
-    """The users' stored profile states, their rows locked; missing profiles are created empty
-    first (concurrent creators do not conflict), so every returned state has a row."""
-    wanted = sorted(set(user_ids))
-    profiles = lock_profile_rows(session, wanted)
-    missing = [uid for uid in wanted if uid not in profiles]
-    if missing:
-        empty = state_values(ProfileState.empty(config.half_lives, config.dim))
-        insert_profiles(session, [{"user_id": uid, **empty} for uid in missing])
-        profiles.update(lock_profile_rows(session, missing))
-    return {uid: state_from_row(profiles[uid]) for uid in wanted}
 
 
 def fold_rows(
