@@ -75,6 +75,34 @@ def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
         assert seen_item_ids(session, users["u"]) == set(items)
 
 
+def test_insert_events_keeps_every_column_and_reports_only_new_ids(db: Database) -> None:
+    users, items = _setup(db, ["u", "v"])
+    with db.write() as session:
+        insert_events(session, [EventRow("old", users["u"], items[0], "view", None, T0)])
+    rows = [
+        EventRow("old", users["v"], items[1], "click", 2.0, T0),  # already stored
+        EventRow("a", users["u"], items[1], "click", 2.5, T0 + timedelta(seconds=1), "rec-1"),
+        EventRow("b", users["v"], items[0], "view", None, T0 + timedelta(seconds=2)),
+    ]
+    with db.write() as session:
+        assert insert_events(session, rows) == {"a", "b"}
+    with db.read() as session:
+        stored = {e.event_id: e for e in user_events(session, users["u"])}
+        stored.update({e.event_id: e for e in user_events(session, users["v"])})
+    assert set(stored) == {"old", "a", "b"}
+    assert stored["old"].user_id == users["u"]  # the stored event was left alone
+    a = stored["a"]
+    assert (a.user_id, a.item_id, a.type, a.value, a.recomm_id) == (
+        users["u"],
+        items[1],
+        "click",
+        2.5,
+        "rec-1",
+    )
+    assert a.timestamp == T0 + timedelta(seconds=1)
+    assert stored["b"].recomm_id is None and stored["b"].value is None
+
+
 def test_insert_events_beyond_the_bound_parameter_limit(db: Database) -> None:
     # 10,000 rows x 7 columns is over PostgreSQL's 65,535 parameters for one statement.
     users, items = _setup(db, ["u"])
