@@ -10,16 +10,22 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from interest.profile import ProfileState, state_from_row, write_state
+from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
-from store.dialect import insert_ignoring_conflicts
-from store.events import EventRow, ensure_users, insert_events, lock_profiles
-from store.items import ids_by_external, items_by_ids
-from store.models import Profile
+from store.events import (
+    EventRow,
+    ensure_users,
+    insert_events,
+    insert_profiles,
+    lock_profile_rows,
+    update_profiles,
+)
+from store.items import current_vectors, live_items_with_vectors
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +66,10 @@ class ProfileConfig:
 
 def raw_vectors(session: Session, item_ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
     """Current raw embedder vectors of the given items (items without one are absent)."""
-    vectors = {}
-    for item in items_by_ids(session, item_ids).values():
-        if (
-            item.vector is not None
-            and item.vector_model == model
-            and item.vector_hash == item.content_hash
-        ):
-            vectors[item.id] = np.frombuffer(item.vector, dtype=np.float32)
-    return vectors
+    return {
+        item_id: np.frombuffer(vector, dtype=np.float32)
+        for item_id, vector in current_vectors(session, item_ids, model).items()
+    }
 
 
 def ingest_events(
@@ -108,7 +109,8 @@ def _ingest(
 ) -> IngestResult:
     result = IngestResult(rejected=list(pre_rejected))
     positions = _positions(len(events) + len(pre_rejected), pre_rejected)
-    items = ids_by_external(session, {e.item_id for e in events})
+    # Ids and vectors of the batch's items in one query (not an ORM object per item).
+    items = live_items_with_vectors(session, {e.item_id for e in events}, embedder_model)
     valid: list[tuple[int, EventInput]] = []
     seen_ids: set[str] = set()
     for position, event in zip(positions, events, strict=True):
@@ -129,7 +131,7 @@ def _ingest(
         EventRow(
             e.event_id,
             users[e.user_id],
-            items[e.item_id],
+            items[e.item_id][0],
             e.type,
             e.value,
             e.timestamp,
@@ -142,7 +144,12 @@ def _ingest(
     fresh = [row for row in rows if row.event_id in inserted]
     result.accepted = len(fresh)
     if fresh:
-        apply_to_profiles(session, fresh, config, embedder_model)
+        vectors = {
+            item_id: np.frombuffer(vector, dtype=np.float32)
+            for item_id, vector in items.values()
+            if vector is not None
+        }
+        apply_to_profiles(session, fresh, config, vectors)
         result.user_ids = {row.user_id for row in fresh}
     return result
 
@@ -153,42 +160,77 @@ def _positions(total: int, pre_rejected: Sequence[tuple[int, str]]) -> list[int]
 
 
 def apply_to_profiles(
-    session: Session, rows: Sequence[EventRow], config: ProfileConfig, embedder_model: str
+    session: Session,
+    rows: Sequence[EventRow],
+    config: ProfileConfig,
+    vectors: Mapping[int, np.ndarray],
 ) -> None:
-    """Fold stored events into their users' profiles (rows locked for the transaction)."""
-    user_ids = sorted({row.user_id for row in rows})
-    _ensure_profile_rows(session, user_ids, config)
-    profiles = lock_profiles(session, user_ids)
-    vectors = raw_vectors(session, [row.item_id for row in rows], embedder_model)
-    zero = np.zeros(config.dim, dtype=np.float32)
-    states: dict[int, ProfileState] = {uid: state_from_row(profiles[uid]) for uid in user_ids}
-    for row in sorted(rows, key=lambda r: (r.timestamp, r.item_id)):
-        states[row.user_id].apply(
-            vectors.get(row.item_id, zero),
-            event_weight(config.event_weights, row.type, row.value),
-            row.timestamp.timestamp(),
-            row.item_id,
-            config.buffer_size,
-        )
-    for user_id, state in states.items():
-        write_state(profiles[user_id], state)
-    session.flush()
+    """Fold stored events into their users' profiles (rows locked for the transaction).
 
-
-def _ensure_profile_rows(session: Session, user_ids: Sequence[int], config: ProfileConfig) -> None:
-    """Create empty profiles that do not exist yet; concurrent creators do not conflict."""
-    empty = Profile(user_id=0)
-    write_state(empty, ProfileState.empty(config.half_lives, config.dim))
-    template = {
-        "dim": empty.dim,
-        "half_lives": empty.half_lives,
-        "accumulators": empty.accumulators,
-        "weight_sums": empty.weight_sums,
-        "ref_time": empty.ref_time,
-        "recent": [],
-        "event_count": 0,
-        "version": 1,
+    ``vectors`` maps item ids to their raw embedder vectors; an item without one counts with a
+    zero vector, as the rebuild from the log does. Plain rows, one executemany UPDATE for the
+    existing profiles and one INSERT for new ones: no ORM object per profile.
+    """
+    by_user: dict[int, list[EventRow]] = {}
+    for row in rows:
+        by_user.setdefault(row.user_id, []).append(row)
+    stored = lock_profile_rows(session, by_user)
+    states = {uid: state_from_row(row) for uid, row in stored.items()}
+    new = {
+        uid: ProfileState.empty(config.half_lives, config.dim)
+        for uid in sorted(by_user)
+        if uid not in stored
     }
-    insert_ignoring_conflicts(
-        session, Profile.__table__, [{"user_id": uid, **template} for uid in user_ids], "user_id"
+    for user_id, events in by_user.items():
+        fold_rows(states.get(user_id) or new[user_id], events, config, vectors)
+    _update(session, states)
+    if new:
+        created = insert_profiles(
+            session, [{"user_id": uid, **state_values(state)} for uid, state in new.items()]
+        )
+        # Another writer created some of these profiles after our lock query (PostgreSQL; on
+        # SQLite this transaction holds the write lock): fold our events into theirs instead.
+        raced = [uid for uid in new if uid not in created]
+        if raced:
+            theirs = {
+                uid: state_from_row(row) for uid, row in lock_profile_rows(session, raced).items()
+            }
+            for user_id, state in theirs.items():
+                fold_rows(state, by_user[user_id], config, vectors)
+            _update(session, theirs)
+
+
+def _update(session: Session, states: Mapping[int, ProfileState]) -> None:
+    # Events never change a profile's shape: dim and half-lives stay as stored.
+    unchanged = ("dim", "half_lives")
+    update_profiles(
+        session,
+        [
+            {"user_id": uid, **_without(state_values(state), unchanged)}
+            for uid, state in states.items()
+        ],
+    )
+
+
+def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name not in names}
+
+
+def fold_rows(
+    state: ProfileState,
+    events: Sequence[Any],
+    config: ProfileConfig,
+    vectors: Mapping[int, np.ndarray],
+) -> None:
+    """Fold events (anything with item_id, type, value and an aware timestamp) into ``state``."""
+    if not events:
+        return
+    zero = np.zeros(config.dim, dtype=np.float32)
+    weights = config.event_weights
+    state.fold(
+        np.stack([vectors.get(e.item_id, zero) for e in events]).astype(np.float64),
+        np.array([event_weight(weights, e.type, e.value) for e in events], dtype=np.float64),
+        np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
+        [e.item_id for e in events],
+        config.buffer_size,
     )

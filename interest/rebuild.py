@@ -6,39 +6,45 @@ Used after bulk imports, after changing decay settings, and by `driftrec verify`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from interest.ingest import ProfileConfig, event_weight, raw_vectors
-from interest.profile import ProfileState, new_row, state_from_row, write_state
+from interest.ingest import ProfileConfig, fold_rows, raw_vectors
+from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
-from store.events import get_profile, iter_events_by_user, iter_user_batches
-from store.models import Event, User
+from store.events import (
+    get_profile,
+    insert_profiles,
+    iter_events_by_user,
+    lock_profile_rows,
+    update_profiles,
+    user_event_rows,
+)
+from store.models import User
 
 log = logging.getLogger(__name__)
 
+#: Users per write transaction: bounds memory and how long other writers wait on the lock.
+REBUILD_BATCH_USERS = 1_000
+
 
 def state_from_events(
-    events: Iterable[Event], vectors: dict[int, np.ndarray], config: ProfileConfig
+    events: Iterable[Any], vectors: dict[int, np.ndarray], config: ProfileConfig
 ) -> ProfileState:
+    """The profile of these events (anything with item_id, type, value, timestamp)."""
     state = ProfileState.empty(config.half_lives, config.dim)
-    zero = np.zeros(config.dim, dtype=np.float32)
-    for event in sorted(events, key=lambda e: (e.timestamp, e.item_id)):
-        state.apply(
-            vectors.get(event.item_id, zero),
-            event_weight(config.event_weights, event.type, event.value),
-            event.timestamp.timestamp(),
-            event.item_id,
-            config.buffer_size,
-        )
+    fold_rows(state, list(events), config, vectors)
     return state
 
 
-def _vectors_for(db: Database, events: list[Event], embedder_model: str) -> dict[int, np.ndarray]:
+def _vectors_for(db: Database, events: list[Any], embedder_model: str) -> dict[int, np.ndarray]:
     with db.read() as session:
         return raw_vectors(session, list({e.item_id for e in events}), embedder_model)
 
@@ -50,9 +56,14 @@ def rebuild_profiles(
     *,
     user_ids: set[int] | None = None,
     progress: bool = False,
+    batch_users: int = REBUILD_BATCH_USERS,
 ) -> int:
-    """Recompute profiles from stored events (all users, or ``user_ids``), committing per batch
-    of users; returns the count. Reads, and holds in memory, one batch of users at a time."""
+    """Recompute profiles from stored events (all users, or ``user_ids``), one write
+    transaction per batch of users; returns the count.
+
+    Each batch locks its profile rows before reading its events, so events ingested meanwhile
+    are either in the rebuilt state or applied on top of it afterwards: none is lost.
+    """
     with db.read() as session:
         total = (
             len(user_ids)
@@ -61,39 +72,66 @@ def rebuild_profiles(
         )
     bar = tqdm(total=total, desc="profiles", unit="user", disable=not progress)
     rebuilt = 0
-    with db.read() as session:
-        for batch in iter_user_batches(session, only=user_ids):
-            vectors = raw_vectors(
-                session,
-                list({e.item_id for events in batch.values() for e in events}),
-                embedder_model,
-            )
-            states = [
-                (user_id, state_from_events(events, vectors, config))
-                for user_id, events in batch.items()
-            ]
-            rebuilt += _write_states(db, states)
-            bar.update(len(batch))
+    for batch in _user_batches(db, user_ids, batch_users):
+        work = partial(_rebuild_batch, users=batch, config=config, model=embedder_model)
+        rebuilt += db.run_write(work)
+        bar.update(len(batch))
     bar.close()
     log.info("profiles rebuilt users=%d", rebuilt)
     return rebuilt
 
 
-def _write_states(db: Database, states: list[tuple[int, ProfileState]]) -> int:
-    if not states:
-        return 0
+def _user_batches(db: Database, only: set[int] | None, size: int) -> Iterator[list[int]]:
+    """Sorted batches of user ids: ``only``, or every user (paged by id, never all in memory)."""
+    if only is not None:
+        wanted = sorted(only)
+        for start in range(0, len(wanted), size):
+            yield wanted[start : start + size]
+        return
+    last = 0
+    while True:
+        with db.read() as session:
+            batch = list(
+                session.scalars(select(User.id).where(User.id > last).order_by(User.id).limit(size))
+            )
+        if not batch:
+            return
+        yield batch
+        last = batch[-1]
 
-    def work(session) -> int:  # type: ignore[no-untyped-def]
-        for user_id, state in states:
-            row = get_profile(session, user_id)
-            if row is None:
-                session.add(new_row(user_id, state))
-            else:
-                write_state(row, state)
-        session.flush()
-        return len(states)
 
-    return db.run_write(work)
+def _rebuild_batch(session: Session, users: list[int], config: ProfileConfig, model: str) -> int:
+    with_rows = lock_profile_rows(session, users, state=False)
+    # Users deleted since the batch was listed are skipped (a profile needs its user).
+    live = set(session.scalars(select(User.id).where(User.id.in_(users))))
+    users = [uid for uid in users if uid in live]
+    states = _states(session, users, config, model)
+    update_profiles(session, [{"user_id": uid, **state_values(states[uid])} for uid in with_rows])
+    missing = [uid for uid in users if uid not in with_rows]
+    if missing:
+        created = insert_profiles(
+            session, [{"user_id": uid, **state_values(states[uid])} for uid in missing]
+        )
+        # A concurrent ingest created the profile after our read of its events: lock it now
+        # and rebuild it from a fresh read, which sees that ingest's events.
+        raced = [uid for uid in missing if uid not in created]
+        if raced:
+            lock_profile_rows(session, raced, state=False)
+            again = _states(session, raced, config, model)
+            update_profiles(
+                session, [{"user_id": uid, **state_values(again[uid])} for uid in raced]
+            )
+    return len(users)
+
+
+def _states(
+    session: Session, users: Sequence[int], config: ProfileConfig, model: str
+) -> dict[int, ProfileState]:
+    events = user_event_rows(session, users)
+    vectors = raw_vectors(
+        session, list({e.item_id for rows in events.values() for e in rows}), model
+    )
+    return {uid: state_from_events(events.get(uid, ()), vectors, config) for uid in users}
 
 
 @dataclass

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, Update, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
 from store.models import Event, Profile, User
 from store.types import utcnow
+
+#: The profile columns `interest.profile.state_from_row` reads.
+PROFILE_STATE_COLUMNS = (
+    "user_id",
+    "dim",
+    "half_lives",
+    "accumulators",
+    "weight_sums",
+    "ref_time",
+    "recent",
+    "event_count",
+)
 
 
 @dataclass(frozen=True)
@@ -28,23 +44,43 @@ class EventRow:
 
 
 def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
-    """Return internal ids for ``external_ids``, creating the users that do not exist yet."""
+    """Return internal ids for ``external_ids``, creating the users that do not exist yet.
+
+    Known users cost one query; only the missing ones are inserted (conflict-free, so concurrent
+    creators of the same user do not fail) and read back.
+    """
     wanted = sorted(set(external_ids))
     if not wanted:
         return {}
-    now = utcnow()
-    insert_ignoring_conflicts(
-        session,
-        User.__table__,
-        [{"external_id": external_id, "created_at": now} for external_id in wanted],
-        "external_id",
+    found = user_ids(session, wanted)
+    missing = [external_id for external_id in wanted if external_id not in found]
+    if missing:
+        now = utcnow()
+        insert_ignoring_conflicts(
+            session,
+            User.__table__,
+            [{"external_id": external_id, "created_at": now} for external_id in missing],
+            "external_id",
+        )
+        found.update(user_ids(session, missing))
+    return found
+
+
+# The statements on the per-event path are built once: constructing a select() and its cache
+# key costs more than running it against SQLite. IN lists are "expanding" bind parameters.
+
+
+@functools.cache
+def _user_ids_statement() -> Select[Any]:
+    users = User.__table__.c
+    return select(users.external_id, users.id).where(
+        users.external_id.in_(bindparam("ids", expanding=True))
     )
-    return user_ids(session, wanted)
 
 
 def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     wanted = list(set(external_ids))
-    rows = session.execute(select(User.external_id, User.id).where(User.external_id.in_(wanted)))
+    rows = session.connection().execute(_user_ids_statement(), {"ids": wanted})
     return {external_id: user_id for external_id, user_id in rows}
 
 
@@ -57,17 +93,7 @@ def profile_by_external_id(session: Session, external_id: str) -> tuple[int | No
     profiles = Profile.__table__.c
     users = User.__table__.c
     row = session.execute(
-        select(
-            users.id.label("uid"),
-            profiles.user_id,
-            profiles.dim,
-            profiles.half_lives,
-            profiles.accumulators,
-            profiles.weight_sums,
-            profiles.ref_time,
-            profiles.recent,
-            profiles.event_count,
-        )
+        select(users.id.label("uid"), *(profiles[name] for name in PROFILE_STATE_COLUMNS))
         .select_from(User.__table__.outerjoin(Profile.__table__))
         .where(users.external_id == external_id)
     ).first()
@@ -93,28 +119,110 @@ def delete_user(session: Session, external_id: str) -> None:
 
 
 def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
-    """Insert events, skipping ids already stored; return the event ids actually inserted."""
-    now = utcnow()
-    inserted = insert_ignoring_conflicts(
-        session,
-        Event.__table__,
+    """Insert events, skipping ids already stored; return the event ids actually inserted.
+
+    One set-based statement for the whole batch (no per-row parameter processing): the API's
+    batches and bulk imports both come through here.
+    """
+    if not rows:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
+        return _insert_postgresql(session, rows, utcnow())
+    return _insert_sqlite(session, rows, utcnow())
+
+
+_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "timestamp", "recomm_id")
+_INSERT_COLUMNS = ", ".join((*_EVENT_COLUMNS, "received_at"))
+_POSTGRESQL_ARRAYS = (
+    "text[]",
+    "bigint[]",
+    "bigint[]",
+    "text[]",
+    "float8[]",
+    "timestamptz[]",
+    "text[]",
+)
+_POSTGRESQL_INSERT = (
+    f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT *, :received_at FROM unnest("
+    + ", ".join(
+        f"CAST(:{name} AS {array})"
+        for name, array in zip(_EVENT_COLUMNS, _POSTGRESQL_ARRAYS, strict=True)
+    )
+    + ") ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+
+
+def _insert_postgresql(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
+    """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
+    columns = Event.__table__.c
+    stmt = text(_POSTGRESQL_INSERT).bindparams(
+        *(bindparam(name, type_=ARRAY(columns[name].type)) for name in _EVENT_COLUMNS),
+        bindparam("received_at", type_=columns.received_at.type),
+    )
+    arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
+    return set(session.connection().execute(stmt, {**arrays, "received_at": now}).scalars())
+
+
+def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
+    """The driver's executemany, then the inserted rows read back by rowid when some were not.
+
+    This transaction holds SQLite's write lock from the insert on (a deferred transaction whose
+    snapshot went stale fails instead of writing), so every row past the largest id seen just
+    before the insert is one of ours.
+    """
+    connection = session.connection()
+    to_db = _sqlite_timestamps(connection.dialect)
+    received_at = to_db(now)
+    before = connection.execute(_max_event_id_statement()).scalar() or 0
+    result = connection.exec_driver_sql(
+        f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id) DO NOTHING",
         [
-            {
-                "event_id": row.event_id,
-                "user_id": row.user_id,
-                "item_id": row.item_id,
-                "type": row.type,
-                "value": row.value,
-                "timestamp": row.timestamp,
-                "received_at": now,
-                "recomm_id": row.recomm_id,
-            }
+            (
+                row.event_id,
+                row.user_id,
+                row.item_id,
+                row.type,
+                row.value,
+                to_db(row.timestamp),
+                row.recomm_id,
+                received_at,
+            )
             for row in rows
         ],
-        "event_id",
-        returning=("event_id",),
     )
-    return {event_id for (event_id,) in inserted}
+    if result.rowcount == len(rows):
+        return {row.event_id for row in rows}
+    if result.rowcount == 0:
+        return set()
+    events = Event.__table__.c
+    return set(connection.execute(select(events.event_id).where(events.id > before)).scalars())
+
+
+@functools.cache
+def _max_event_id_statement() -> Select[Any]:
+    return select(func.max(Event.__table__.c.id))
+
+
+@functools.cache  # one probe per dialect instance
+def _sqlite_timestamps(dialect: Dialect) -> Callable[[datetime], Any]:
+    """The timestamp column's bind processing, through a faster path when it gives the same text.
+
+    SQLAlchemy formats SQLite datetimes field by field; ``isoformat`` writes the same text in C.
+    A probe compares both, so a changed storage format falls back to the column's own processing.
+    """
+    column_type = Event.__table__.c.timestamp.type
+    official = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if official is None:
+        return partial(column_type.process_bind_param, dialect=dialect)
+
+    def fast(value: datetime) -> Any:
+        if value.tzinfo is None:
+            return official(value)  # raises the column type's own error
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
+    return fast if fast(probe) == official(probe) else official
 
 
 def lock_profiles(session: Session, ids: Iterable[int]) -> dict[int, Profile]:
@@ -126,6 +234,71 @@ def lock_profiles(session: Session, ids: Iterable[int]) -> dict[int, Profile]:
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return {profile.user_id: profile for profile in session.scalars(stmt)}
+
+
+def lock_profile_rows(
+    session: Session, ids: Iterable[int], *, state: bool = True
+) -> dict[int, Row[Any]]:
+    """Like `lock_profiles`, as plain rows: the state columns (or, with ``state=False``, only
+    the user id), no ORM objects. For writers that then call `update_profiles`."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    stmt = _lock_profiles_statement(state, session.get_bind().dialect.name == "postgresql")
+    return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
+
+
+@functools.cache
+def _lock_profiles_statement(state: bool, for_update: bool) -> Select[Any]:
+    profiles = Profile.__table__.c
+    columns = [profiles[name] for name in PROFILE_STATE_COLUMNS] if state else [profiles.user_id]
+    stmt = (
+        select(*columns)
+        .where(profiles.user_id.in_(bindparam("ids", expanding=True)))
+        .order_by(profiles.user_id)
+    )
+    return stmt.with_for_update() if for_update else stmt
+
+
+def insert_profiles(session: Session, values: Sequence[dict[str, Any]]) -> set[int]:
+    """Create profiles from column values (``user_id`` included); users who already have one
+    keep it, so concurrent creators do not conflict. Returns the user ids created."""
+    now = utcnow()
+    created = insert_ignoring_conflicts(
+        session,
+        Profile.__table__,
+        [{**row, "version": 1, "updated_at": now} for row in values],
+        "user_id",
+        returning=("user_id",),
+    )
+    return {user_id for (user_id,) in created}
+
+
+def update_profiles(session: Session, values: Sequence[dict[str, Any]]) -> None:
+    """Overwrite profiles with column values (``user_id`` names the row), one executemany.
+
+    The caller holds the rows (`lock_profile_rows`). Each row's version is bumped, so an ORM
+    writer holding an older copy (``version_id_col``) fails and retries instead of overwriting.
+    """
+    if not values:
+        return
+    now = utcnow()
+    params = [{k: v for k, v in row.items() if k != "user_id"} for row in values]
+    for param, row in zip(params, values, strict=True):
+        param["profile_user_id"] = row["user_id"]
+        param["profile_updated_at"] = now
+    session.connection().execute(_update_profiles_statement(), params)
+
+
+@functools.cache
+def _update_profiles_statement() -> Update:
+    # The other SET columns come from the keys of the parameters (SQLAlchemy's executemany).
+    table = Profile.__table__
+    return (
+        update(table)
+        .where(table.c.user_id == bindparam("profile_user_id"))
+        .values(version=table.c.version + 1, updated_at=bindparam("profile_updated_at"))
+    )
 
 
 def get_profile(session: Session, user_id: int) -> Profile | None:
@@ -159,6 +332,21 @@ def item_ids_with_event_types(session: Session, user_id: int, types: Sequence[st
             .distinct()
         )
     )
+
+
+def user_event_rows(session: Session, user_ids: Sequence[int]) -> dict[int, list[Row[Any]]]:
+    """{user id: their events as plain rows (item_id, type, value, timestamp), in time order}
+    for the given users (who fit in one IN list); Core, for rebuilding many profiles."""
+    events = Event.__table__.c
+    rows = session.connection().execute(
+        select(events.user_id, events.item_id, events.type, events.value, events.timestamp)
+        .where(events.user_id.in_(list(user_ids)))
+        .order_by(events.user_id, events.timestamp, events.id)
+    )
+    grouped: dict[int, list[Row[Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row.user_id, []).append(row)
+    return grouped
 
 
 def iter_user_batches(

@@ -17,22 +17,20 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, func, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Dialect
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store.db import Database
 from store.dialect import insert_ignoring_conflicts
 from store.errors import ImportFormatError
-from store.events import ensure_users
+from store.events import EventRow, ensure_users, insert_events
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
-from store.models import EXTERNAL_ID_LENGTH, Event, Item
+from store.models import EXTERNAL_ID_LENGTH, Item
 from store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -493,16 +491,16 @@ def insert_event_batch(
 ) -> ImportStats:
     """Insert one batch of events, skipping stored event ids and rejecting unknown items.
 
-    Same semantics as `store.events.insert_events` (idempotent by event id, ``received_at`` now),
-    through one set-based statement per batch instead of a parameter set per row. ``item_cache``
-    (external -> internal id of live items) carries item lookups over from earlier batches of the
-    same import: an item deleted meanwhile is treated as if deleted after the import.
+    Through `store.events.insert_events` (idempotent by event id, ``received_at`` now, one
+    set-based statement per batch). ``item_cache`` (external -> internal id of live items)
+    carries item lookups over from earlier batches of the same import: an item deleted
+    meanwhile is treated as if deleted after the import.
     """
     items = _item_ids(session, {record.item_id for record in records}, item_cache)
     known = [record for record in records if record.item_id in items]
     users = _ensure_users(session, {record.user_id for record in known})
     rows = [
-        (
+        EventRow(
             record.event_id,
             users[record.user_id],
             items[record.item_id],
@@ -512,89 +510,15 @@ def insert_event_batch(
         )
         for record in known
     ]
-    insert = (
-        _insert_postgresql if session.get_bind().dialect.name == "postgresql" else _insert_sqlite
-    )
-    inserted_users = insert(session, rows, utcnow())
+    inserted = insert_events(session, rows)
+    # An event id repeated within the batch is inserted once; the repeats count as duplicates.
+    inserted_users = {row.user_id for row in rows if row.event_id in inserted}
     return ImportStats(
-        accepted=len(inserted_users),
-        duplicates=len(rows) - len(inserted_users),
+        accepted=len(inserted),
+        duplicates=len(rows) - len(inserted),
         rejected=len(records) - len(known),
-        user_ids=set(inserted_users),
+        user_ids=inserted_users,
     )
-
-
-_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "timestamp")
-_INSERT_COLUMNS = ", ".join((*_EVENT_COLUMNS, "received_at"))
-_POSTGRESQL_ARRAYS = ("text[]", "bigint[]", "bigint[]", "text[]", "float8[]", "timestamptz[]")
-_POSTGRESQL_INSERT = (
-    f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT *, :received_at FROM unnest("
-    + ", ".join(
-        f"CAST(:{name} AS {array})"
-        for name, array in zip(_EVENT_COLUMNS, _POSTGRESQL_ARRAYS, strict=True)
-    )
-    + ") ON CONFLICT (event_id) DO NOTHING RETURNING user_id"
-)
-
-
-def _insert_postgresql(session: Session, rows: list[tuple[Any, ...]], now: datetime) -> list[int]:
-    """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
-    if not rows:
-        return []
-    columns = Event.__table__.c
-    stmt = text(_POSTGRESQL_INSERT).bindparams(
-        *(bindparam(name, type_=ARRAY(columns[name].type)) for name in _EVENT_COLUMNS),
-        bindparam("received_at", type_=columns.received_at.type),
-    )
-    arrays = {
-        name: list(values)
-        for name, values in zip(_EVENT_COLUMNS, zip(*rows, strict=True), strict=True)
-    }
-    return list(session.scalars(stmt, {**arrays, "received_at": now}))
-
-
-def _insert_sqlite(session: Session, rows: list[tuple[Any, ...]], now: datetime) -> list[int]:
-    """The driver's executemany, then the inserted rows read back by rowid.
-
-    This transaction holds SQLite's write lock, so every row past the largest id seen before the
-    insert is one of ours.
-    """
-    if not rows:
-        return []
-    connection = session.connection()
-    to_db = _sqlite_timestamps(connection.dialect)
-    received_at = to_db(now)
-    before = session.scalar(select(func.max(Event.id))) or 0
-    result = connection.exec_driver_sql(
-        f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (event_id) DO NOTHING",
-        [(*row[:5], to_db(row[5]), received_at) for row in rows],
-    )
-    if result.rowcount == len(rows):
-        return [row[1] for row in rows]
-    if result.rowcount == 0:
-        return []
-    return list(session.scalars(select(Event.user_id).where(Event.id > before)))
-
-
-def _sqlite_timestamps(dialect: Dialect) -> Callable[[datetime], Any]:
-    """The timestamp column's bind processing, through a faster path when it gives the same text.
-
-    SQLAlchemy formats SQLite datetimes field by field; ``isoformat`` writes the same text in C.
-    A probe compares both, so a changed storage format falls back to the column's own processing.
-    """
-    column_type = Event.__table__.c.timestamp.type
-    official = column_type.dialect_impl(dialect).bind_processor(dialect)
-    if official is None:
-        return partial(column_type.process_bind_param, dialect=dialect)
-
-    def fast(value: datetime) -> Any:
-        if value.tzinfo is None:
-            return official(value)  # raises the column type's own error
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
-    return fast if fast(probe) == official(probe) else official
 
 
 def _item_ids(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
@@ -131,6 +132,52 @@ def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, 
             )
         )
         result.update({external_id: item_id for external_id, item_id in rows})
+    return result
+
+
+@functools.cache
+def _live_items_statement() -> Select[Any]:
+    """External id, id and the vector where it is current (made by the model from the current
+    text), else NULL (a stale vector must not count), of live items."""
+    items = Item.__table__.c
+    current = and_(
+        items.vector_model == bindparam("model"), items.vector_hash == items.content_hash
+    )
+    return select(items.external_id, items.id, case((current, items.vector), else_=None)).where(
+        items.external_id.in_(bindparam("ids", expanding=True)), items.deleted_at.is_(None)
+    )
+
+
+def live_items_with_vectors(
+    session: Session, external_ids: Iterable[str], model: str
+) -> dict[str, tuple[int, bytes | None]]:
+    """(internal id, current float32 vector bytes or None) of live items, by external id; one
+    Core query per 5,000 ids (event ingestion needs both, for every batch)."""
+    wanted = list(set(external_ids))
+    result: dict[str, tuple[int, bytes | None]] = {}
+    for start in range(0, len(wanted), 5_000):
+        rows = session.connection().execute(
+            _live_items_statement(), {"ids": wanted[start : start + 5_000], "model": model}
+        )
+        result.update({external_id: (item_id, vector) for external_id, item_id, vector in rows})
+    return result
+
+
+def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[int, bytes]:
+    """Current float32 vector bytes of the given items (those without one are absent)."""
+    items = Item.__table__.c
+    wanted = list(set(ids))
+    result: dict[int, bytes] = {}
+    for start in range(0, len(wanted), 5_000):
+        rows = session.connection().execute(
+            select(items.id, items.vector).where(
+                items.id.in_(wanted[start : start + 5_000]),
+                items.vector.is_not(None),
+                items.vector_model == model,
+                items.vector_hash == items.content_hash,
+            )
+        )
+        result.update({item_id: vector for item_id, vector in rows})
     return result
 
 

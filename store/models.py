@@ -118,8 +118,9 @@ class Profile(Base):
     # float64 array (len(half_lives),): the decayed sum of weights of each accumulator.
     weight_sums: Mapped[bytes] = mapped_column(LargeBinary)
     ref_time: Mapped[float] = mapped_column(Float)  # epoch seconds of the newest event
-    # The most recent events, newest last: [[epoch_seconds, item_id, weight], ...], bounded.
-    recent: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
+    # The most recent events, newest last, bounded: little-endian float64 triples (epoch seconds,
+    # item id, weight), packed by `interest.profile` (JSON text cost more than the rest of a write).
+    recent: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     event_count: Mapped[int] = mapped_column(Integer, default=0)
     last_event_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=0)

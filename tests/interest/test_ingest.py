@@ -5,11 +5,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from sqlalchemy import event as sql_event
 
 from interest.ingest import EventInput, ProfileConfig, ingest_events
 from interest.profile import state_from_row
 from interest.rebuild import rebuild_profiles, verify_profiles
-from store.events import get_profile, user_ids
+from store.events import ensure_users, get_profile, user_ids
 from store.items import ItemInput, store_vectors, upsert_items
 from store.settings import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIVES
 
@@ -125,6 +126,89 @@ def test_concurrent_writers_lose_no_update(catalogue):
     assert counts == 6 * 15
     report = verify_profiles(catalogue, CONFIG, MODEL)
     assert report.checked == 3 and report.drifted == []
+
+
+def test_a_profile_created_meanwhile_is_folded_into_not_overwritten(catalogue):
+    """A writer finds no profile, and another creates it before the first inserts its own:
+    the first folds its events into the other's profile (PostgreSQL; SQLite writers queue)."""
+    if catalogue.dialect != "postgresql":
+        pytest.skip("a SQLite write transaction holds the database lock from its start")
+    with catalogue.write() as session:
+        ensure_users(session, ["race"])
+    main = threading.current_thread()
+    interleaved: list[bool] = []
+
+    def other_writer_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO profiles") and threading.current_thread() is main:
+            if not interleaved:
+                interleaved.append(True)
+                other = threading.Thread(
+                    target=ingest_events, args=(catalogue, [_event(1, "race")], CONFIG, MODEL)
+                )
+                other.start()
+                other.join()
+
+    sql_event.listen(catalogue.engine, "before_cursor_execute", other_writer_first)
+    try:
+        result = ingest_events(catalogue, [_event(2, "race")], CONFIG, MODEL)
+    finally:
+        sql_event.remove(catalogue.engine, "before_cursor_execute", other_writer_first)
+    assert interleaved and result.accepted == 1
+    assert _profile(catalogue, "race").event_count == 2
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue):
+    """Writers post batches spanning several users (some new) while profiles are rebuilt from
+    the log at the same time: every event ends up in its profile exactly once. The rebuilds
+    stop before the writers' last batches, so no late rebuild can hide an update it lost."""
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def rebuilder() -> None:
+        try:
+            while not stop.is_set():
+                rebuild_profiles(catalogue, CONFIG, MODEL, batch_users=2)
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    background = threading.Thread(target=rebuilder)
+
+    def stop_rebuilds() -> None:
+        stop.set()
+        background.join()
+
+    halfway = threading.Barrier(4, action=stop_rebuilds)
+
+    def writer(worker: int) -> None:
+        try:
+            for n in range(12):
+                if n == 10:
+                    halfway.wait()
+                batch = [
+                    EventInput(
+                        f"b{worker}-{n}-{k}",
+                        f"r{(n + k) % 5}",
+                        f"i{(worker * 3 + n + k) % 20}",
+                        "click" if k % 2 else "view",
+                        T0 + timedelta(seconds=worker * 50 + n * 5 + k),
+                    )
+                    for k in range(4)
+                ]
+                assert ingest_events(catalogue, batch, CONFIG, MODEL).accepted == 4
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    background.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sum(_profile(catalogue, f"r{u}").event_count for u in range(5)) == 4 * 12 * 4
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == 5 and report.drifted == []
 
 
 def test_rebuild_repairs_a_drifted_profile(catalogue):

@@ -72,3 +72,36 @@ def test_profile_round_trips_through_its_row(buffer_size):
     assert restored.half_lives == state.half_lives
     assert restored.recent == state.recent
     assert restored.event_count == state.event_count
+
+
+def test_folding_a_batch_equals_applying_each_event():
+    """`fold` (one matrix product per batch) against `apply` per event, onto a profile that
+    already holds events, with the new batch both older and newer than its reference time."""
+    events = _events(60)
+    older, batch = events[:30], events[30:]
+    one_by_one = _apply(older + batch)
+    folded = _apply(older)
+    vectors, weights, times, items = zip(*batch, strict=True)
+    folded.fold(
+        np.stack(vectors).astype(np.float64),
+        np.array(weights),
+        np.array(times),
+        list(items),
+        buffer_size=5,
+    )
+    assert folded.ref_time == one_by_one.ref_time
+    assert folded.event_count == one_by_one.event_count == 60
+    np.testing.assert_allclose(folded.accumulators, one_by_one.accumulators, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(folded.weight_sums, one_by_one.weight_sums, rtol=1e-9)
+    assert folded.recent == one_by_one.recent
+
+
+def test_folding_into_an_empty_profile_sets_the_reference_time():
+    events = _events(7)
+    state = ProfileState.empty(HALF_LIVES, 8)
+    vectors, weights, times, items = zip(*events, strict=True)
+    state.fold(np.stack(vectors).astype(np.float64), np.array(weights), np.array(times), items, 0)
+    expected = _apply(events, buffer_size=0)
+    assert state.ref_time == max(times)
+    np.testing.assert_allclose(state.accumulators, expected.accumulators, rtol=1e-9, atol=1e-9)
+    assert state.recent == []

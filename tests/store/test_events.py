@@ -17,8 +17,11 @@ from store.events import (
     get_profile,
     get_user,
     insert_events,
+    insert_profiles,
+    lock_profile_rows,
     lock_profiles,
     seen_item_ids,
+    update_profiles,
     user_events,
 )
 from store.items import ItemInput, upsert_items
@@ -70,6 +73,34 @@ def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
     with db.read() as session:
         assert count_events(session) == 2
         assert seen_item_ids(session, users["u"]) == set(items)
+
+
+def test_insert_events_keeps_every_column_and_reports_only_new_ids(db: Database) -> None:
+    users, items = _setup(db, ["u", "v"])
+    with db.write() as session:
+        insert_events(session, [EventRow("old", users["u"], items[0], "view", None, T0)])
+    rows = [
+        EventRow("old", users["v"], items[1], "click", 2.0, T0),  # already stored
+        EventRow("a", users["u"], items[1], "click", 2.5, T0 + timedelta(seconds=1), "rec-1"),
+        EventRow("b", users["v"], items[0], "view", None, T0 + timedelta(seconds=2)),
+    ]
+    with db.write() as session:
+        assert insert_events(session, rows) == {"a", "b"}
+    with db.read() as session:
+        stored = {e.event_id: e for e in user_events(session, users["u"])}
+        stored.update({e.event_id: e for e in user_events(session, users["v"])})
+    assert set(stored) == {"old", "a", "b"}
+    assert stored["old"].user_id == users["u"]  # the stored event was left alone
+    a = stored["a"]
+    assert (a.user_id, a.item_id, a.type, a.value, a.recomm_id) == (
+        users["u"],
+        items[1],
+        "click",
+        2.5,
+        "rec-1",
+    )
+    assert a.timestamp == T0 + timedelta(seconds=1)
+    assert stored["b"].recomm_id is None and stored["b"].value is None
 
 
 def test_insert_events_beyond_the_bound_parameter_limit(db: Database) -> None:
@@ -138,6 +169,56 @@ def test_lock_profiles_in_user_id_order(db: Database) -> None:
     assert ("FOR UPDATE" in query) == (db.dialect == "postgresql")
     with db.write() as session:
         assert lock_profiles(session, []) == {}
+
+
+def test_profile_rows_locked_in_order_and_updated_with_a_new_version(db: Database) -> None:
+    users, _ = _setup(db, ["a", "b", "c"])
+    ids = sorted(users.values())
+    with db.write() as session:
+        session.add(_profile(ids[2]))
+    statements: list[str] = []
+    listener = lambda _conn, _cursor, statement, *_: statements.append(statement)  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        with db.write() as session:
+            created = insert_profiles(
+                session,
+                [
+                    {**_columns(ids[0]), "user_id": ids[0]},
+                    {**_columns(ids[2]), "user_id": ids[2], "event_count": 99},
+                ],
+            )
+            locked = lock_profile_rows(session, [ids[2], ids[0], ids[1]])
+            update_profiles(
+                session,
+                [{**_columns(uid), "user_id": uid, "event_count": uid} for uid in locked],
+            )
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert created == {ids[0]}  # the existing profile was left alone
+    assert list(locked) == [ids[0], ids[2]]
+    assert locked[ids[2]].event_count == 0
+    [query] = [s for s in statements if "FROM profiles" in s]
+    assert "ORDER BY profiles.user_id" in query
+    assert ("FOR UPDATE" in query) == (db.dialect == "postgresql")
+    with db.read() as session:
+        stored = {p.user_id: p for p in session.scalars(select(Profile))}
+    assert {uid: p.event_count for uid, p in stored.items()} == {ids[0]: ids[0], ids[2]: ids[2]}
+    assert stored[ids[0]].version == 2  # inserted as 1, bumped by the update
+    assert stored[ids[2]].version == 2  # the ORM's first version, bumped by the update
+
+
+def _columns(user_id: int) -> dict[str, object]:
+    profile = _profile(user_id)
+    return {
+        "dim": profile.dim,
+        "half_lives": profile.half_lives,
+        "accumulators": profile.accumulators,
+        "weight_sums": profile.weight_sums,
+        "ref_time": profile.ref_time,
+        "recent": b"",
+        "event_count": 0,
+    }
 
 
 def test_delete_user_removes_events_and_profile(db: Database) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from store.db import make_engine
 from store.errors import SchemaOutOfDate
@@ -19,6 +22,8 @@ from store.migrate import (
     upgrade,
 )
 from store.models import Base
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,3 +71,49 @@ def test_downgrade_to_base_and_back(empty_url: str) -> None:
     upgrade(empty_url)
     for engine in _engine(empty_url):
         ensure_schema_current(engine)
+
+
+def test_profile_recent_buffer_converts_to_packed_bytes_and_back(empty_url: str) -> None:
+    """0005 packs the JSON recent buffer of existing profiles; its downgrade restores it."""
+    buffers = {1: [[1700000000.123456, 42, 1.0], [1700000060.5, 7, -4.0]], 2: []}
+    upgrade(empty_url, "0004")
+    for engine in _engine(empty_url):
+        with engine.begin() as connection:
+            for user_id, buffer in buffers.items():
+                connection.execute(
+                    text("INSERT INTO users (id, external_id, created_at) VALUES (:u, :x, :now)"),
+                    {"u": user_id, "x": f"u{user_id}", "now": T0},
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO profiles (user_id, dim, half_lives, accumulators, weight_sums,"
+                        " ref_time, recent, event_count, version, updated_at) VALUES (:u, 2,"
+                        " '[0.0]', :acc, :ws, 0.0, :recent, 2, 1, :now)"
+                    ),
+                    {"u": user_id, "acc": bytes(16), "ws": bytes(8), "recent": json.dumps(buffer)}
+                    | {"now": T0},
+                )
+    upgrade(empty_url)
+    for engine in _engine(empty_url):
+        with engine.connect() as connection:
+            packed = dict(connection.execute(text("SELECT user_id, recent FROM profiles")).all())
+            if engine.dialect.name == "postgresql":  # accumulators: TOASTed, not compressed
+                storage = connection.execute(
+                    text(
+                        "SELECT attstorage FROM pg_attribute WHERE attrelid = 'profiles'::regclass"
+                        " AND attname = 'accumulators'"
+                    )
+                ).scalar()
+                assert storage == "e"
+    # Little-endian float64 triples (epoch seconds, item id, weight), as interest.profile reads.
+    unpacked = {
+        user_id: np.frombuffer(bytes(value), dtype="<f8").reshape(-1, 3).tolist()
+        for user_id, value in packed.items()
+    }
+    assert unpacked == buffers
+    command.downgrade(alembic_config(empty_url), "0004")
+    for engine in _engine(empty_url):
+        with engine.connect() as connection:
+            restored = dict(connection.execute(text("SELECT user_id, recent FROM profiles")).all())
+    as_json = {k: json.loads(v) if isinstance(v, str) else v for k, v in restored.items()}
+    assert as_json == buffers
