@@ -22,6 +22,12 @@ def _holds(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "NO")
 
 
+def _cpu(summary: dict[str, Any]) -> str:
+    """The server's CPU time per request, where the run measured it."""
+    cpu = summary.get("server_cpu_ms")
+    return f", server CPU {cpu:.2f} ms/req" if cpu is not None else ""
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     for point in results.get("serving", []):
@@ -33,7 +39,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "serving",
                 f"{label} /healthz",
                 f"{health['qps']:.0f} qps, p50 {health['p50_ms']:.1f} ms, "
-                f"p99 {health['p99_ms']:.1f} ms, {health['errors']} err",
+                f"p99 {health['p99_ms']:.1f} ms, {health['errors']} err{_cpu(health)}",
                 "",
                 "",
                 "",
@@ -53,7 +59,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "serving",
                     f"{label} {mode}",
                     f"{m['qps']:.0f} qps, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-                    f"{m['errors']} err",
+                    f"{m['errors']} err{_cpu(m)}",
                     f"healthz {health['qps']:.0f} qps",
                     f"{ratio:.0%}",
                     target,

@@ -115,14 +115,33 @@ class Server:
     def load(
         self, mode: str, *, items: int, duration: float, concurrency: int = 8, seed: int = 1
     ) -> dict[str, object]:
-        """Run the load generator in its own process and return its summary."""
+        """Run the load generator in its own process and return its summary, plus the server's
+        CPU time per request (``server_cpu_ms``): unlike QPS and latency, it barely moves
+        when other jobs load the machine, so it compares runs on a shared host."""
         argv = self.loadgen_argv(
             mode, items=items, duration=duration, concurrency=concurrency, seed=seed
         )
+        cpu_before = self.cpu_seconds()
         result = subprocess.run(
             argv, env=base_env({}), capture_output=True, text=True, check=True, cwd=REPO_ROOT
         )
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        requests = summary.get("requests") or 0
+        if requests:
+            summary["server_cpu_ms"] = (self.cpu_seconds() - cpu_before) * 1000 / requests
+        return summary
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the master and its workers so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / tick
 
     def loadgen_argv(
         self,

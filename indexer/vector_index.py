@@ -244,7 +244,10 @@ class VectorIndex:
             raise IndexCorrupt(f"index file {path} is missing")
         if checksum is not None and file_sha256(path) != checksum:
             raise IndexCorrupt(f"index file {path} does not match its recorded checksum")
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        # IO_FLAG_MMAP_IFC maps the vectors of flat and IVF indexes alike (IO_FLAG_MMAP alone
+        # maps only IVF lists and copies a flat index into memory): the pages stay in the page
+        # cache, shared by every process that maps the file. A mapped index is read-only.
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
         except RuntimeError as exc:

@@ -67,7 +67,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     register_blueprints(app)
     app.before_request(_before_request)
-    init_auth(app, settings.auth_enabled)  # runs before _before_request loads the index
+    init_auth(
+        app, settings.auth_enabled, settings.auth_cache_s
+    )  # runs before _before_request loads the index
     app.after_request(_after_request)
     log.info(
         "app created database=%s data_dir=%s model=%s auth=%s",

@@ -5,17 +5,23 @@ Clients send ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``). No key o
 malformed or revoked one answers 401; a key without the endpoint's scope answers 403. Endpoints
 not listed in `ENDPOINT_SCOPES` need ``admin``, so a new endpoint is closed until classified.
 Neither the key nor the header is ever logged: failures log only the reason.
+
+A key that authenticated is remembered per process for ``DRIFTREC_AUTH_CACHE_S`` seconds
+(`KeyCache`, by the token's sha256, never the token), so most requests skip the database
+lookup; a revoked key is refused within that time.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from service.api.common import get_runtime
 from service.errors import ApiError
-from store.keys import KeyInfo, authenticate
+from store.keys import KeyInfo, authenticate, hash_token
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,52 @@ def presented_token() -> str | None:
     return key.strip() if key is not None else None
 
 
+class KeyCache:
+    """Keys that authenticated, by token hash, for ``ttl_s`` seconds (at most ``max_keys``).
+
+    Only successes are kept: a new key works at once, and a wrong one is looked up every time.
+    """
+
+    def __init__(self, ttl_s: float, max_keys: int = 1024) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self._keys: dict[str, tuple[float, KeyInfo]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> KeyInfo | None:
+        found = self._keys.get(digest)
+        if found is None or found[0] <= time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, digest: str, key: KeyInfo) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._keys) >= self.max_keys:
+                now = time.monotonic()
+                self._keys = {d: entry for d, entry in self._keys.items() if entry[0] > now}
+                if len(self._keys) >= self.max_keys:
+                    self._keys.clear()
+            self._keys[digest] = (time.monotonic() + self.ttl_s, key)
+
+
+KEY_CACHE = "driftrec.key_cache"
+
+
+def lookup(token: str) -> KeyInfo | None:
+    """The live key ``token`` belongs to: from the cache, else from the database."""
+    cache: KeyCache = current_app.extensions[KEY_CACHE]
+    digest = hash_token(token)
+    key = cache.get(digest)
+    if key is None:
+        with get_runtime().db.read() as session:
+            key = authenticate(session, token)
+        if key is not None:
+            cache.put(digest, key)
+    return key
+
+
 def check_request() -> None:
     """The before-request hook: raise 401/403, or record the key in ``g.api_key``."""
     scope = required_scope(request.endpoint)
@@ -89,8 +141,7 @@ def check_request() -> None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     key: KeyInfo | None = None
     if token:
-        with get_runtime().db.read() as session:
-            key = authenticate(session, token)
+        key = lookup(token)
     if key is None:
         log.info("auth refused reason=invalid endpoint=%s", request.endpoint)
         raise Unauthorized("invalid or revoked API key")
@@ -105,8 +156,9 @@ def check_request() -> None:
     g.api_key = key
 
 
-def init_auth(app: Flask, enabled: bool) -> None:
+def init_auth(app: Flask, enabled: bool, cache_s: float = 0.0) -> None:
     """Install the check (first among the before-request hooks), or warn that it is off."""
+    app.extensions[KEY_CACHE] = KeyCache(cache_s)
     if enabled:
         app.before_request_funcs.setdefault(None, []).insert(0, check_request)
     else:

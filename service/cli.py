@@ -472,7 +472,8 @@ def keys_list(app: App, show_all: bool) -> None:
 @click.argument("ref")
 @pass_app
 def keys_revoke(app: App, ref: str) -> None:
-    """Revoke the key with prefix (or id, or unique name) REF; servers refuse it at once."""
+    """Revoke the key with prefix (or id, or unique name) REF; running servers refuse it within
+    DRIFTREC_AUTH_CACHE_S seconds (default 5)."""
     from store.keys import revoke_key
 
     database = _key_database(app)

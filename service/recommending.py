@@ -149,9 +149,9 @@ def remember(
 ) -> str:
     """Store the answer as a new recommendation session; return its ``recomm_id``."""
     recomm_id = new_recomm_id()
-    with runtime.db.write() as session:
+    with runtime.db.write_connection() as connection:
         create_session(
-            session,
+            connection,
             recomm_id=recomm_id,
             user_external_id=user_id,
             params=dict(params),

@@ -41,6 +41,10 @@ class Runtime:
             settings.embedder_model,
             transform_for=self.encoders.transform_for,
             version_check_interval_s=settings.reload_interval_s,
+            # Index files are memory-mapped read-only: the workers of a server (and every
+            # server on the machine) share one copy in the page cache instead of each
+            # reading its own. Changes since the file was built live in the overlay.
+            mmap=True,
         )
         self.recommender = Recommender(self.db, settings, self.index, self.encoders)
         self.experiments = ExperimentRouter(

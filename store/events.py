@@ -84,19 +84,32 @@ def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     return {external_id: user_id for external_id, user_id in rows}
 
 
+# The request path's statements are built once (a statement is immutable; reusing one skips
+# building and cache-keying it) and run on the session's connection, past the ORM layer.
+_PROFILE_BY_EXTERNAL_ID = (
+    select(
+        User.__table__.c.id.label("uid"),
+        *(Profile.__table__.c[name] for name in PROFILE_STATE_COLUMNS),
+    )
+    .select_from(User.__table__.outerjoin(Profile.__table__))
+    .where(User.__table__.c.external_id == bindparam("external_id"))
+)
+_SEEN_ITEM_IDS = (
+    select(Event.__table__.c.item_id)
+    .where(Event.__table__.c.user_id == bindparam("user_id"))
+    .distinct()
+)
+
+
 def profile_by_external_id(session: Session, external_id: str) -> tuple[int | None, Any]:
     """(user id, profile columns) of a user in one query; (None, None) for an unknown user.
 
     The profile part is a row with the `Profile` columns that `interest.profile.state_from_row`
     reads (None when the user has no profile yet): no ORM object, as the read path wants.
     """
-    profiles = Profile.__table__.c
-    users = User.__table__.c
-    row = session.execute(
-        select(users.id.label("uid"), *(profiles[name] for name in PROFILE_STATE_COLUMNS))
-        .select_from(User.__table__.outerjoin(Profile.__table__))
-        .where(users.external_id == external_id)
-    ).first()
+    row = (
+        session.connection().execute(_PROFILE_BY_EXTERNAL_ID, {"external_id": external_id}).first()
+    )
     if row is None:
         return None, None
     return row.uid, (row if row.user_id is not None else None)
@@ -318,8 +331,7 @@ def user_events(
 
 
 def seen_item_ids(session: Session, user_id: int) -> set[int]:
-    events = Event.__table__.c  # a Core statement: no ORM overhead on the request path
-    return set(session.scalars(select(events.item_id).where(events.user_id == user_id).distinct()))
+    return set(session.connection().scalars(_SEEN_ITEM_IDS, {"user_id": user_id}))
 
 
 def item_ids_with_event_types(session: Session, user_id: int, types: Sequence[str]) -> set[int]:

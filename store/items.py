@@ -58,8 +58,13 @@ def next_revision(session: Session) -> int:
     ).scalar_one()
 
 
+#: Run on every request that searches: built once (a statement is immutable; reusing it skips
+#: building and cache-keying it) and run on the session's connection, past the ORM layer.
+_REVISION = select(Counter.__table__.c.value).where(Counter.__table__.c.name == CATALOGUE_COUNTER)
+
+
 def catalogue_revision(session: Session) -> int:
-    value = session.scalar(select(Counter.value).where(Counter.name == CATALOGUE_COUNTER))
+    value = session.connection().scalar(_REVISION)
     return int(value or 0)
 
 

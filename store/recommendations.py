@@ -2,7 +2,8 @@
 
 They make pagination repeat nothing across workers (the state is in the database, not in a
 process) and let events name the answer they came from (attribution by model version and
-experiment arm). Functions take a `Session` and never commit.
+experiment arm). Functions take a `Session` (`create_session` also a bare `Connection`) and never
+commit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select
 from sqlalchemy.orm import Session
 
 from store.errors import NotFound
@@ -24,8 +25,12 @@ def new_recomm_id() -> str:
     return uuid.uuid4().hex
 
 
+#: Built once: every answer inserts one row (values come as parameters).
+_INSERT = RecommendationSession.__table__.insert()
+
+
 def create_session(
-    session: Session,
+    session: Session | Connection,
     *,
     recomm_id: str,
     user_external_id: str | None,
@@ -38,18 +43,19 @@ def create_session(
 ) -> None:
     now = utcnow()
     session.execute(
-        RecommendationSession.__table__.insert().values(
-            recomm_id=recomm_id,
-            user_external_id=user_external_id,
-            params=params,
-            shown=list(shown),
-            shown_count=len(shown),
-            strategy=strategy,
-            model_version_id=model_version_id,
-            arm=arm,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl_s),
-        )
+        _INSERT,
+        {
+            "recomm_id": recomm_id,
+            "user_external_id": user_external_id,
+            "params": params,
+            "shown": list(shown),
+            "shown_count": len(shown),
+            "strategy": strategy,
+            "model_version_id": model_version_id,
+            "arm": arm,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl_s),
+        },
     )
 
 

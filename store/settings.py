@@ -64,6 +64,9 @@ class Settings:
     log_level: str = "INFO"
     #: "enabled" (every /v1 request needs an API key) or "disabled" (local experiments only).
     auth: str = "enabled"
+    #: How long a server trusts an API key it has checked (seconds) before looking it up again:
+    #: a revoked key keeps working for at most this long. 0 looks every request up.
+    auth_cache_s: float = 5.0
     #: How long a recommendation answer's next pages stay available (seconds since last page).
     recommendation_ttl_s: float = 3600.0
 
@@ -117,6 +120,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_BLEND_HALF_LIFE": ("blend_half_life", float),
         "DRIFTREC_COLD_START_WINDOW": ("cold_start_window", float),
         "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
+        "DRIFTREC_AUTH_CACHE_S": ("auth_cache_s", float),
         "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
     }
     for variable, (name, parse) in parsers.items():

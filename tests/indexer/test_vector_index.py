@@ -1,5 +1,7 @@
 """The FAISS index: approximate search checked against exact search, filters, persistence."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,20 @@ def test_save_load_round_trip_and_checksum(tmp_path):
         handle.write(b"\x00\x01\x02")
     with pytest.raises(IndexCorrupt):
         VectorIndex.load(path, checksum)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(("exact_max_items", "kind"), [(10**9, FLAT), (100, IVF)])
+def test_a_memory_mapped_index_is_mapped_not_copied(tmp_path, exact_max_items, kind):
+    """Servers share one copy of the index only if its vectors stay file-backed pages."""
+    vectors = _unit_vectors(2000)
+    index = VectorIndex.build(np.arange(2000), vectors, exact_max_items=exact_max_items)
+    path = tmp_path / f"{kind}.faiss"
+    checksum = index.save(path)
+    mapped = VectorIndex.load(path, checksum, mmap=True)
+    assert mapped.kind == kind
+    assert str(path) in Path("/proc/self/maps").read_text()
+    for row in (0, 7, 1999):
+        assert [h.item_id for h in mapped.search(vectors[row], 5, exclude={row})] == [
+            h.item_id for h in index.search(vectors[row], 5, exclude={row})
+        ]
