@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.embedder import Embedder
-from indexer.vector_index import BUILD_SPEC, VectorIndex
+from indexer.vector_index import BUILD_SPEC, VectorIndex, choose_kind
 from store.db import Database
 from store.items import (
     catalogue_revision,
@@ -124,6 +124,38 @@ def fingerprint(
     return digest.hexdigest()
 
 
+def _unchanged_version(
+    db: Database,
+    model_name: str,
+    model_version_id: int | None,
+    exact_max_items: int,
+    *,
+    activate: bool,
+) -> IndexVersion | None:
+    """The version to keep when nothing changed since it was built, judged without reading a
+    vector: every item or vector write takes a new catalogue revision, so the same revision,
+    embedder, model and index kind mean the same index (the fingerprint check below covers
+    everything else, at the cost of reading every vector)."""
+    with db.read() as session:
+        current = (
+            active_index_version(session)
+            if activate
+            else latest_index_version_for_model(session, model_version_id, model_name)
+        )
+        if (
+            current is None
+            or current.catalogue_revision != catalogue_revision(session)
+            or current.embedder_model != model_name
+            or current.model_version_id != model_version_id
+            or current.kind != choose_kind(current.item_count, exact_max_items)
+            or not Path(current.path).exists()
+        ):
+            return None
+        session.expunge(current)
+    log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
+    return current
+
+
 def build_index(
     db: Database,
     embedder: Embedder,
@@ -147,6 +179,12 @@ def build_index(
     committed at a time: a killed job loses at most one batch.
     """
     embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
+    if not full and not embedded:
+        current = _unchanged_version(
+            db, embedder.model_name, model_version_id, exact_max_items, activate=activate
+        )
+        if current is not None:
+            return ReindexResult(0, current.id, current.item_count, rebuilt=False)
     ids, raw, revision = load_live_vectors(db, embedder.model_name)
     dim = raw.shape[1] if len(ids) else embedder.dim
     kind_hint = f"exact<={exact_max_items}|{BUILD_SPEC}"

@@ -228,12 +228,25 @@ def stale_vector_ids(session: Session, model: str, *, limit: int | None = None) 
 def store_vectors(
     session: Session, model: str, dim: int, vectors: Iterable[tuple[int, str, bytes]]
 ) -> None:
-    """Record (item id, content hash the vector was made from, float32 bytes) for each item."""
+    """Record (item id, content hash the vector was made from, float32 bytes) for each item.
+
+    A new vector is a catalogue change like any other: it takes a new revision, so servers
+    overlay the item and a reindex can trust "same revision" to mean "same vectors".
+    """
+    revision: int | None = None
     for item_id, made_from_hash, vector in vectors:
+        if revision is None:
+            revision = next_revision(session)
         session.execute(
             update(Item)
             .where(Item.id == item_id)
-            .values(vector=vector, vector_dim=dim, vector_model=model, vector_hash=made_from_hash)
+            .values(
+                vector=vector,
+                vector_dim=dim,
+                vector_model=model,
+                vector_hash=made_from_hash,
+                revision=revision,
+            )
         )
 
 

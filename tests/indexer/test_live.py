@@ -5,9 +5,18 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+import indexer.reindex as reindex
 from indexer.live import LiveIndex
 from indexer.reindex import build_index
-from store.items import ItemInput, delete_item, ids_by_external, store_vectors, upsert_items
+from store.items import (
+    ItemInput,
+    catalogue_revision,
+    delete_item,
+    ids_by_external,
+    store_vectors,
+    upsert_items,
+)
+from store.models import Item
 
 DIM = 8
 
@@ -104,3 +113,34 @@ def test_items_are_searchable_before_any_index_is_published(db, embedder):
     live.refresh()
     assert live.loaded
     assert [h.item_id for h in live.search(embedder.embed(["Title only"])[0], 5)] == [ids["only"]]
+
+
+def test_an_unchanged_catalogue_is_recognised_without_reading_a_vector(
+    db, embedder, tmp_path, monkeypatch
+):
+    """Same catalogue revision, same embedder and model: no vector is read. Any write in
+    between (here: a vector stored outside an upsert) takes a revision and forces the check."""
+    ids = _add(db, embedder, [f"a{n}" for n in range(5)])
+    first = build_index(db, embedder, tmp_path, exact_max_items=1000)
+
+    def no_vectors(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("vectors read for an unchanged catalogue")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reindex, "load_live_vectors", no_vectors)
+        again = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert (again.rebuilt, again.index_version_id) == (False, first.index_version_id)
+
+    with db.write() as session:
+        before = catalogue_revision(session)
+        vector = embedder.embed(["something else entirely"])[0]
+        item = session.get(Item, ids["a0"])
+        store_vectors(
+            session,
+            embedder.model_name,
+            embedder.dim,
+            [(item.id, item.content_hash, vector.tobytes())],
+        )
+        assert catalogue_revision(session) > before
+    changed = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert changed.rebuilt and changed.index_version_id != first.index_version_id
