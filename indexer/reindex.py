@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from indexer.embedder import Embedder
-from indexer.vector_index import BUILD_SPEC, VectorIndex, choose_kind
+from indexer.vector_index import BUILD_SPEC, IVF, CalibrationSample, VectorIndex, choose_kind
 from store.db import Database
 from store.items import (
     catalogue_revision,
@@ -168,11 +168,13 @@ def build_index(
     batch_size: int = 512,
     progress: bool = False,
     activate: bool = True,
+    calibration: Callable[[], CalibrationSample | None] | None = None,
 ) -> ReindexResult:
     """Embed stale items, then build and publish a new active index version if anything changed.
 
     With ``activate`` false the version is published beside the active one (an experiment's
     index for another model); "unchanged" then compares with the newest index for that model.
+    ``calibration`` gives users' queries (in the index's space) to tune an approximate index on.
 
     ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
     re-embeds items whose stored vectors are current). ``batch_size`` items are embedded and
@@ -204,8 +206,14 @@ def build_index(
             log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
             return ReindexResult(embedded, current.id, current.item_count, rebuilt=False)
     vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
+    needs_calibration = choose_kind(len(ids), exact_max_items) == IVF and calibration is not None
     index = (
-        VectorIndex.build(ids, vectors, exact_max_items=exact_max_items)
+        VectorIndex.build(
+            ids,
+            vectors,
+            exact_max_items=exact_max_items,
+            calibration=calibration() if needs_calibration else None,
+        )
         if len(ids)
         else VectorIndex.empty(vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else dim)
     )

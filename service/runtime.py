@@ -15,6 +15,7 @@ from indexer.catalogue import UpsertResult, delete_from_catalogue, upsert_catalo
 from indexer.embedder import Embedder, LazyEmbedder, load_embedder
 from indexer.live import LiveIndex
 from indexer.reindex import ReindexResult, build_index
+from interest.calibration import user_query_sample
 from interest.experiments import ExperimentRouter
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
 from interest.rebuild import rebuild_profiles
@@ -181,6 +182,7 @@ class Runtime:
             batch_size=batch_size or self.settings.embed_batch_size,
             progress=progress,
             activate=activate,
+            calibration=lambda: user_query_sample(self.db, self.encoders.get(model_id)),
         )
         if activate:
             self.index.refresh(force=True)

@@ -314,6 +314,20 @@ def _update_profiles_statement() -> Update:
     )
 
 
+def sample_profile_rows(session: Session, n: int, *, max_events: int) -> list[Row]:
+    """Up to ``n`` random non-empty profiles (state columns) of users with at most
+    ``max_events`` events."""
+    profiles = Profile.__table__.c
+    return list(
+        session.execute(
+            select(*(profiles[name] for name in PROFILE_STATE_COLUMNS))
+            .where(profiles.event_count > 0, profiles.event_count <= max_events)
+            .order_by(func.random())
+            .limit(n)
+        )
+    )
+
+
 def get_profile(session: Session, user_id: int) -> Profile | None:
     return session.get(Profile, user_id)
 
