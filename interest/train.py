@@ -484,10 +484,11 @@ def choose_cold_weights(
         return float((ranks[cold_targets] <= 10).mean())
 
     log.info(
-        "train cold weight=%g text_in weight=%g time-cut validation_ndcg10=%.4f",
+        "train cold weight=%g text_in weight=%g time-cut validation_ndcg10=%.4f without_text_in=%s",
         cold_weight,
         text_in_weight,
         value,
+        None if best_without_text_in is None else f"{best_without_text_in:.4f}",
     )
     without_cold = grid.get(f"text_in={text_in_weight:g},weight=0")
     return (
