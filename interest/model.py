@@ -17,7 +17,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,10 @@ class LinearConfig:
     #: through items nobody had touched at training time (new releases, the long tail) is likely
     #: to go on doing so, and only this term can tell: their ``V`` is only a text prediction.
     cold_weight: float = 0.0
+    #: Weight of buffered events on items the model has no row for in the linear blend (0:
+    #: they add nothing): such an item's input vector is its raw text vector through
+    #: ``text_in``. The raw vectors come with the profile state (``ProfileState.text_vectors``).
+    text_in_weight: float = 0.0
 
 
 @dataclass
@@ -94,17 +98,42 @@ class InterestModel:
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
 
-    def query(self, recent: Sequence[tuple[float, int, float]], t_ref: float) -> np.ndarray:
+    def query(
+        self,
+        recent: Sequence[tuple[float, int, float]],
+        t_ref: float,
+        text_vectors: Mapping[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """The weighted blend of the input vectors of the most recent events.
 
         Weights are the events' own (type) weights times the recency curve: the learned one of
-        the correction network, or the exponential with the chosen half-life. The linear part
-        only; `encode` adds the content and cold terms.
+        the correction network, or the exponential with the chosen half-life. Events on items
+        without a row count through ``text_vectors[item_id] @ text_in`` when the text-in
+        weight is on and the vector is given, else not at all. The linear part only; `encode`
+        adds the content and cold terms.
         """
-        return self._linear_query(recent, t_ref)[0].astype(np.float32)
+        return self._linear_query(recent, t_ref, text_vectors or {})[0].astype(np.float32)
+
+    def missing_text_vectors(self, state: ProfileState) -> list[int]:
+        """Catalogue ids in the blended window that the query would map through ``text_in``
+        but whose raw vector ``state.text_vectors`` lacks: what the caller fetches (nothing
+        when the text-in weight is off or every buffered item has a row)."""
+        if self.config.text_in_weight <= 0:
+            return []
+        window = state.recent[-self.config.buffer_size :]
+        return sorted(
+            {
+                item_id
+                for _, item_id, _ in window
+                if item_id >= 0 and item_id not in self._row and item_id not in state.text_vectors
+            }
+        )
 
     def _linear_query(
-        self, recent: Sequence[tuple[float, int, float]], t_ref: float
+        self,
+        recent: Sequence[tuple[float, int, float]],
+        t_ref: float,
+        text_vectors: Mapping[int, np.ndarray],
     ) -> tuple[np.ndarray, float]:
         """(query with the linear part filled in, float64; share of the recency weight that
         falls on items the model has no vectors for)."""
@@ -115,27 +144,42 @@ class InterestModel:
             q[-1] = 1.0  # picks up each item's bias
         if not window:
             return q, 0.0
-        rows = self.rows([item_id for _, item_id, _ in window])
+        ids = [item_id for _, item_id, _ in window]
+        rows = self.rows(ids)
         ages = t_ref - np.array([t for t, _, _ in window])
         weights = np.array([w for _, _, w in window])
         known = rows >= 0
+        # Events on items without a row that enter the blend through their text vector.
+        texted = ~known
+        if self.config.text_in_weight > 0:
+            texted &= np.array([item_id in text_vectors for item_id in ids])
+        else:
+            texted[:] = False
+        blended = known | texted
         if self.correction is not None:
             weights = weights * self.correction.event_weights(ages)
-            linear = weights[known]
+            linear = weights
         elif not np.isinf(self.config.half_life_s):
             decay = np.exp(-LN2 * ages / self.config.half_life_s)
             # The ranking does not depend on the query's scale (the content and cold terms
-            # scale with it), so the known items' curve starts at the newest of them: with a
+            # scale with it), so the blended items' curve starts at the newest of them: with a
             # short half-life and newer events on unknown items, the plain curve underflows
             # to a zero query, which ranks nothing.
-            newest = ages[known].min() if known.any() else 0.0
-            linear = weights[known] * np.exp(
-                -LN2 * (ages[known] - newest) / self.config.half_life_s
+            # (Only blended events: a newer unblended one would overflow the curve.)
+            newest = ages[blended].min() if blended.any() else 0.0
+            linear = np.zeros_like(weights)
+            linear[blended] = weights[blended] * np.exp(
+                -LN2 * (ages[blended] - newest) / self.config.half_life_s
             )
             weights = weights * decay
         else:
-            linear = weights[known]
-        q[:rank] += linear @ self.u[rows[known]]
+            linear = weights
+        q[:rank] += linear[known] @ self.u[rows[known]]
+        if texted.any():
+            raw = np.stack([text_vectors[ids[i]] for i in np.flatnonzero(texted)])
+            q[:rank] += self.config.text_in_weight * (
+                linear[texted] @ (raw.astype(np.float64) @ self.text_in)
+            )
         total = float(weights.sum())
         cold_share = float(weights[~known].sum()) / total if total > 0 else 0.0
         return q, cold_share
@@ -145,7 +189,9 @@ class InterestModel:
         rank = self.v.shape[1]
         queries = np.zeros((len(states), self.dim), dtype=np.float64)
         for row, state in enumerate(states):
-            queries[row], cold_share = self._linear_query(state.recent, state.ref_time)
+            queries[row], cold_share = self._linear_query(
+                state.recent, state.ref_time, state.text_vectors
+            )
             # The content and cold terms are on the linear scores' scale; with no known item
             # in the buffer there are no linear scores, and any positive scale ranks the same.
             linear_norm = float(np.linalg.norm(queries[row, :rank])) or 1.0

@@ -65,6 +65,11 @@ class ProfileState:
     ref_time: float = 0.0
     recent: list[tuple[float, int, float]] = field(default_factory=list)
     event_count: int = 0
+    #: Raw embedder vectors of buffered items, by item id, supplied per request and never
+    #: stored: a trained model maps those it has no row for into its query (`InterestModel.
+    #: missing_text_vectors` says which ones it wants). Examples of an anonymous request that
+    #: are not catalogue items have negative ids, one each.
+    text_vectors: dict[int, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, half_lives: Sequence[float], dim: int) -> ProfileState:

@@ -28,6 +28,10 @@ class QueryEncoder(Protocol):
         """Map raw embedder vectors of items (rows) to the index's space."""
         ...
 
+    def missing_text_vectors(self, state: ProfileState) -> list[int]:
+        """Ids of buffered items whose raw vectors `encode` would use but ``state`` lacks."""
+        ...
+
 
 def normalise(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
@@ -52,3 +56,6 @@ class PlainBlend:
 
     def item_vectors(self, item_ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(raw, dtype=np.float32)
+
+    def missing_text_vectors(self, state: ProfileState) -> list[int]:
+        return []  # the accumulators already hold every event's vector

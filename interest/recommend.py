@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from indexer.live import LiveIndex
 from indexer.vector_index import Hit
 from interest.controls import Contribution, Controls, contributions, exponential_decay, mmr
+from interest.ingest import raw_vectors
 from interest.profile import ProfileState, state_from_row
 from interest.query import QueryEncoder, normalise
 from interest.registry import EncoderRegistry
@@ -138,6 +139,7 @@ class Recommender:
         now = time.time() if now is None else now
         model_version = self.index.model_version_id
         encoder = self.encoders.get(model_version)
+        state = self._with_text_vectors(state, encoder, session)
         query = encoder.encode([state], now)[0]
         if controls is not None:
             return self._for_state_controlled(
@@ -147,6 +149,18 @@ class Recommender:
         return Recommendation(
             self._describe(hits, session), PERSONALIZED, self.index.version_id, model_version
         )
+
+    def _with_text_vectors(
+        self, state: ProfileState, encoder: QueryEncoder, session: Session | None
+    ) -> ProfileState:
+        """``state`` with the stored raw vectors of the buffered items the encoder maps from
+        text (items newer than the model); one query, and none when there are no such items."""
+        wanted = encoder.missing_text_vectors(state)
+        if not wanted:
+            return state
+        with self._reading(session) as reading:
+            found = raw_vectors(reading, wanted, self.settings.embedder_model)
+        return replace(state, text_vectors={**state.text_vectors, **found})
 
     # -- items -----------------------------------------------------------------------------
     def similar(

@@ -61,6 +61,8 @@ class TrainConfig:
     that the choice among candidates is not decided by the noise of one target per user).
     content_weight_grid: weights of the content term tried (0: linear model alone).
     cold_weight_grid: weights of the cold term tried (0: none), on the time-cut validation.
+    text_in_weight_grid: weights of buffered unseen items' text-mapped input vectors in the
+    query tried (0: none), with each cold weight, on the time-cut validation.
     time_cut_quantile: the time-cut validation holds out the events after this quantile of
     event times (the replay protocol's 90%).
 
@@ -79,6 +81,7 @@ class TrainConfig:
     max_validation_targets: int = 6_000
     content_weight_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0)
     cold_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    text_in_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     time_cut_quantile: float = 0.9
     use_correction: bool = True
     correction_learning_rate: float = 0.01
@@ -340,7 +343,8 @@ class ItemSideTerms:
 
     Items without events in the validation fit are scored as serving scores items the model has
     not seen: ``V`` from the ridge map of their text (fitted on the other items), a 1 in the
-    cold coordinate, and no input vector in the query.
+    cold coordinate, and in the query their text through the ``text_in`` ridge map, with the
+    text-in weight (`with_text_in`; none in ``linear``).
     """
 
     linear: np.ndarray  # (targets, items) q . V
@@ -348,12 +352,31 @@ class ItemSideTerms:
     scale: np.ndarray  # (targets, 1) |q| * median |V|: the terms' common scale
     cold_share: np.ndarray  # (targets, 1) recency weight share of cold items in the buffer
     cold: np.ndarray  # (items,) 1.0 for items without events in the validation fit
+    # With the text-in term the curve starts at the newest buffered event (every item in a
+    # validation buffer has a text vector): the known items' and the unseen items' parts of
+    # the query on that curve, the index vectors, and median |V|.
+    query_known: np.ndarray  # (targets, rank)
+    query_text: np.ndarray  # (targets, rank) before the text-in weight
+    v_all: np.ndarray  # (items, rank)
+    v_median: float
 
     def scores(self, content_weight: float, cold_weight: float) -> np.ndarray:
         out = self.linear + (content_weight * self.scale) * self.content
         if cold_weight > 0:
             out += (cold_weight * self.scale * self.cold_share) * self.cold[None, :]
         return out
+
+    def with_text_in(self, weight: float) -> ItemSideTerms:
+        """The same terms with buffered unseen items in the query at ``weight`` (0: as is)."""
+        if weight <= 0:
+            return self
+        query = self.query_known + weight * self.query_text
+        norm = np.linalg.norm(query, axis=1, keepdims=True)
+        return dataclasses.replace(
+            self,
+            linear=(query @ self.v_all.T).astype(np.float32),
+            scale=(np.where(norm > 0, norm, 1.0) * self.v_median).astype(np.float32),
+        )
 
 
 def item_side_terms(
@@ -380,12 +403,18 @@ def item_side_terms(
     blend = history_rows(validation.histories, n_items, content_half_life_s) @ validation.text
     blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
     query_norm = np.linalg.norm(query, axis=1, keepdims=True)
+    v_median = median_norm(v[warm])
+    text_in = text_map(validation.text[warm], u[warm])
     return ItemSideTerms(
         linear=(query @ v_all.T).astype(np.float32),
         content=(blend @ np.vstack([validation.text, validation.extra_text]).T).astype(np.float32),
-        scale=(np.where(query_norm > 0, query_norm, 1.0) * median_norm(v[warm])).astype(np.float32),
+        scale=(np.where(query_norm > 0, query_norm, 1.0) * v_median).astype(np.float32),
         cold_share=cold_share.astype(np.float32),
         cold=cold.astype(np.float32),
+        query_known=buffer_weights[:, warm] @ u[warm],
+        query_text=buffer_weights[:, ~warm] @ (validation.text[~warm] @ text_in),
+        v_all=v_all,
+        v_median=v_median,
     )
 
 
@@ -410,48 +439,75 @@ def choose_content_weight(
     }
 
 
-def choose_cold_weight(
+def choose_cold_weights(
     validation: ValidationSet,
     l2: float,
     half_life: float,
     content_half_life_s: float,
     content_weight: float,
     config: TrainConfig,
-) -> tuple[float, dict[str, Any]]:
-    """Pick the cold term's weight by NDCG@10 on the time-cut validation (0: no cold term).
+) -> tuple[float, float, dict[str, Any]]:
+    """Pick the cold term's weight and the text-in weight together by NDCG@10 on the time-cut
+    validation; return (cold weight, text-in weight, metrics). 0 switches either off.
 
     There, as in service, items first seen after the cut are targets and items with no event
     at all compete in every ranking; only the content and cold terms can rank such items, and
-    the choice weighs that against what the cold term costs on the other targets. (Each user's
-    latest events cannot judge this: their histories are almost all on items with events.)
+    the choice weighs that against what the cold term costs on the other targets. The text-in
+    weight decides how much buffered events on such items move the linear query (their text
+    mapped to an input vector). (Each user's latest events cannot judge this: their histories
+    are almost all on items with events.)
     """
     terms = item_side_terms(validation, l2, half_life, content_half_life_s, config)
-    weight, value, grid = _best_weight(
-        validation, config.cold_weight_grid, lambda w: terms.scores(content_weight, w)
-    )
+    grid: dict[str, float] = {}
+    best = (-1.0, config.cold_weight_grid[0], config.text_in_weight_grid[0])
+    best_without_text_in: float | None = None
+    for text_in_weight in config.text_in_weight_grid:
+        with_text = terms.with_text_in(text_in_weight)
+        cold_weight, value, values = _best_weight(
+            validation,
+            config.cold_weight_grid,
+            lambda w, t=with_text: t.scores(content_weight, w),
+        )
+        grid.update({f"text_in={text_in_weight:g},{k}": v for k, v in values.items()})
+        if text_in_weight == 0:
+            best_without_text_in = value
+        if value > best[0] + 1e-12:
+            best = (value, cold_weight, text_in_weight)
+    value, cold_weight, text_in_weight = best
     cold_targets = terms.cold[validation.targets] > 0
 
-    def cold_hit_rate(cold_weight: float) -> float | None:
+    def cold_hit_rate(cold: float, text_in: float) -> float | None:
         if not cold_targets.any():
             return None
-        ranks = target_ranks(
-            terms.scores(content_weight, cold_weight), validation.targets, validation.seen
-        )
+        scores = terms.with_text_in(text_in).scores(content_weight, cold)
+        ranks = target_ranks(scores, validation.targets, validation.seen)
         return float((ranks[cold_targets] <= 10).mean())
 
-    log.info("train cold weight=%g time-cut validation_ndcg10=%.4f", weight, value)
-    return weight, {
-        "cold_weight": weight,
-        "time_cut_validation_ndcg@10": value,
-        "time_cut_validation_ndcg@10_without_cold": grid["weight=0"]
-        if "weight=0" in grid
-        else None,
-        "time_cut_validation_targets": len(validation.targets),
-        "time_cut_validation_cold_targets": int(cold_targets.sum()),
-        "time_cut_validation_cold_hr@10": cold_hit_rate(weight),
-        "time_cut_validation_cold_hr@10_without_cold": cold_hit_rate(0.0),
-        "cold_grid": grid,
-    }
+    log.info(
+        "train cold weight=%g text_in weight=%g time-cut validation_ndcg10=%.4f without_text_in=%s",
+        cold_weight,
+        text_in_weight,
+        value,
+        None if best_without_text_in is None else f"{best_without_text_in:.4f}",
+    )
+    without_cold = grid.get(f"text_in={text_in_weight:g},weight=0")
+    return (
+        cold_weight,
+        text_in_weight,
+        {
+            "cold_weight": cold_weight,
+            "text_in_weight": text_in_weight,
+            "time_cut_validation_ndcg@10": value,
+            "time_cut_validation_ndcg@10_without_cold": without_cold,
+            "time_cut_validation_ndcg@10_without_text_in": best_without_text_in,
+            "time_cut_validation_targets": len(validation.targets),
+            "time_cut_validation_cold_targets": int(cold_targets.sum()),
+            "time_cut_validation_cold_hr@10": cold_hit_rate(cold_weight, text_in_weight),
+            "time_cut_validation_cold_hr@10_without_cold": cold_hit_rate(0.0, text_in_weight),
+            "time_cut_validation_cold_hr@10_without_text_in": cold_hit_rate(cold_weight, 0.0),
+            "cold_grid": grid,
+        },
+    )
 
 
 def _best_weight(
@@ -618,8 +674,8 @@ def train(
     content_weight, content_metrics = choose_content_weight(
         validation, l2, half_life, content_half_life_s, config
     )
-    cold_weight, cold_metrics = (
-        choose_cold_weight(
+    cold_weight, text_in_weight, cold_metrics = (
+        choose_cold_weights(
             ValidationSet.build_time_cut(data, config, buffer_size),
             l2,
             half_life,
@@ -627,8 +683,8 @@ def train(
             content_weight,
             config,
         )
-        if any(w > 0 for w in config.cold_weight_grid)
-        else (0.0, {"cold_weight": 0.0})
+        if any(w > 0 for w in (*config.cold_weight_grid, *config.text_in_weight_grid))
+        else (0.0, 0.0, {"cold_weight": 0.0, "text_in_weight": 0.0})
     )
     model = fit_linear(data, l2, half_life, config, buffer_size)
     model.config = dataclasses.replace(
@@ -637,6 +693,7 @@ def train(
         content_half_life_s=content_half_life_s,
         v_scale=median_norm(model.v),
         cold_weight=cold_weight,
+        text_in_weight=text_in_weight,
     )
     if correction is not None:
         model.correction = correction
@@ -664,6 +721,7 @@ def publish(runtime: RuntimeLike, model: InterestModel, *, activate: bool) -> in
         "buffer_size": model.config.buffer_size,
         "content_weight": model.config.content_weight,
         "cold_weight": model.config.cold_weight,
+        "text_in_weight": model.config.text_in_weight,
     }
     with runtime.db.write() as session:
         version = add_model_version(

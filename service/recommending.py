@@ -223,7 +223,9 @@ def state_from_examples(
     """An in-memory profile from the examples, the skipped ones, and the example items' ids.
 
     Examples are folded in the order given, one second apart, so the last is the most recent.
-    Unknown item ids (and items without a vector yet) are skipped, not an error.
+    Unknown item ids (and items without a vector yet) are skipped, not an error. The state
+    carries every example's raw vector (a trained model maps those of items it has no row for
+    into its query); text and vector examples stand in the buffer as ids ``-1 - index``.
     """
     dim = runtime.embedding_dim
     state = ProfileState.empty(runtime.settings.half_lives, dim)
@@ -236,7 +238,7 @@ def state_from_examples(
     embedded = iter(runtime.embedder.embed(texts)) if texts else iter(())
     used: set[int] = set()
     for index, example in enumerate(examples):
-        item_id = -1
+        item_id = -1 - index
         if example.item_id is not None:
             internal = ids.get(example.item_id)
             if internal is None or internal not in vectors:
@@ -256,6 +258,7 @@ def state_from_examples(
                 )
         at = now - (len(examples) - index)
         state.apply(vector, example.weight, at, item_id, runtime.settings.recent_buffer_size)
+        state.text_vectors[item_id] = vector
     return state, skipped, used
 
 

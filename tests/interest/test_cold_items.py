@@ -12,7 +12,7 @@ from interest.train import (
     TrainConfig,
     TrainingData,
     ValidationSet,
-    choose_cold_weight,
+    choose_cold_weights,
     hold_out_after,
 )
 from tests.interest.conftest import small_model
@@ -111,10 +111,10 @@ def _time_cut_data(explorers_stay_on_new_items: bool) -> TrainingData:
 
 @pytest.mark.parametrize("stay", [True, False])
 def test_cold_weight_is_chosen_on_time_cut_validation_by_what_follows_new_items(stay):
-    config = TrainConfig(time_cut_quantile=0.5, rank=64)
+    config = TrainConfig(time_cut_quantile=0.5, rank=64, text_in_weight_grid=(0.0,))
     validation = ValidationSet.build_time_cut(_time_cut_data(stay), config, buffer_size=50)
     assert validation.extra_text.shape[0] == 10  # items with no event compete too
-    weight, metrics = choose_cold_weight(
+    weight, _, metrics = choose_cold_weights(
         validation,
         l2=1.0,
         half_life=math.inf,

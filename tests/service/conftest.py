@@ -10,6 +10,7 @@ Auth is on, as in production: each app gets an admin key (``app.config["ADMIN_KE
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -184,3 +185,31 @@ def client(app: Flask) -> Iterator[FlaskClient]:
 @pytest.fixture
 def runtime(app: Flask):
     return app.extensions["driftrec"]
+
+
+def train_on_theme_fans(client: FlaskClient, runtime, config=None) -> tuple[int, list[dict]]:
+    """Catalogue through the API, then six fans each of space, food and music with four likes
+    a minute apart an hour ago; train a model (``config``: an `interest.train.TrainConfig`) and
+    reindex for it. Returns the model version and the events."""
+    from interest.train import train
+
+    assert client.put("/v1/items", json={"items": catalogue_items()}).status_code == 200
+    now = time.time()
+    events = [
+        {
+            "id": f"{theme}-{user}-{n}",
+            "user_id": f"{theme}-fan-{user}",
+            "item_id": f"{theme}-{(user + n) % 6}",
+            "type": "like",
+            "timestamp": now - 3600 + 60 * n,
+        }
+        for theme in ("space", "food", "music")
+        for user in range(6)
+        for n in range(4)
+    ]
+    for start in (0, 36):
+        batch = {"events": events[start : start + 36]}
+        assert client.post("/v1/events", json=batch).get_json()["accepted"] == 36
+    version = train(runtime, config=config)
+    runtime.reindex()
+    return version, events

@@ -244,32 +244,13 @@ def test_bad_controls_are_422(client, method, query_or_body, message):
 
 def test_explain_with_a_trained_model(app_builder, embedder, tmp_path):
     """With a model active, answers say correction_network and explain by the model's recency."""
-    from interest.train import train
-    from tests.service.conftest import admin_client, catalogue_items
+    from tests.service.conftest import admin_client, train_on_theme_fans
 
     app = app_builder(f"sqlite:///{tmp_path / 'model.db'}", tmp_path / "data", embedder)
     runtime = app.extensions["driftrec"]
     try:
         client = admin_client(app)
-        assert client.put("/v1/items", json={"items": catalogue_items()}).status_code == 200
-        now = time.time()
-        events = [
-            {
-                "id": f"{theme}-{user}-{n}",
-                "user_id": f"{theme}-fan-{user}",
-                "item_id": f"{theme}-{(user + n) % 6}",
-                "type": "like",
-                "timestamp": now - 3600 + 60 * n,
-            }
-            for theme in ("space", "food", "music")
-            for user in range(6)
-            for n in range(4)
-        ]
-        for start in (0, 36):
-            batch = {"events": events[start : start + 36]}
-            assert client.post("/v1/events", json=batch).get_json()["accepted"] == 36
-        version = train(runtime)
-        runtime.reindex()
+        version, events = train_on_theme_fans(client, runtime)
         body = _get(client, "space-fan-0", "k=4&explain=true")
         assert body["model_version"] == version and body["served_by"] == "correction_network"
         assert body["strategy"] == "personalized"
