@@ -19,7 +19,7 @@ from interest.query import QueryEncoder
 from store.db import Database
 from store.events import sample_profile_rows, seen_item_ids
 
-#: Users sampled; fewer than `MIN_USERS` with events and the synthetic queries are used.
+#: Users sampled (evenly over user ids); with fewer than `MIN_USERS` the synthetic queries are used.
 USERS = 200
 MIN_USERS = 50
 #: Heavier users are left out: the exact top-k behind each calibration query must reach past
@@ -28,7 +28,8 @@ MAX_EVENTS = 1_000
 
 
 def user_query_sample(db: Database, encoder: QueryEncoder) -> CalibrationSample | None:
-    """Up to `USERS` random users' queries and seen items, or None with too few users."""
+    """`USERS` users' queries and seen items (evenly spread over user ids), or None with too
+    few users."""
     with db.read() as session:
         rows = sample_profile_rows(session, USERS, max_events=MAX_EVENTS)
         if len(rows) < MIN_USERS:
