@@ -44,18 +44,27 @@ def _request(mode: str, rng: random.Random, args: argparse.Namespace, counter: l
         size = int(mode.removeprefix("events"))
         counter[0] += 1
         stamp = time.time()
+        users = [rng.randrange(args.users) for _ in range(size)]
         events = [
             {
                 "id": f"{args.tag}-{threading.get_ident()}-{counter[0]}-{i}",
-                "user_id": f"u{rng.randrange(args.users)}",
-                "item_id": f"b{rng.randrange(1, args.items + 1)}",
+                "user_id": f"u{user}",
+                "item_id": _event_item(user, rng, args),
                 "type": "view",
                 "timestamp": stamp,
             }
-            for i in range(size)
+            for i, user in enumerate(users)
         ]
         return "POST", "/v1/events", json.dumps({"events": events})
     raise ValueError(f"unknown mode {mode!r}")
+
+
+def _event_item(user: int, rng: random.Random, args: argparse.Namespace) -> str:
+    """A random catalogue item, or with ``--user-items`` one of the user's own items (a repeat
+    view keeps the profile within the user's tastes, as real traffic mostly does; random items
+    would turn every profile into a blend of the whole catalogue)."""
+    own = args.user_item_lists[user] if args.user_item_lists else None
+    return f"b{rng.choice(own)}" if own else f"b{rng.randrange(1, args.items + 1)}"
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -175,7 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s in all")
     parser.add_argument("--window", type=float, default=0.0, help="per-window figures, seconds")
     parser.add_argument("--tag", default=f"bench{int(time.time())}")
+    parser.add_argument("--user-items", help="JSON list: user index -> that user's item ids")
     args = parser.parse_args(argv)
+    args.user_item_lists = None
+    if args.user_items:
+        with open(args.user_items, encoding="utf-8") as handle:
+            args.user_item_lists = json.load(handle)
     json.dump(run(args), sys.stdout)
     sys.stdout.write("\n")
 

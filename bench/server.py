@@ -153,6 +153,7 @@ class Server:
         seed: int = 1,
         rate: float = 0.0,
         window: float = 0.0,
+        user_items: Path | None = None,
     ) -> list[str]:
         """The `bench.loadgen` command line against this server (``rate``: open loop)."""
         argv = [
@@ -178,6 +179,8 @@ class Server:
             argv += ["--rate", str(rate)]
         if window:
             argv += ["--window", str(window)]
+        if user_items is not None:
+            argv += ["--user-items", str(user_items)]
         return argv
 
     # -- memory ----------------------------------------------------------------------------

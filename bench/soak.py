@@ -8,9 +8,13 @@
    open-loop), and halfway through `driftrec reindex
    --full` rebuilds and publishes a new index version under the running server.
 4. Every 30 s window reports requests, errors, p50 and p99; server memory (PSS, RSS) is sampled
-   every 10 s. The run holds when nothing failed, the worst window's p99 stays within 3x the
-   median window's, and memory at the end is within 10% (+50 MiB) of memory after the first
-   window.
+   every 10 s. The run holds when nothing failed, the asked rate was sustained, no window's p99
+   exceeds 3x the steady state (the median window before the reindex), memory at the end is
+   within 10% (+50 MiB) of memory after the first window, and the rebuilt index was served.
+
+Events re-view each user's own items (their benchmark history): random catalogue items would
+turn every profile into a blend of the whole catalogue, a query no real user makes and the
+hardest one for an approximate index.
 
 Results go to ``bench/results/soak.json`` and ``soak.md``. Not part of `make test`.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -77,7 +82,17 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
             )
 
         recs = start("recommendations", rate=rate, window=WINDOW_S, seed=2)
-        events = start("events10", rate=event_rate, concurrency=2, window=WINDOW_S, seed=3)
+        # Events re-view each user's own items, so profiles keep their shape (see loadgen).
+        user_items = directory / "user-items.json"
+        user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
+        events = start(
+            "events10",
+            rate=event_rate,
+            concurrency=2,
+            window=WINDOW_S,
+            seed=3,
+            user_items=user_items,
+        )
         began = time.monotonic()
         memory: list[dict[str, float]] = []
         reindex: dict[str, Any] | None = None
@@ -119,17 +134,21 @@ def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """The checks. p99 is "stable" when no window's p99 exceeds `P99_SPREAD_LIMIT` times the
+    steady state: the median window p99 before the reindex."""
     recs, events = result["recommendations"], result["events"]
     windows = [w for w in recs["windows"] if w["requests"]]
     p99s = [w["p99_ms"] for w in windows]
-    median_p99 = statistics.median(p99s)
+    reindex_at = (result["reindex"] or {}).get("at_s", math.inf)
+    before = [w["p99_ms"] for w in windows if w["start_s"] + WINDOW_S <= reindex_at] or p99s
+    steady_p99 = statistics.median(before)
     memory = result["memory"]
     settled = next((m for m in memory if m["at_s"] >= WINDOW_S), memory[0])
     end = memory[-1]
     growth = (end["pss_mib"] - settled["pss_mib"]) / settled["pss_mib"]
     checks = {
         "no_errors": recs["errors"] == 0 and events["errors"] == 0,
-        "p99_stable": max(p99s) <= P99_SPREAD_LIMIT * median_p99,
+        "p99_stable": max(p99s) <= P99_SPREAD_LIMIT * steady_p99,
         "memory_flat": end["pss_mib"]
         <= settled["pss_mib"] * (1 + MEMORY_GROWTH_LIMIT) + MEMORY_SLACK_MIB,
         "achieved_rate": recs["qps"] >= 0.95 * result["rate"],
@@ -139,7 +158,7 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     return {
         **checks,
         "holds": all(checks.values()),
-        "p99_median_window_ms": median_p99,
+        "p99_steady_ms": steady_p99,
         "p99_worst_window_ms": max(p99s),
         "memory_pss_settled_mib": settled["pss_mib"],
         "memory_pss_end_mib": end["pss_mib"],
@@ -163,7 +182,7 @@ def render(result: dict[str, Any]) -> str:
         f"{events['errors']} of {events['requests']} | {_yes(v['no_errors'])} |",
         f"| achieved rate | {recs['qps']:.1f} qps of {result['rate']:.1f} asked | "
         f"{_yes(v['achieved_rate'])} |",
-        f"| p99 per 30 s window | median {v['p99_median_window_ms']:.1f} ms, worst "
+        f"| p99 per 30 s window | {v['p99_steady_ms']:.1f} ms before the reindex (median), worst "
         f"{v['p99_worst_window_ms']:.1f} ms (limit x{P99_SPREAD_LIMIT:g}) | "
         f"{_yes(v['p99_stable'])} |",
         f"| server memory (PSS) | {v['memory_pss_settled_mib']:.0f} MiB after the first window, "
