@@ -120,10 +120,6 @@ class _Group(click.Group):
             raise CliError(f"database error: {reason}") from exc
 
 
-#: Commands that serve requests (or start a server) keep their priority.
-SERVING_COMMANDS = frozenset({"serve", "demo"})
-
-
 @click.group(cls=_Group)
 @click.version_option(package_name="driftrec", message="%(prog)s %(version)s")
 @click.pass_context
@@ -137,10 +133,6 @@ def cli(ctx: click.Context) -> None:
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
     _configure_logging(settings.log_level)
-    if ctx.invoked_subcommand not in SERVING_COMMANDS and settings.job_nice > 0:
-        # A job beside a server yields the CPU to it: on a 70%-loaded 2-core server a full
-        # reindex at normal priority queued requests for seconds (bench.soak).
-        os.nice(settings.job_nice)
     app = App(settings)
     ctx.obj = app
     ctx.call_on_close(app.close)

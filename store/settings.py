@@ -69,9 +69,6 @@ class Settings:
     auth_cache_s: float = 5.0
     #: How long a recommendation answer's next pages stay available (seconds since last page).
     recommendation_ttl_s: float = 3600.0
-    #: CPU priority (nice increment) of jobs (every command but `serve`), so a reindex or a
-    #: training run on a server's machine takes the cores the server leaves. 0: unchanged.
-    job_nice: int = 10
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -125,7 +122,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
         "DRIFTREC_AUTH_CACHE_S": ("auth_cache_s", float),
         "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
-        "DRIFTREC_JOB_NICE": ("job_nice", int),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

@@ -15,6 +15,4 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         "DRIFTREC_DATA_DIR": str(data_dir),
         "DRIFTREC_DATABASE_URL": f"sqlite:///{data_dir / 'driftrec.db'}",
         "HF_HUB_OFFLINE": "1",
-        # Jobs run in this process (CliRunner): keep pytest's own priority.
-        "DRIFTREC_JOB_NICE": "0",
     }

@@ -147,12 +147,3 @@ def test_unmigrated_database_names_the_fix(cli_env):
     assert served.returncode == 3
     assert "run `driftrec db upgrade`" in served.stderr
     assert "Traceback" not in served.stderr
-
-
-def test_jobs_run_at_lower_cpu_priority_than_servers(cli_env):
-    """A job yields the CPU to a server on the same machine (DRIFTREC_JOB_NICE)."""
-    before = os.nice(0)
-    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "1"}, "db", "upgrade"))
-    assert os.nice(0) == min(19, before + 1)
-    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "0"}, "db", "upgrade"))
-    assert os.nice(0) == min(19, before + 1)
