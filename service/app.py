@@ -17,7 +17,7 @@ from flask import Flask, Response, g, request
 
 from service.api import register_blueprints
 from service.api.common import METRICS_KEY, RUNTIME_KEY, get_metrics, get_runtime
-from service.auth import init_auth
+from service.auth import OPEN_ENDPOINTS, init_auth
 from service.errors import register_error_handlers
 from service.metrics import Metrics
 from service.runtime import Runtime
@@ -26,16 +26,8 @@ from store.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
-#: Endpoints that must answer without touching the database or the index.
-_NO_RUNTIME = {
-    "health.healthz",
-    "health.readyz",
-    "health.metrics",
-    "static",
-    "docs.spec",
-    "docs.page",
-    "ui.page",
-}
+#: Endpoints that must answer without touching the database or the index: the open ones.
+_NO_RUNTIME = OPEN_ENDPOINTS
 DEFAULT_MAX_CONTENT_LENGTH = 32 * 1024 * 1024
 
 

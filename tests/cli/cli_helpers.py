@@ -70,6 +70,16 @@ def fields(output: str, subject: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in lines[-1].split() if "=" in part)
 
 
+def prepare_movielens(env: dict[str, str], source: Path, work_dir: Path, movies: int) -> Path:
+    """A migrated database holding movies ``0:movies`` of ``source`` with all their ratings,
+    imported and indexed through the CLI; returns the MovieLens cut it imported."""
+    directory = write_movielens(source, work_dir / "ml", 0, movies)
+    ok(invoke(env, "db", "upgrade"))
+    ok(invoke(env, "import", "movielens", str(directory)))
+    ok(invoke(env, "reindex"))
+    return directory
+
+
 def spawn(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[bytes]:
     """Start `driftrec ARGS` as a separate process, its output going to ``log``."""
     with open(log, "wb") as out:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import fields, invoke, ok, write_movielens
+from cli_helpers import fields, invoke, ok, prepare_movielens
 from sqlalchemy import func, select
 
 from store.db import Database
@@ -49,16 +49,7 @@ def source(tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
         "DRIFTREC_DATA_DIR": str(tmp_path / "source"),
         "DRIFTREC_DATABASE_URL": f"sqlite:///{tmp_path / 'source.db'}",
     }
-    ok(invoke(env, "db", "upgrade"))
-    ok(
-        invoke(
-            env,
-            "import",
-            "movielens",
-            str(write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)),
-        )
-    )
-    ok(invoke(env, "reindex"))
+    prepare_movielens(env, movielens_dir, tmp_path, MOVIES)
     key = ok(invoke(env, "keys", "create", "--name", "backup", "--scope", "read")).stdout.strip()
     ok(
         invoke(

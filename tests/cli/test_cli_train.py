@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cli_helpers import fields, invoke, ok, spawn, write_movielens
+from cli_helpers import fields, invoke, ok, prepare_movielens, spawn
 from test_cli_serve import free_port, get, wait_ready
 
 from interest.experiments import CONTROL, TREATMENT, arm_for
@@ -17,19 +17,6 @@ from store.db import Database
 from store.versions import active_model_version, list_model_versions
 
 MOVIES = 300
-
-
-def _prepare(tmp_path: Path, env: dict[str, str], movielens_dir: Path) -> None:
-    ok(invoke(env, "db", "upgrade"))
-    ok(
-        invoke(
-            env,
-            "import",
-            "movielens",
-            str(write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)),
-        )
-    )
-    ok(invoke(env, "reindex"))
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -47,7 +34,7 @@ def test_running_server_picks_up_a_trained_model_and_follows_new_events(
     tmp_path, cli_env, movielens_dir
 ):
     env = {**cli_env, "DRIFTREC_RELOAD_INTERVAL_S": "0.5", "DRIFTREC_AUTH": "disabled"}
-    _prepare(tmp_path, env, movielens_dir)
+    prepare_movielens(env, movielens_dir, tmp_path, MOVIES)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
@@ -170,7 +157,7 @@ def _experiment_serves_both_models(env: dict[str, str], base: str, version: int,
 def test_killed_training_keeps_the_previous_model_and_a_rerun_completes(
     tmp_path, cli_env, movielens_dir
 ):
-    _prepare(tmp_path, cli_env, movielens_dir)
+    prepare_movielens(cli_env, movielens_dir, tmp_path, MOVIES)
     first = int(fields(ok(invoke(cli_env, "train")).stdout, "train")["model_version"])
     db = Database(cli_env["DRIFTREC_DATABASE_URL"])
     try:

@@ -114,8 +114,27 @@ def postgres_database(_postgres_admin: Engine, _migrated_postgres_template: str)
 
 @pytest.fixture(scope="module")
 def api_database_url(tmp_path_factory) -> str:
-    """SQLite by default; modules that must also run on PostgreSQL override this fixture."""
+    """SQLite by default; modules that must also run on PostgreSQL override this fixture with
+    `both_backends`."""
     return f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'driftrec.db'}"
+
+
+def both_backends(request, tmp_path_factory, postgres_database) -> Iterator[str]:
+    """A module's database on SQLite, then on PostgreSQL. Use it as the module's own fixture:
+    ``api_database_url = pytest.fixture(scope="module", params=BACKENDS)(both_backends)``."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'driftrec.db'}"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def new_user_id() -> str:
+    """A user id no other test uses (module-scoped apps share one database)."""
+    return f"u-{uuid.uuid4().hex[:8]}"
 
 
 def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:

@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 
+from tests.service.conftest import new_user_id
+
 #: Items with properties, written once per module beside the themed catalogue.
 PROPERTY_ITEMS = [
     {
@@ -51,10 +53,6 @@ def _shop(app):
     assert response.status_code == 200, response.get_json()
 
 
-def _user() -> str:
-    return f"u-{uuid.uuid4().hex[:8]}"
-
-
 def _events(client, user: str, items: list[str], kind: str = "like") -> None:
     now = time.time()
     events = [
@@ -87,7 +85,7 @@ def _theme(item_id: str) -> str:
 
 @pytest.fixture
 def space_fan(client) -> str:
-    user = _user()
+    user = new_user_id()
     _events(client, user, ["space-0", "space-1", "space-2", "space-4"])
     return user
 
@@ -172,7 +170,7 @@ def test_diversity_spreads_themes(client, space_fan):
 
 
 def test_explain_names_the_users_items_and_the_path(client):
-    user = _user()
+    user = new_user_id()
     _events(client, user, ["space-0", "space-1", "food-0"])
     body = _get(client, user, "k=5&explain=true")
     assert body["served_by"] == "decayed_blend" and body["model_version"] is None
@@ -190,7 +188,7 @@ def test_explain_names_the_users_items_and_the_path(client):
         contributions = [c["contribution"] for c in explanation["because"]]
         assert contributions == sorted(contributions, reverse=True)
 
-    cold = _get(client, f"nobody-{_user()}", "k=3&explain=true")
+    cold = _get(client, f"nobody-{new_user_id()}", "k=3&explain=true")
     assert cold["strategy"] == "cold_start" and cold["served_by"] == "cold_start"
     assert all(
         i["explanation"] == {"served_by": "cold_start", "because": []} for i in cold["items"]
@@ -198,7 +196,7 @@ def test_explain_names_the_users_items_and_the_path(client):
 
 
 def test_negative_feedback_pushes_away_and_excludes(client):
-    user = _user()
+    user = new_user_id()
     _events(client, user, ["space-0", "food-0"])
     before = {i["id"]: i["score"] for i in _get(client, user, "k=100")["items"]}
     _events(client, user, ["food-1"], kind="hide")

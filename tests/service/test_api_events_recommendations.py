@@ -9,19 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from store.events import get_profile, user_ids
+from tests.service.conftest import BACKENDS, both_backends, new_user_id
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api_database_url(request, tmp_path_factory, postgres_database):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'driftrec.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
-
-
-def _user() -> str:
-    return f"u-{uuid.uuid4().hex[:8]}"
+api_database_url = pytest.fixture(scope="module", params=BACKENDS)(both_backends)
 
 
 def _event(user: str, item: str, kind: str = "view", *, at: float | None = None, **extra):
@@ -65,7 +55,7 @@ def _profile_bytes(runtime, user: str):
 
 
 def test_events_are_accepted_deduplicated_and_rejected_by_index(client):
-    user, now = _user(), time.time()
+    user, now = new_user_id(), time.time()
     body = _post(
         client,
         [
@@ -94,7 +84,7 @@ def test_events_are_accepted_deduplicated_and_rejected_by_index(client):
 
 
 def test_a_retried_batch_changes_nothing(client, runtime):
-    user = _user()
+    user = new_user_id()
     events = [_event(user, f"food-{n}", "click", at=time.time() - 60 * n) for n in range(4)]
     assert _post(client, events)["accepted"] == 4
     before = _profile_bytes(runtime, user)
@@ -110,7 +100,7 @@ def test_a_retried_batch_changes_nothing(client, runtime):
 
 
 def test_a_new_event_moves_the_next_recommendation(client):
-    user, now = _user(), time.time()
+    user, now = new_user_id(), time.time()
     _post(client, [_event(user, f"space-{n}", at=now - 3 * 3600 + n) for n in range(3)])
     query = "k=3&exclude_seen=false"
     first = _recommend(client, user, query)
@@ -123,7 +113,7 @@ def test_a_new_event_moves_the_next_recommendation(client):
 
 
 def test_seen_deleted_unavailable_and_expired_items_never_appear(client):
-    user, tag = _user(), uuid.uuid4().hex[:6]
+    user, tag = new_user_id(), uuid.uuid4().hex[:6]
     expiry = time.time() + 1.5
     extra = [
         {"id": f"deleted-{tag}", "title": "Rocket engines firing on the launch pad"},
@@ -149,7 +139,7 @@ def test_seen_deleted_unavailable_and_expired_items_never_appear(client):
 
 
 def test_unknown_user_gets_cold_start(client):
-    body = _recommend(client, "never-seen-" + _user(), "k=5")
+    body = _recommend(client, "never-seen-" + new_user_id(), "k=5")
     assert body["strategy"] == "cold_start"
     assert body["user_id"].startswith("never-seen-")
     assert len(body["items"]) <= 5
@@ -170,7 +160,7 @@ def test_unknown_user_gets_cold_start(client):
 
 
 def test_category_filter_repeats_or_commas(client):
-    user = _user()
+    user = new_user_id()
     _post(client, [_event(user, "music-0", "like")])
     for query in ("k=4&category=sports&category=nature", "k=4&category=sports,nature"):
         items = _recommend(client, user, query)["items"]
@@ -178,7 +168,7 @@ def test_category_filter_repeats_or_commas(client):
 
 
 def test_user_summary_lists_recent_items_newest_first(client):
-    user = _user()
+    user = new_user_id()
     start = datetime(2024, 3, 1, tzinfo=UTC)
     events = [
         _event(user, f"nature-{n % 6}", "click", at=(start + timedelta(hours=n)).isoformat())
@@ -201,7 +191,7 @@ def test_user_summary_lists_recent_items_newest_first(client):
 
 
 def test_deleting_a_user_removes_events_and_profile(client, runtime):
-    user = _user()
+    user = new_user_id()
     _post(client, [_event(user, "sports-0", "like"), _event(user, "sports-1", "like")])
     assert _recommend(client, user)["strategy"] == "personalized"
     assert client.delete(f"/v1/users/{user}").status_code == 204

@@ -12,21 +12,16 @@ from sqlalchemy import select, update
 
 from store.models import Event, RecommendationSession
 from store.types import utcnow
-from tests.service.conftest import admin_client, catalogue_items
+from tests.service.conftest import (
+    BACKENDS,
+    admin_client,
+    both_backends,
+    catalogue_items,
+    new_user_id,
+)
 
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def api_database_url(request, tmp_path_factory, postgres_database):
-    """Sessions, attribution and merge write SQL of their own: run on both backends."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('api-db') / 'driftrec.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
-
-
-def _user() -> str:
-    return f"u-{uuid.uuid4().hex[:8]}"
+# Sessions, attribution and merge write SQL of their own: run on both backends.
+api_database_url = pytest.fixture(scope="module", params=BACKENDS)(both_backends)
 
 
 def _like(client, user: str, items: list[str], **extra) -> None:
@@ -55,7 +50,7 @@ def _ids(body: dict) -> list[str]:
 
 
 def test_pages_never_repeat_until_the_catalogue_is_exhausted(client):
-    user = _user()
+    user = new_user_id()
     _like(client, user, ["space-0", "space-1"])
     first = _ok(client.get(f"/v1/users/{user}/recommendations?k=7"))
     recomm_id = first["recomm_id"]
@@ -72,7 +67,7 @@ def test_pages_never_repeat_until_the_catalogue_is_exhausted(client):
 
 
 def test_next_page_keeps_the_request_and_its_k(client):
-    user = _user()
+    user = new_user_id()
     _like(client, user, ["music-0"])
     first = _ok(
         client.post(
@@ -96,7 +91,7 @@ def test_sessions_are_shared_across_workers_and_expire(
     client, app, app_builder, embedder, tmp_path
 ):
     """A second app over the same database (another gunicorn worker) continues the answer."""
-    user = _user()
+    user = new_user_id()
     _like(client, user, ["nature-0"])
     first = _ok(client.get(f"/v1/users/{user}/recommendations?k=3"))
     url = app.extensions["driftrec"].settings.database_url
@@ -121,7 +116,7 @@ def test_sessions_are_shared_across_workers_and_expire(
 
 
 def test_events_carry_their_recomm_id(client, runtime):
-    user = _user()
+    user = new_user_id()
     _like(client, user, ["sports-0"])
     body = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))
     _like(client, user, [body["items"][0]["id"]], recomm_id=body["recomm_id"])
@@ -205,7 +200,7 @@ def test_bad_examples_are_422(client, body):
 def test_merge_moves_events_rebuilds_the_profile_and_is_idempotent(client, runtime):
     from interest.rebuild import verify_profiles
 
-    anonymous, user = f"anon-{_user()}", _user()
+    anonymous, user = f"anon-{new_user_id()}", new_user_id()
     _like(client, anonymous, ["food-0", "food-1", "food-2"])
     _like(client, user, ["space-0"])
     pending = _ok(client.get(f"/v1/users/{anonymous}/recommendations?k=2"))
@@ -232,7 +227,9 @@ def test_merge_moves_events_rebuilds_the_profile_and_is_idempotent(client, runti
 
     again = _ok(client.post("/v1/users/merge", json={"from": anonymous, "into": user}))
     assert again["merged"] is False and again["moved_events"] == 0 and again["event_count"] == 4
-    fresh = _ok(client.post("/v1/users/merge", json={"from": _user(), "into": f"new-{_user()}"}))
+    fresh = _ok(
+        client.post("/v1/users/merge", json={"from": new_user_id(), "into": f"new-{new_user_id()}"})
+    )
     assert fresh["merged"] is False and fresh["event_count"] == 0
     same = client.post("/v1/users/merge", json={"from": user, "into": user})
     assert same.status_code == 422
@@ -246,7 +243,7 @@ def test_stats_report_click_through_by_model_version(client):
         return rows[0] if rows else {"answers": 0, "items_shown": 0, "events": {}}
 
     before = blend_row()
-    user = _user()
+    user = new_user_id()
     _like(client, user, ["music-1"])
     first = _ok(client.get(f"/v1/users/{user}/recommendations?k=4"))
     _ok(client.get(f"/v1/recommendations/{first['recomm_id']}/next?k=2"))
