@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from indexer.embedder import Embedder
@@ -124,6 +125,16 @@ def fingerprint(
     return digest.hexdigest()
 
 
+def _current_version(
+    session: Session, model_name: str, model_version_id: int | None, *, activate: bool
+) -> IndexVersion | None:
+    """The version a new build would replace: the active one, or (``activate`` false, an
+    experiment's index) the newest built for ``model_version_id``."""
+    if activate:
+        return active_index_version(session)
+    return latest_index_version_for_model(session, model_version_id, model_name)
+
+
 def _unchanged_version(
     db: Database,
     model_name: str,
@@ -137,11 +148,7 @@ def _unchanged_version(
     embedder, model and index kind mean the same index (the fingerprint check below covers
     everything else, at the cost of reading every vector)."""
     with db.read() as session:
-        current = (
-            active_index_version(session)
-            if activate
-            else latest_index_version_for_model(session, model_version_id, model_name)
-        )
+        current = _current_version(session, model_name, model_version_id, activate=activate)
         if (
             current is None
             or current.catalogue_revision != catalogue_revision(session)
@@ -192,10 +199,8 @@ def build_index(
     kind_hint = f"exact<={exact_max_items}|{BUILD_SPEC}"
     catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
     with db.read() as session:
-        current = (
-            active_index_version(session)
-            if activate
-            else latest_index_version_for_model(session, model_version_id, embedder.model_name)
+        current = _current_version(
+            session, embedder.model_name, model_version_id, activate=activate
         )
         if (
             not full

@@ -13,7 +13,6 @@ conditions only the caller can check.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Collection
@@ -24,6 +23,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import IndexCorrupt
+from store.files import file_sha256
 
 FLAT = "flat"
 IVF = "ivf"
@@ -326,14 +326,6 @@ def _exact_top(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
         best_scores = np.take_along_axis(merged_scores, order, axis=1)
         best_rows = np.take_along_axis(merged_rows, order, axis=1)
     return best_rows
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(directory: Path) -> None:

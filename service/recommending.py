@@ -72,6 +72,19 @@ def needs_controls(params: RecommendParams) -> bool:
     )
 
 
+def ranked(recommendation: Recommendation) -> dict[str, Any]:
+    """``items``, ``index_version`` and ``model_version`` of a ranked answer (every ranking
+    endpoint's shape; recommendations add to it)."""
+    return {
+        "items": [
+            {"id": item.id, "title": item.title, "score": float(item.score)}
+            for item in recommendation.items
+        ],
+        "index_version": recommendation.index_version,
+        "model_version": recommendation.model_version,
+    }
+
+
 def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> dict[str, Any]:
     """``items`` (with ``properties``/``categories`` when asked, ``explanation`` when asked),
     ``index_version``, ``model_version``, ``strategy``, ``served_by``, and the ``experiment``
@@ -84,9 +97,8 @@ def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> 
         wanted |= {c.item_id for c in because}
     facts = _facts(runtime, wanted)
     path = served_by(found)
-    items = []
-    for item in found.items:
-        entry: dict[str, Any] = {"id": item.id, "title": item.title, "score": float(item.score)}
+    body = ranked(found)
+    for item, entry in zip(found.items, body["items"], strict=True):
         if params.fields and item.item_id in facts:
             _, _, categories, properties = facts[item.item_id]
             entry["properties"] = {
@@ -111,16 +123,8 @@ def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> 
                     if c.item_id in facts
                 ],
             }
-        items.append(entry)
-    return {
-        "items": items,
-        "index_version": found.index_version,
-        "model_version": found.model_version,
-        "strategy": found.strategy,
-        "served_by": path,
-        "experiment": found.experiment,
-        "arm": found.arm,
-    }
+    body.update(strategy=found.strategy, served_by=path, experiment=found.experiment, arm=found.arm)
+    return body
 
 
 def _facts(runtime: Runtime, item_ids: set[int]) -> dict[int, tuple[str, str, list[str], dict]]:

@@ -12,7 +12,6 @@ inserts all rows, ids included, in one transaction. API keys travel as their has
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import shutil
@@ -27,6 +26,7 @@ from sqlalchemy.types import Float, LargeBinary
 
 from store.db import Database, is_sqlite
 from store.errors import StoreError
+from store.files import file_sha256
 from store.migrate import current_revision
 from store.models import Base
 from store.types import UTCDateTime
@@ -57,14 +57,6 @@ class DumpError(StoreError, ValueError):
 class DumpSummary:
     rows: dict[str, int]
     files: int
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _table(name: str) -> Table:
@@ -137,7 +129,7 @@ def export_dump(db: Database, target: Path, data_dir: Path) -> DumpSummary:
     _save_vectors(staging / VECTORS, vectors)
     for path in sorted(staging.rglob("*")):
         if path.is_file():
-            files[path.relative_to(staging).as_posix()] = sha256_file(path)
+            files[path.relative_to(staging).as_posix()] = file_sha256(path)
     manifest = {
         "format": FORMAT,
         "created_at": datetime.now(UTC).isoformat(),
@@ -184,7 +176,7 @@ def read_manifest(source: Path) -> dict[str, Any]:
         path = source / relative
         if not path.is_file():
             raise DumpError(f"{source}: {relative} is missing")
-        if sha256_file(path) != expected:
+        if file_sha256(path) != expected:
             raise DumpError(f"{source}: {relative} does not match its checksum (corrupt dump)")
     return manifest
 
@@ -248,13 +240,13 @@ def import_dump(db: Database, source: Path, data_dir: Path) -> DumpSummary:
 def _import_file(source: Path, row: dict[str, Any], kind: str, data_dir: Path) -> Path:
     relative = Path(row["path"])
     target = data_dir / kind / relative.name
-    if target.exists() and sha256_file(target) != row["checksum"]:
+    if target.exists() and file_sha256(target) != row["checksum"]:
         raise DumpError(f"{target} exists with other content: import into a fresh data directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     shutil.copyfile(source / relative, tmp)
     tmp.replace(target)
-    if sha256_file(target) != row["checksum"]:
+    if file_sha256(target) != row["checksum"]:
         raise DumpError(f"{relative}: content does not match the checksum its row records")
     return target.resolve()
 

@@ -388,32 +388,20 @@ def user_event_rows(session: Session, user_ids: Sequence[int]) -> dict[int, list
 
 
 def iter_user_batches(
-    session: Session, *, only: Iterable[int] | None = None, batch_users: int = 500
+    session: Session, *, batch_users: int = 500
 ) -> Iterator[dict[int, list[Event]]]:
-    """Yield {user id: events in time order} for every user (or only ``only``), a batch of
-    users at a time, so memory stays bounded by the batch."""
-    wanted = sorted(set(only)) if only is not None else None
+    """Yield {user id: events in time order} for every user, a batch of users at a time, so
+    memory stays bounded by the batch."""
     last_user = 0
     while True:
-        if wanted is not None:
-            candidates = [u for u in wanted if u > last_user][:batch_users]
-            if not candidates:
-                return
-            users = list(
-                session.scalars(select(User.id).where(User.id.in_(candidates)).order_by(User.id))
+        users = list(
+            session.scalars(
+                select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
             )
-            last_user = candidates[-1]
-            if not users:  # none of these exist (any more)
-                continue
-        else:
-            users = list(
-                session.scalars(
-                    select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
-                )
-            )
-            if not users:
-                return
-            last_user = users[-1]
+        )
+        if not users:
+            return
+        last_user = users[-1]
         events = session.scalars(
             select(Event)
             .where(Event.user_id.in_(users))

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store.db import Database
@@ -643,9 +642,10 @@ def insert_items_with_vectors(
                 "revision": revision,
             }
         )
-    before = session.scalar(select(func.count()).select_from(Item))
-    insert_ignoring_conflicts(session, Item.__table__, rows, "external_id")
-    return int(session.scalar(select(func.count()).select_from(Item)) - before)
+    inserted = insert_ignoring_conflicts(
+        session, Item.__table__, rows, "external_id", returning=("id",)
+    )
+    return len(inserted)
 
 
 def import_item_vectors(

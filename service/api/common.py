@@ -1,12 +1,9 @@
-"""What the blueprints share: the app's runtime and metrics, and the ranked-items shape."""
+"""What the blueprints share: the app's runtime and metrics."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import current_app
 
-from interest.recommend import Recommendation
 from service.metrics import Metrics
 from service.runtime import Runtime
 
@@ -20,15 +17,3 @@ def get_runtime() -> Runtime:
 
 def get_metrics() -> Metrics:
     return current_app.extensions[METRICS_KEY]  # type: ignore[no-any-return]
-
-
-def ranked(recommendation: Recommendation) -> dict[str, Any]:
-    """``items``, ``index_version`` and ``model_version`` of a ranked answer."""
-    return {
-        "items": [
-            {"id": item.id, "title": item.title, "score": float(item.score)}
-            for item in recommendation.items
-        ],
-        "index_version": recommendation.index_version,
-        "model_version": recommendation.model_version,
-    }

@@ -6,9 +6,10 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from service.api.common import get_metrics, get_runtime, ranked
+from service.api.common import get_metrics, get_runtime
 from service.contract import EntryError, context, entry, operation, path_id
 from service.errors import ValidationError
+from service.recommending import ranked
 from service.schemas import Item as ItemAnswer
 from service.schemas import ItemEntry, ItemsBody, SimilarAnswer, SimilarQuery, Upserted
 from service.validation import iso

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Blueprint
 
-from service.api.common import get_runtime, ranked
+from service.api.common import get_runtime
 from service.contract import operation
+from service.recommending import ranked
 from service.schemas import SearchAnswer, SearchBody
 
 bp = Blueprint("search", __name__, url_prefix="/v1/search")

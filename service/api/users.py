@@ -13,7 +13,6 @@ from service.api.common import get_runtime
 from service.contract import operation, path_id
 from service.errors import ValidationError
 from service.recommend_params import RecommendBody, RecommendParams, RecommendQuery
-from service.runtime import Runtime
 from service.schemas import MergeBody, Merged, Recommendations, UserSummary
 from service.validation import iso
 from store.events import delete_user, get_user, user_events
@@ -71,9 +70,7 @@ def recommendations(user_id: str, query: RecommendQuery) -> dict[str, Any]:
     ``category``/``categories`` with ``categories_mode``, ``min_score``, ``diversity``,
     ``explain``, ``fields``. The JSON body of the POST form also takes property filters.
     """
-    runtime = get_runtime()
-    user_id = path_id(user_id, "user")
-    return _answer(runtime, user_id, query.to_params())
+    return _answer(user_id, query.to_params())
 
 
 @bp.post("/<user_id>/recommendations")
@@ -85,12 +82,12 @@ def recommendations(user_id: str, query: RecommendQuery) -> dict[str, Any]:
 )
 def recommendations_with_body(user_id: str, body: RecommendBody) -> dict[str, Any]:
     """The same as the GET form, with the controls in a JSON body (and ``filter.properties``)."""
+    return _answer(user_id, body.to_params())
+
+
+def _answer(raw_user_id: str, params: RecommendParams) -> dict[str, Any]:
     runtime = get_runtime()
-    user_id = path_id(user_id, "user")
-    return _answer(runtime, user_id, body.to_params())
-
-
-def _answer(runtime: Runtime, user_id: str, params: RecommendParams) -> dict[str, Any]:
+    user_id = path_id(raw_user_id, "user")
     found = recommending.for_user(runtime, user_id, params)
     recomm_id = recommending.remember(runtime, found, user_id=user_id, params=params.as_json())
     return {
@@ -106,15 +103,14 @@ def show(user_id: str) -> dict[str, Any]:
     runtime = get_runtime()
     with runtime.db.read() as session:
         user = get_user(session, path_id(user_id, "user"))
-        count, last = session.execute(
-            select(func.count(), func.max(Event.timestamp)).where(Event.user_id == user.id)
-        ).one()
+        count = session.scalar(select(func.count()).where(Event.user_id == user.id))
         recent = user_events(session, user.id, newest_first=True, limit=RECENT_ITEMS)
         items = items_by_ids(session, [event.item_id for event in recent])
         return {
             "user_id": user.external_id,
             "event_count": int(count),
-            "last_event_at": iso(recent[0].timestamp) if recent else iso(last),
+            # The newest event heads `recent` (newest first): no separate max() needed.
+            "last_event_at": iso(recent[0].timestamp) if recent else None,
             "recent_items": [
                 {
                     "id": items[event.item_id].external_id,
