@@ -98,22 +98,6 @@ class InterestModel:
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
 
-    def query(
-        self,
-        recent: Sequence[tuple[float, int, float]],
-        t_ref: float,
-        text_vectors: Mapping[int, np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """The weighted blend of the input vectors of the most recent events.
-
-        Weights are the events' own (type) weights times the recency curve: the learned one of
-        the correction network, or the exponential with the chosen half-life. Events on items
-        without a row count through ``text_vectors[item_id] @ text_in`` when the text-in
-        weight is on and the vector is given, else not at all. The linear part only; `encode`
-        adds the content and cold terms.
-        """
-        return self._linear_query(recent, t_ref, text_vectors or {})[0].astype(np.float32)
-
     def missing_text_vectors(self, state: ProfileState) -> list[int]:
         """Catalogue ids in the blended window that the query would map through ``text_in``
         but whose raw vector ``state.text_vectors`` lacks: what the caller fetches (nothing

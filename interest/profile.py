@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -141,17 +141,6 @@ class ProfileState:
         return self.accumulators * scale[:, None]
 
 
-def apply_events(
-    state: ProfileState,
-    events: Iterable[tuple[np.ndarray, float, float, int]],
-    buffer_size: int,
-) -> ProfileState:
-    """Apply (vector, weight, epoch seconds, item id) events in the order given."""
-    for vector, weight, t, item_id in events:
-        state.apply(vector, weight, t, item_id, buffer_size)
-    return state
-
-
 def _encode_half_lives(half_lives: Sequence[float]) -> list[float]:
     return [0.0 if math.isinf(h) else float(h) for h in half_lives]
 
@@ -212,7 +201,3 @@ def new_row(user_id: int, state: ProfileState) -> Profile:
     row = Profile(user_id=user_id)
     write_state(row, state)
     return row
-
-
-def matches_settings(state: ProfileState, half_lives: Sequence[float], dim: int) -> bool:
-    return tuple(float(h) for h in half_lives) == state.half_lives and state.dim == dim

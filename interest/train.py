@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from indexer.reindex import load_live_vectors
 from interest.correction import DecayCorrection
+from interest.evaluation.metrics import hit_rate, ndcg
 from interest.ingest import event_weight
 from interest.linear import (
     EaseSpectrum,
@@ -206,8 +207,7 @@ def ndcg_at_10(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) 
     Ties count against the target (a query that scores everything alike ranks nothing), so a
     setting cannot win by scoring held-out items no better than the rest.
     """
-    ranks = target_ranks(scores, targets, seen)
-    return float(np.where(ranks <= 10, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
+    return ndcg(target_ranks(scores, targets, seen), 10)
 
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
@@ -481,7 +481,7 @@ def choose_cold_weights(
             return None
         scores = terms.with_text_in(text_in).scores(content_weight, cold)
         ranks = target_ranks(scores, validation.targets, validation.seen)
-        return float((ranks[cold_targets] <= 10).mean())
+        return hit_rate(ranks[cold_targets], 10)
 
     log.info(
         "train cold weight=%g text_in weight=%g time-cut validation_ndcg10=%.4f without_text_in=%s",

@@ -63,8 +63,9 @@ class EvaluationConfig:
     #: Working directory for the temporary databases; None: a fresh temporary directory.
     workdir: Path | None = None
     ease_lambdas: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 1000.0)
-    #: Recency half-lives (days) of the baselines' history rows; inf = unweighted. The same grid
-    #: `interest.train` searches for driftrec, so baselines get every advantage it gets.
+    #: Recency half-lives (days) of the baselines' history rows; inf = unweighted. The short end
+    #: matches what `interest.train` searches for driftrec (its grid stops at 10 days; this one
+    #: adds 7 and 30), so baselines get every advantage driftrec gets.
     half_lives_days: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 7.0, 30.0, math.inf)
     #: Half-life of the `content_decayed` plain blend (seconds).
     decayed_half_life_s: float = DAY
