@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import BENCH_DIR, MODEL, build_catalogue
+from bench.data import BENCH_DIR, MODEL, N_USERS, build_catalogue
 from bench.server import Server
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
     from store.importing import EventRecord
 
     rng = np.random.default_rng(11)
-    users, items = rng.integers(0, 10_000, n), rng.integers(1, ITEMS + 1, n)
+    users, items = rng.integers(0, N_USERS, n), rng.integers(1, ITEMS + 1, n)
     base = datetime(2024, 6, 1, tzinfo=UTC).timestamp()
     return [
         EventRecord(

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.data import BENCH_DIR, REPO_ROOT
+from bench.data import BENCH_DIR, N_USERS, REPO_ROOT
 
 DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
 
@@ -166,6 +166,8 @@ class Server:
             mode,
             "--items",
             str(items),
+            "--users",
+            str(N_USERS),  # the catalogue's users: recommendations go to real histories
             "--duration",
             str(duration),
             "--concurrency",
