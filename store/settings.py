@@ -69,10 +69,16 @@ class Settings:
     auth_cache_s: float = 5.0
     #: How long a recommendation answer's next pages stay available (seconds since last page).
     recommendation_ttl_s: float = 3600.0
+    #: CPU priority of background jobs (reindex, train, import, ...): a nice value, 0-19, applied
+    #: to the job's own session so that it yields to a server on the same machine (see
+    #: `service.job_priority`). 0 runs jobs at normal priority.
+    job_nice: int = 10
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'driftrec.db'}")
+        if not 0 <= self.job_nice <= 19:
+            raise SettingsError(f"DRIFTREC_JOB_NICE={self.job_nice} is not valid: use 0 to 19")
         if self.auth not in AUTH_MODES:
             raise SettingsError(
                 f"DRIFTREC_AUTH={self.auth!r} is not valid: use enabled or disabled"
@@ -122,6 +128,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
         "DRIFTREC_AUTH_CACHE_S": ("auth_cache_s", float),
         "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
+        "DRIFTREC_JOB_NICE": ("job_nice", int),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

@@ -1,0 +1,116 @@
+"""Background jobs run at a lower CPU priority in their own session (see service.job_priority).
+
+Each case runs a real Python process that enters the job priority, as `driftrec reindex` does,
+and reports what the kernel says about the process that does the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cli_helpers import REPO_ROOT, invoke, ok
+
+from service.job_priority import CHILD_ENV, autogroups_active
+from store.settings import SettingsError, load_settings
+
+REPORT = """
+import json, os, sys, time
+from service.job_priority import enter_job_priority
+enter_job_priority(int(sys.argv[1]))
+autogroup = open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else ""
+print(json.dumps({"pid": os.getpid(), "sid": os.getsid(0), "nice": os.nice(0),
+                  "autogroup": autogroup}), flush=True)
+time.sleep(float(sys.argv[2]))
+sys.exit(int(sys.argv[3]))
+"""
+
+
+def start(nice: int, sleep_s: float = 0.0, status: int = 0) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != CHILD_ENV}
+    return subprocess.Popen(
+        [sys.executable, "-c", REPORT, str(nice), str(sleep_s), str(status)],
+        cwd=REPO_ROOT,
+        env={**env, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        # Like a command typed in an interactive shell: the leader of its own process group.
+        process_group=0,
+    )
+
+
+def report(process: subprocess.Popen[str]) -> dict[str, object]:
+    assert process.stdout is not None
+    return json.loads(process.stdout.readline())
+
+
+def test_job_works_in_its_own_niced_session():
+    process = start(nice=7)
+    seen = report(process)
+    assert process.wait(timeout=30) == 0
+    assert seen["nice"] == 7
+    if autogroups_active():
+        # The work ran in a child with a session (and so an autogroup) of its own, niced too:
+        # plain nice would not count against a server in another session.
+        assert seen["pid"] != process.pid
+        assert seen["sid"] == seen["pid"]
+        assert str(seen["autogroup"]).strip().endswith("nice 7")
+
+
+def test_nice_zero_changes_nothing():
+    process = start(nice=0)
+    seen = report(process)
+    assert process.wait(timeout=30) == 0
+    assert seen["pid"] == process.pid and seen["nice"] == os.nice(0)
+
+
+def test_exit_status_passes_through():
+    process = start(nice=5, status=3)
+    report(process)
+    assert process.wait(timeout=30) == 3
+
+
+@pytest.mark.skipif(not autogroups_active(), reason="no re-run without autogroups")
+def test_killing_the_job_kills_the_work():
+    process = start(nice=5, sleep_s=60)
+    worker = int(report(process)["pid"])
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _alive(worker):
+        assert time.monotonic() < deadline, "the child outlived the killed job"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not autogroups_active(), reason="no re-run without autogroups")
+def test_interrupt_reaches_the_work():
+    process = start(nice=5, sleep_s=60)
+    report(process)
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
+    assert process.wait(timeout=10) != 0
+
+
+def test_in_process_commands_keep_the_host_priority(cli_env):
+    before = os.nice(0)
+    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "db", "upgrade"))
+    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "verify"))
+    assert os.nice(0) == before
+
+
+def test_job_nice_is_checked():
+    assert load_settings({"DRIFTREC_JOB_NICE": "0"}).job_nice == 0
+    with pytest.raises(SettingsError, match="DRIFTREC_JOB_NICE"):
+        load_settings({"DRIFTREC_JOB_NICE": "20"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
