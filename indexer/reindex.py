@@ -145,8 +145,8 @@ def _unchanged_version(
 ) -> IndexVersion | None:
     """The version to keep when nothing changed since it was built, judged without reading a
     vector: every item or vector write takes a new catalogue revision, so the same revision,
-    embedder, model and index kind mean the same index (the fingerprint check below covers
-    everything else, at the cost of reading every vector)."""
+    embedder, model, index kind and build parameters mean the same index (the fingerprint
+    check below covers everything else, at the cost of reading every vector)."""
     with db.read() as session:
         current = _current_version(session, model_name, model_version_id, activate=activate)
         if (
@@ -155,6 +155,7 @@ def _unchanged_version(
             or current.embedder_model != model_name
             or current.model_version_id != model_version_id
             or current.kind != choose_kind(current.item_count, exact_max_items)
+            or current.build_spec != BUILD_SPEC
             or not Path(current.path).exists()
         ):
             return None
@@ -236,6 +237,7 @@ def build_index(
                 model_version_id=model_version_id,
                 fingerprint=catalogue_fp,
                 catalogue_revision=revision,
+                build_spec=BUILD_SPEC,
             ),
             activate=activate,
         )

@@ -144,6 +144,8 @@ class IndexVersion(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     # The catalogue revision the file reflects; later item changes are applied on load.
     catalogue_revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The index build parameters (indexer.vector_index.BUILD_SPEC) the file was made with.
+    build_spec: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
 

@@ -144,3 +144,16 @@ def test_an_unchanged_catalogue_is_recognised_without_reading_a_vector(
         assert catalogue_revision(session) > before
     changed = build_index(db, embedder, tmp_path, exact_max_items=1000)
     assert changed.rebuilt and changed.index_version_id != first.index_version_id
+
+
+def test_new_build_parameters_rebuild_an_unchanged_catalogue(db, embedder, tmp_path, monkeypatch):
+    """An index built with other parameters (an older driftrec, say) is rebuilt once, even
+    though nothing in the catalogue changed; the rebuilt one is then kept."""
+    _add(db, embedder, [f"a{n}" for n in range(5)])
+    monkeypatch.setattr(reindex, "BUILD_SPEC", "an older build")
+    first = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    monkeypatch.undo()
+    rebuilt = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert rebuilt.rebuilt and rebuilt.index_version_id != first.index_version_id
+    kept = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    assert (kept.rebuilt, kept.index_version_id) == (False, rebuilt.index_version_id)
