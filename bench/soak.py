@@ -2,7 +2,8 @@
 
 1. A copy of the benchmark catalogue (``--size`` items, 10k users) is served by
    `driftrec serve --workers 2`.
-2. The maximum recommendation rate is measured (closed loop, concurrency 8).
+2. The maximum recommendation rate is measured (closed loop, concurrency 8, 20 s) while the
+   event stream of step 3 runs.
 3. For ``--minutes``, recommendations are sent open-loop at ``--load`` (70%) of that rate while
    a second load generator posts batches of 10 events (``--event-rate`` batches a second,
    open-loop), and halfway through `driftrec reindex
@@ -42,6 +43,7 @@ from bench.server import DRIFTREC, Server, base_env
 log = logging.getLogger("bench.soak")
 
 WINDOW_S = 30.0
+PEAK_S = 20.0
 MEMORY_EVERY_S = 10.0
 P99_SPREAD_LIMIT = 3.0
 MEMORY_GROWTH_LIMIT = 0.10
@@ -67,32 +69,41 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
     }
     run_env = base_env(env)
     subprocess.run([DRIFTREC, "reindex"], env=run_env, check=True, capture_output=True)
+    # Events re-view each user's own items, so profiles keep their shape (see loadgen).
+    user_items = directory / "user-items.json"
+    user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
     with Server(env, name=f"soak-{size}") as server:
+
+        def start(mode: str, seconds: float, **kwargs: Any) -> subprocess.Popen[str]:
+            argv = server.loadgen_argv(mode, items=size, duration=seconds, **kwargs)
+            return subprocess.Popen(
+                argv, env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+            )
+
+        def start_events(seconds: float, seed: int) -> subprocess.Popen[str]:
+            return start(
+                "events10",
+                seconds,
+                rate=event_rate,
+                concurrency=2,
+                window=WINDOW_S,
+                seed=seed,
+                user_items=user_items,
+            )
+
         server.load("recommendations", items=size, duration=5, concurrency=4, seed=99)
-        peak = server.load("recommendations", items=size, duration=20, seed=1)
+        # The maximum is measured with the same event stream running: the rate the server
+        # sustains in the soak's conditions, of which the soak asks `load`.
+        warmup_events = start_events(PEAK_S + 5, seed=4)
+        peak = server.load("recommendations", items=size, duration=PEAK_S, seed=1)
+        warmup_events.communicate()
         rate = load * float(peak["qps"])
         result["max_rate"] = peak
         result["rate"] = rate
         log.info("soak max qps=%.1f, soaking at %.1f qps for %.0f s", peak["qps"], rate, duration)
 
-        def start(mode: str, **kwargs: Any) -> subprocess.Popen[str]:
-            argv = server.loadgen_argv(mode, items=size, duration=duration, **kwargs)
-            return subprocess.Popen(
-                argv, env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
-            )
-
-        recs = start("recommendations", rate=rate, window=WINDOW_S, seed=2)
-        # Events re-view each user's own items, so profiles keep their shape (see loadgen).
-        user_items = directory / "user-items.json"
-        user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
-        events = start(
-            "events10",
-            rate=event_rate,
-            concurrency=2,
-            window=WINDOW_S,
-            seed=3,
-            user_items=user_items,
-        )
+        recs = start("recommendations", duration, rate=rate, window=WINDOW_S, seed=2)
+        events = start_events(duration, seed=3)
         began = time.monotonic()
         memory: list[dict[str, float]] = []
         reindex: dict[str, Any] | None = None

@@ -399,30 +399,22 @@ class Recommender:
         return [by_id[item_id] for item_id in order]
 
     def _index_vectors(self, item_ids: Sequence[int], session: Session) -> dict[int, np.ndarray]:
-        """Index-space vectors: from the index where it keeps them, else stored and transformed."""
+        """Index-space vectors: from the index where it keeps them, else the current stored ones
+        (made from the item's present text) transformed."""
         found: dict[int, np.ndarray] = {}
         for item_id in item_ids:
             vector = self.index.vector(item_id)
             if vector is not None:
                 found[item_id] = np.asarray(vector, dtype=np.float32)
         missing = [item_id for item_id in item_ids if item_id not in found]
-        if missing:
-            items = Item.__table__.c
-            rows = list(
-                session.execute(
-                    select(items.id, items.vector).where(
-                        items.id.in_(missing),
-                        items.vector.is_not(None),
-                        items.vector_model == self.settings.embedder_model,
-                    )
-                )
-            )
-            if rows:
-                ids = np.array([item_id for item_id, _ in rows], dtype=np.int64)
-                raw = np.stack([np.frombuffer(vector, dtype=np.float32) for _, vector in rows])
-                transform = self.encoders.transform_for(self.index.model_version_id)
-                for item_id, vector in zip(ids, transform(ids, raw), strict=True):
-                    found[int(item_id)] = np.asarray(vector, dtype=np.float32)
+        current = raw_vectors(session, missing, self.settings.embedder_model) if missing else {}
+        if current:
+            ids = np.fromiter(current, dtype=np.int64, count=len(current))
+            transform = self.encoders.transform_for(self.index.model_version_id)
+            for item_id, vector in zip(
+                ids, transform(ids, np.stack(list(current.values()))), strict=True
+            ):
+                found[int(item_id)] = np.asarray(vector, dtype=np.float32)
         return found
 
     def _explain(
