@@ -34,7 +34,6 @@ from interest.errors import InterestError
 from service.cli_evaluate import evaluate_command
 from service.cli_experiment import experiment_group
 from service.cli_model import model_group, train_command
-from service.job_priority import as_standalone_command, background_job
 from store import migrate
 from store.db import make_engine
 from store.errors import SchemaOutOfDate, StoreError
@@ -204,7 +203,6 @@ def import_group() -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--tags", is_flag=True, help="Add each movie's user tags to its embedded text.")
 @pass_app
-@background_job
 def import_movielens(app: App, directory: Path, tags: bool) -> None:
     """Import a MovieLens DIRECTORY (ml-latest(-small), ml-25m, ml-1m or ml-100k layout)."""
     from store.importing import movielens_events, movielens_items
@@ -222,7 +220,6 @@ def import_movielens(app: App, directory: Path, tags: bool) -> None:
     help="Embed new and changed items now (else the next reindex or events import does).",
 )
 @pass_app
-@background_job
 def import_items_command(app: App, file: Path, embed: bool) -> None:
     """Import items from a JSONL FILE (id, title, text, categories, properties, ...)."""
     from store.importing import read_items_jsonl
@@ -233,7 +230,6 @@ def import_items_command(app: App, file: Path, embed: bool) -> None:
 @import_group.command("events")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @pass_app
-@background_job
 def import_events_command(app: App, file: Path) -> None:
     """Import events from a .csv or .jsonl FILE (id, user_id, item_id, type, value, timestamp)."""
     from store.importing import read_events
@@ -286,7 +282,6 @@ def _embed_stale(app: App) -> None:
 @import_group.command("dump")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @pass_app
-@background_job
 def import_dump_command(app: App, directory: Path) -> None:
     """Restore a DIRECTORY written by `driftrec export` into an empty, migrated database.
 
@@ -303,7 +298,6 @@ def import_dump_command(app: App, directory: Path) -> None:
 @cli.command("export")
 @click.argument("directory", type=click.Path(path_type=Path))
 @pass_app
-@background_job
 def export_command(app: App, directory: Path) -> None:
     """Back up the database and its index and model files into a new DIRECTORY.
 
@@ -326,7 +320,6 @@ def export_command(app: App, directory: Path) -> None:
     help="Items embedded and committed at a time [default: DRIFTREC_EMBED_BATCH_SIZE].",
 )
 @pass_app
-@background_job
 def reindex(app: App, full: bool, batch_size: int | None) -> None:
     """Embed new and changed items, then build and publish a new index version.
 
@@ -343,7 +336,6 @@ def reindex(app: App, full: bool, batch_size: int | None) -> None:
 @cli.command("rebuild-profiles")
 @click.option("--user", "users", multiple=True, help="External user id (repeatable; default all).")
 @pass_app
-@background_job
 def rebuild_profiles(app: App, users: tuple[str, ...]) -> None:
     """Recompute profiles from the event log (after changing decay settings, for instance)."""
     runtime = app.runtime
@@ -385,7 +377,6 @@ def purge_sessions(app: App, older_than_days: float) -> None:
 @cli.command()
 @click.option("--tolerance", default=1e-5, show_default=True, help="Largest relative error.")
 @pass_app
-@background_job
 def verify(app: App, tolerance: float) -> None:
     """Check every stored profile against the one rebuilt from its events (exit 1 on drift)."""
     from interest.rebuild import verify_profiles
@@ -728,9 +719,10 @@ cli.add_command(experiment_group)
 
 
 def main() -> None:
-    as_standalone_command()
     cli(prog_name="driftrec")
 
 
 if __name__ == "__main__":
-    main()
+    from service.launcher import main as launch  # what the `driftrec` script runs
+
+    launch()

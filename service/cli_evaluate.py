@@ -13,7 +13,6 @@ import click
 
 from interest.evaluation.errors import EvaluationError
 from interest.evaluation.names import DEFAULT_METHODS, METHODS, PROTOCOLS
-from service.job_priority import background_job
 
 
 def _json_default(value: object) -> object:
@@ -73,7 +72,6 @@ def _methods(raw: str) -> tuple[str, ...]:
 )
 @click.option("--progress/--no-progress", default=False, help="Progress bars on stderr.")
 @click.pass_context
-@background_job
 def evaluate_command(
     ctx: click.Context,
     dataset_dir: Path,

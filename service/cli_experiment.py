@@ -11,7 +11,6 @@ from __future__ import annotations
 import click
 
 from service.cli_model import parse_version_id
-from service.job_priority import background_job
 from store.experiments import check_can_start, list_experiments, start_experiment, stop_experiment
 
 
@@ -36,7 +35,6 @@ def experiment_group() -> None:
     help="Share of users served by the treatment (chosen by a hash of NAME and the user id).",
 )
 @click.pass_obj
-@background_job
 def experiment_start(app, name: str, model: str, percent: float) -> None:  # type: ignore[no-untyped-def]
     """Build the treatment model's index (unless current), then start experiment NAME."""
     model_id = None if model.lower() == "none" else parse_version_id(model)

@@ -12,14 +12,12 @@ import math
 
 import click
 
-from service.job_priority import background_job
 from store.versions import activate_model_version, list_model_versions
 
 
 @click.command("train")
 @click.option("--no-activate", is_flag=True, help="Publish the version without activating it.")
 @click.pass_obj
-@background_job
 def train_command(app, no_activate: bool) -> None:  # type: ignore[no-untyped-def]
     """Train the interest model on the events in the database and publish a new version.
 

@@ -9,28 +9,22 @@ recommendation p99 from ~10 ms to 2 s; the same loops in their own session at au
 19 left it at ~10-30 ms).
 
 So a job command runs in a child process in its own session whose autogroup is niced: the
-parent stays where the caller started it (in the terminal's foreground group, so Ctrl-C
-reaches it), forwards SIGINT, SIGTERM and SIGHUP, and exits with the child's status. The child
-dies with the parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the job stops the work as before.
+`driftrec` entry point (`service.launcher`) decides this before it imports anything heavy, so
+even the job's start-up yields. The parent stays where the caller started it (in the terminal's
+foreground group, so Ctrl-C reaches it), forwards SIGINT, SIGTERM and SIGHUP, and exits with the
+child's status. The child dies with the parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the job
+stops the work as before.
 Where autogroups are off or absent, the job only lowers its own nice value.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
-
-import click
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 #: Set in the re-run child, so it lowers its priority instead of re-running again.
 CHILD_ENV = "DRIFTREC_JOB_SESSION"
@@ -89,24 +83,24 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-#: Only the `driftrec` process itself re-runs or renices: a command invoked in-process (tests,
-#: click's runner) must not renice or re-execute its host.
-_standalone = False
+#: The commands that run at job priority: a top-level name, or (group, command).
+JOB_COMMANDS: frozenset[str | tuple[str, str]] = frozenset(
+    {
+        "reindex",
+        "train",
+        "import",
+        "export",
+        "verify",
+        "rebuild-profiles",
+        "evaluate",
+        ("experiment", "start"),
+    }
+)
 
 
-def as_standalone_command() -> None:
-    """Called by `service.cli.main`: job commands may now lower this process's priority."""
-    global _standalone
-    _standalone = True
-
-
-def background_job(command: Callable[P, R]) -> Callable[P, R]:
-    """Decorate a click command that does heavy work: it runs at ``DRIFTREC_JOB_NICE``."""
-
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        if _standalone:
-            enter_job_priority(click.get_current_context().find_root().obj.settings.job_nice)
-        return command(*args, **kwargs)
-
-    return run
+def is_job_command(args: list[str]) -> bool:
+    """Whether `driftrec ARGS` runs one of `JOB_COMMANDS` (options before it are skipped)."""
+    words = [arg for arg in args if not arg.startswith("-")]
+    if not words:
+        return False
+    return words[0] in JOB_COMMANDS or tuple(words[:2]) in JOB_COMMANDS

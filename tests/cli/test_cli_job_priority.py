@@ -16,7 +16,8 @@ import time
 import pytest
 from cli_helpers import REPO_ROOT, invoke, ok
 
-from service.job_priority import CHILD_ENV, autogroups_active
+from service.cli import cli
+from service.job_priority import CHILD_ENV, JOB_COMMANDS, autogroups_active, is_job_command
 from store.settings import SettingsError, load_settings
 
 REPORT = """
@@ -100,6 +101,25 @@ def test_in_process_commands_keep_the_host_priority(cli_env):
     ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "db", "upgrade"))
     ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "verify"))
     assert os.nice(0) == before
+
+
+def test_the_job_table_names_real_commands():
+    for entry in JOB_COMMANDS:
+        path = entry if isinstance(entry, tuple) else (entry,)
+        command = cli
+        for part in path:
+            assert part in command.commands, f"no command {' '.join(path)!r}"  # type: ignore[attr-defined]
+            command = command.commands[part]  # type: ignore[attr-defined]
+
+
+def test_job_commands_are_recognised_from_the_command_line():
+    assert is_job_command(["reindex", "--full"])
+    assert is_job_command(["import", "events", "f.csv"])
+    assert is_job_command(["experiment", "start", "x", "--model", "none"])
+    assert not is_job_command(["experiment", "list"])
+    assert not is_job_command(["serve", "--workers", "2"])
+    assert not is_job_command(["--version"])
+    assert not is_job_command([])
 
 
 def test_job_nice_is_checked():
