@@ -30,6 +30,9 @@ from store.versions import active_index_version
 
 log = logging.getLogger(__name__)
 
+#: The background watcher's shortest pause between version checks (tests use an interval of 0).
+MIN_WATCH_INTERVAL_S = 0.05
+
 
 @dataclass
 class _Snapshot:
@@ -52,9 +55,18 @@ class LiveIndex:
         version_check_interval_s: float = 2.0,
         mmap: bool = False,
         select_version: Callable[[Session], IndexVersion | None] = active_index_version,
+        load_in_background: bool = False,
     ) -> None:
         """``select_version`` picks the version to serve: the active one, or for an experiment's
-        arm the newest index built for its model."""
+        arm the newest index built for its model.
+
+        ``load_in_background`` (servers): after the first load, a thread looks for a newly
+        activated version every ``version_check_interval_s`` and loads it while requests go on
+        with the current one, then swaps it in: reading and checksumming the file (about a
+        second for a 1M-item index) never stalls a request, every worker switches within the
+        interval plus the load whether or not it gets traffic, and a file that fails its checks
+        is logged and skipped, the current version kept. ``refresh(force=True)`` still loads
+        in the caller's thread."""
         self._db = db
         self._embedder_model = embedder_model
         self._transform_for = transform_for
@@ -65,6 +77,10 @@ class LiveIndex:
         self._snapshot = _Snapshot(version=None, base=None, revision=0)
         self._checked_at = 0.0
         self._ready = False
+        self._load_in_background = load_in_background
+        self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._failed_version_id: int | None = None  # not retried until another is activated
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -96,29 +112,65 @@ class LiveIndex:
 
         The per-request part is one indexed query (the catalogue revision). A caller that is
         about to read anyway passes its ``session``, so the check costs no transaction of its
-        own; the active version is looked up at most every ``version_check_interval_s``.
+        own; the active version is looked up at most every ``version_check_interval_s`` (with
+        ``load_in_background``, by the watcher thread instead, after the first load).
         """
         with self._lock:
             now = time.monotonic()
-            if force or now - self._checked_at >= self._interval or not self._ready:
+            due = now - self._checked_at >= self._interval and not self._load_in_background
+            if force or due or not self._ready:
                 self._checked_at = now
                 with self._db.read() as own:
                     active = self._select_version(own)
                 if active is not None and active.id != self.version_id:
-                    self._load(active)
+                    self._snapshot = self._prepared(active)
+                    self._log_loaded(self._snapshot)
                 self._ready = True
+                if self._load_in_background and self._watcher is None:
+                    self._watcher = threading.Thread(
+                        target=self._watch, name="index-watch", daemon=True
+                    )
+                    self._watcher.start()
             if session is not None:
                 self._catch_up(session)
             else:
                 with self._db.read() as own:
                     self._catch_up(own)
 
+    def close(self) -> None:
+        """Stop the background watcher (if any)."""
+        self._closed.set()
+
     def _catch_up(self, session: Session) -> None:
         revision = catalogue_revision(session)
         if revision > self._snapshot.revision:
-            self._apply(changed_since(session, self._snapshot.revision), revision)
+            self._apply(self._snapshot, changed_since(session, self._snapshot.revision), revision)
 
-    def _load(self, version: IndexVersion) -> None:
+    def _watch(self) -> None:
+        while not self._closed.wait(max(self._interval, MIN_WATCH_INTERVAL_S)):
+            try:
+                with self._db.read() as session:
+                    active = self._select_version(session)
+            except Exception:  # noqa: BLE001 - the database may be briefly unreachable
+                log.warning("index version check failed", exc_info=True)
+                continue
+            if active is None or active.id in (self.version_id, self._failed_version_id):
+                continue
+            try:
+                snapshot = self._prepared(active)
+            except Exception:  # noqa: BLE001 - a bad file must not take the server down
+                log.exception(
+                    "index load failed version=%d: still serving the current one", active.id
+                )
+                self._failed_version_id = active.id
+                continue
+            with self._lock:
+                self._snapshot = snapshot
+            self._log_loaded(snapshot)
+
+    def _prepared(self, version: IndexVersion) -> _Snapshot:
+        """A snapshot of ``version``: its file (checksum verified), the items not servable now,
+        and the catalogue changes since it was built."""
         base = VectorIndex.load(Path(version.path), version.checksum, mmap=self._mmap)
         snapshot = _Snapshot(version=version, base=base, revision=version.catalogue_revision)
         with self._db.read() as session:
@@ -126,12 +178,20 @@ class LiveIndex:
                 _track_servability(snapshot, item)
             changes = changed_since(session, version.catalogue_revision)
             revision = max([version.catalogue_revision] + [c.revision for c in changes])
-        self._snapshot = snapshot
-        self._apply(changes, revision)
-        log.info("index loaded version=%d items=%d kind=%s", version.id, len(base), base.kind)
+        self._apply(snapshot, changes, revision)
+        return snapshot
 
-    def _apply(self, changes: list[Item], revision: int) -> None:
-        snap = self._snapshot
+    @staticmethod
+    def _log_loaded(snapshot: _Snapshot) -> None:
+        assert snapshot.version is not None and snapshot.base is not None
+        log.info(
+            "index loaded version=%d items=%d kind=%s",
+            snapshot.version.id,
+            len(snapshot.base),
+            snapshot.base.kind,
+        )
+
+    def _apply(self, snap: _Snapshot, changes: list[Item], revision: int) -> None:
         transform = self._transform_for(snap.version.model_version_id if snap.version else None)
         add_ids, add_raw = [], []
         if snap.overlay is not None and changes:

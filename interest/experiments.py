@@ -102,6 +102,12 @@ class ExperimentRouter:
             return Assignment(self._control, running.name, CONTROL)
         return Assignment(self.treatment(running.model_version_id), running.name, TREATMENT)
 
+    def close(self) -> None:
+        """Stop the treatment indexes' background watchers."""
+        with self._lock:
+            for recommender in self._treatments.values():
+                recommender.index.close()
+
     def treatment(self, model_version_id: int | None) -> Recommender:
         with self._lock:
             if model_version_id not in self._treatments:

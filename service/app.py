@@ -47,7 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    runtime = Runtime(settings)
+    runtime = Runtime(settings, serving=True)
     try:
         ensure_schema_current(runtime.db.engine)  # SchemaOutOfDate names `driftrec db upgrade`
     except BaseException:

@@ -33,8 +33,13 @@ BUNDLED_DIM = 384
 
 
 class Runtime:
-    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+    def __init__(
+        self, settings: Settings, db: Database | None = None, *, serving: bool = False
+    ) -> None:
+        """``serving``: for a server process, whose indexes load newly activated versions in
+        the background (`indexer.live.LiveIndex`) instead of in a request."""
         self.settings = settings
+        self._serving = serving
         self.db = db or Database(settings.database_url)
         self.encoders = EncoderRegistry(self.db, settings)
         self.index = LiveIndex(
@@ -46,6 +51,7 @@ class Runtime:
             # server on the machine) share one copy in the page cache instead of each
             # reading its own. Changes since the file was built live in the overlay.
             mmap=True,
+            load_in_background=serving,
         )
         self.recommender = Recommender(self.db, settings, self.index, self.encoders)
         self.experiments = ExperimentRouter(
@@ -66,6 +72,8 @@ class Runtime:
             select_version=lambda session: latest_index_version_for_model(
                 session, model_version_id, embedder_model
             ),
+            mmap=True,
+            load_in_background=self._serving,
         )
         return Recommender(self.db, self.settings, index, self.encoders)
 
@@ -189,4 +197,6 @@ class Runtime:
         return result
 
     def close(self) -> None:
+        self.index.close()
+        self.experiments.close()
         self.db.dispose()

@@ -46,14 +46,8 @@ def test_running_server_picks_up_a_trained_model_and_follows_new_events(
 
         trained = fields(ok(invoke(env, "train")).stdout, "train")
         version = int(trained["model_version"])
-        deadline = time.monotonic() + 30
-        while True:
-            status, body = get(f"{base}/v1/users/1/recommendations?k=10")
-            assert status == 200, body
-            if body["model_version"] == version:
-                break
-            assert time.monotonic() < deadline, f"model never picked up:\n{log.read_text()}"
-            time.sleep(0.2)
+        _wait_for(base, log, lambda body: body["model_version"] == version)
+        status, body = get(f"{base}/v1/users/1/recommendations?k=10")
         assert body["strategy"] == "personalized" and len(body["items"]) == 10
 
         # A new event moves the next recommendation at once, with no retraining.
@@ -84,18 +78,23 @@ def test_running_server_picks_up_a_trained_model_and_follows_new_events(
         server.wait(timeout=30)
 
 
+#: Consecutive answers that must agree before "every worker has switched" (2 workers).
+AGREEING_ANSWERS = 10
+
+
 def _wait_for(base: str, log: Path, done) -> dict:  # type: ignore[no-untyped-def]
-    """Poll user 1's recommendations until ``done(body)`` (workers reload within 0.5 s)."""
+    """Poll user 1's recommendations until every worker answers ``done(body)``: each checks
+    every 0.5 s and loads a new index version in the background, answering from the previous
+    one meanwhile, so one worker can switch before the other."""
     deadline = time.monotonic() + 30
-    while True:
+    in_a_row = 0
+    while in_a_row < AGREEING_ANSWERS:
         status, body = get(f"{base}/v1/users/1/recommendations?k=5")
         assert status == 200, body
-        if done(body):
-            # One worker has it; every worker re-reads on its first request after 0.5 s.
-            time.sleep(1.0)
-            return body
+        in_a_row = in_a_row + 1 if done(body) else 0
         assert time.monotonic() < deadline, f"change never picked up:\n{log.read_text()}"
-        time.sleep(0.2)
+        time.sleep(0.05)
+    return body
 
 
 def _experiment_serves_both_models(env: dict[str, str], base: str, version: int, log: Path):

@@ -1,5 +1,7 @@
 """The live index: published versions plus an overlay of later catalogue changes."""
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,7 +18,8 @@ from store.items import (
     store_vectors,
     upsert_items,
 )
-from store.models import Item
+from store.models import IndexVersion, Item
+from store.versions import add_index_version
 
 DIM = 8
 
@@ -157,3 +160,83 @@ def test_new_build_parameters_rebuild_an_unchanged_catalogue(db, embedder, tmp_p
     assert rebuilt.rebuilt and rebuilt.index_version_id != first.index_version_id
     kept = build_index(db, embedder, tmp_path, exact_max_items=1000)
     assert (kept.rebuilt, kept.index_version_id) == (False, rebuilt.index_version_id)
+
+
+def _wait_until(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_a_version_activated_while_serving_loads_in_the_background(
+    db, embedder, tmp_path, monkeypatch
+):
+    """Requests go on with the current version while the new file is read and checked, and
+    the switch happens without any request."""
+    import indexer.live as live_module
+
+    _add(db, embedder, [f"a{n}" for n in range(5)])
+    first = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0, load_in_background=True)
+    try:
+        live.refresh()
+        assert live.version_id == first.index_version_id
+        release, loading = threading.Event(), threading.Event()
+        real_load = live_module.VectorIndex.load
+
+        def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+            loading.set()
+            assert release.wait(10)
+            return real_load(*args, **kwargs)
+
+        monkeypatch.setattr(live_module.VectorIndex, "load", slow_load)
+        _add(db, embedder, ["b1"])
+        second = build_index(db, embedder, tmp_path, exact_max_items=1000)
+        assert loading.wait(10), "the watcher did not start loading the new version"
+        live.refresh()  # a request meanwhile: answered from the current version and overlay
+        assert live.version_id == first.index_version_id
+        query = embedder.embed(["Title b1"])[0]
+        assert live.search(query, 1)[0].item_id == _ids(db, ["b1"])["b1"]
+        release.set()
+        _wait_until(lambda: live.version_id == second.index_version_id)
+        live.refresh()
+        assert len(live) == 6
+        assert live.search(query, 1)[0].item_id == _ids(db, ["b1"])["b1"]
+    finally:
+        live.close()
+
+
+def test_a_corrupt_new_version_leaves_the_current_one_serving(db, embedder, tmp_path, caplog):
+    _add(db, embedder, [f"a{n}" for n in range(5)])
+    first = build_index(db, embedder, tmp_path, exact_max_items=1000)
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0, load_in_background=True)
+    try:
+        live.refresh()
+        with db.write() as session:  # a new active version whose file fails its checksum
+            current = session.get(IndexVersion, first.index_version_id)
+            data = bytearray(open(current.path, "rb").read())
+            data[100] ^= 0xFF
+            bad = tmp_path / "bad.faiss"
+            bad.write_bytes(bytes(data))
+            add_index_version(
+                session,
+                IndexVersion(
+                    path=str(bad),
+                    checksum=current.checksum,
+                    item_count=current.item_count,
+                    kind=current.kind,
+                    embedder_model=current.embedder_model,
+                    fingerprint="bad",
+                    catalogue_revision=current.catalogue_revision,
+                ),
+                activate=True,
+            )
+        _wait_until(lambda: "index load failed" in caplog.text)
+        live.refresh()
+        assert live.version_id == first.index_version_id
+        assert len(live.search(embedder.embed(["Title a1"])[0], 3)) == 3
+        time.sleep(0.2)  # several watcher rounds: the bad file is not retried
+        assert caplog.text.count("index load failed") == 1
+    finally:
+        live.close()
