@@ -71,6 +71,8 @@ class TrainConfig:
     transition_weight_grid, transition_half_life_grid_events, transition_l2_grid: the transition
     term's weight (0: none), position half-life of its history weights (in events) and ridge
     lambda, searched together on each user's latest events on top of the chosen linear part.
+    transition_rank: the transition factors' rank (the query and index grow by this much when
+    the term is kept).
 
     l2_grid: EASE lambdas tried. half_life_grid_s: query recency half-lives tried (inf: none).
     rank: factorisation rank (capped by the number of items). max_items: most popular items
@@ -89,9 +91,10 @@ class TrainConfig:
     cold_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     text_in_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     time_cut_quantile: float = 0.9
-    transition_weight_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-    transition_half_life_grid_events: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
-    transition_l2_grid: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+    transition_weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    transition_half_life_grid_events: tuple[float, ...] = (1.0, 3.0, 10.0)
+    transition_l2_grid: tuple[float, ...] = (1.0, 10.0, 100.0)
+    transition_rank: int = 512
     use_correction: bool = True
     correction_learning_rate: float = 0.01
     correction_batch_size: int = 256
@@ -261,7 +264,7 @@ class ValidationSet:
                 len(self.train_counts),
                 buffer_size=self.buffer_size,
                 half_life_events=half_life_events,
-                rank=config.rank,
+                rank=config.transition_rank,
                 seed=config.seed,
             )
         return self.transition_spectra[half_life_events]
@@ -371,7 +374,7 @@ def transition_factors(
     events in it): others have no ``U_T`` row.
     """
     spectrum = validation.transition_spectrum(choice.half_life_events, config)
-    u_t, v_t = spectrum.factors(choice.l2, config.rank)
+    u_t, v_t = spectrum.factors(choice.l2, config.transition_rank)
     known = only_items(validation.buffered, validation.train_counts > 0)
     rows = transition_query_rows(known, len(validation.train_counts), choice.half_life_events)
     return choice.weight * (rows @ u_t), v_t
@@ -797,9 +800,9 @@ def fit_linear(
             len(data.item_ids),
             buffer_size=buffer_size,
             half_life_events=transition.half_life_events,
-            rank=config.rank,
+            rank=config.transition_rank,
             seed=config.seed,
-        ).factors(transition.l2, config.rank)
+        ).factors(transition.l2, config.transition_rank)
         model.text_out_t = text_map(data.text, model.v_t)
     return model
 
