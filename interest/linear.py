@@ -172,12 +172,17 @@ def transition_rows(
     histories: Histories, n_items: int, buffer_size: int, half_life_events: float
 ) -> tuple[sp.csr_matrix, np.ndarray]:
     """``(S, targets)``: per event with an earlier one, the position-weighted events before it
-    (event weights included) and the event's item."""
+    and the event's item.
+
+    Events count once whatever their weight, as in EASE's interaction matrix; the served query
+    weighs them by their weights, as EASE's does, so both parts' scores scale alike with the
+    event weights and the transition term's weight does not depend on them.
+    """
     window = transition_window(buffer_size, half_life_events)
     decay = position_weights(window, half_life_events)[::-1]  # by distance, 0 = newest
     prefix_rows, item_cols, values, targets = [], [], [], []
     offset = 0
-    for rows, weights in zip(histories.rows, histories.weights, strict=True):
+    for rows in histories.rows:
         m = len(rows)
         if m < 2:
             continue
@@ -187,7 +192,7 @@ def transition_rows(
             t = steps[steps - 1 - k >= 0]
             prefix_rows.append(offset + t - 1)
             item_cols.append(rows[t - 1 - k])
-            values.append(weights[t - 1 - k] * decay[k])
+            values.append(np.full(len(t), decay[k]))
         offset += m - 1
     if offset == 0:
         return sp.csr_matrix((0, n_items)), np.zeros(0, dtype=np.int64)

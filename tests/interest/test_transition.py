@@ -31,14 +31,15 @@ def _sequences(n_users: int, n_items: int, seed: int = 0) -> Histories:
 
 
 def test_transition_rows_weigh_the_events_before_each_one_by_position():
+    # Event weights do not count in the fit (as in EASE's binary matrix), only in the query.
     histories = Histories([np.array([3, 1, 3, 2])], [np.arange(4.0)], [np.array([1, 2, 1, 4.0])])
     s, targets = transition_rows(histories, n_items=4, buffer_size=2, half_life_events=1.0)
     assert targets.tolist() == [1, 3, 2]
     expected = np.array(
         [
             [0, 0, 0, 1],  # before item 1: item 3
-            [0, 2, 0, 0.5],  # before the second 3: item 1 (newest), item 3 one place back
-            [0, 0.5 * 2, 0, 1],  # buffer of 2: item 1 one place back, item 3 newest
+            [0, 1, 0, 0.5],  # before the second 3: item 1 (newest), item 3 one place back
+            [0, 0.5, 0, 1],  # buffer of 2: item 1 one place back, item 3 newest
         ]
     )
     np.testing.assert_allclose(s.toarray(), expected)
