@@ -395,7 +395,8 @@ def choose_transition(
         return TransitionChoice(), {"transition_weight": 0.0}
     n_items = len(validation.train_counts)
     u, v = validation.spectrum.factors(l2, config.rank)
-    base = ((history_rows(validation.buffered, n_items, half_life) @ u) @ v.T).astype(np.float32)
+    # float64 like `choose_linear_settings`, so that weight 0 scores what it scored there.
+    base = (history_rows(validation.buffered, n_items, half_life) @ u) @ v.T
     for row, items in enumerate(validation.seen):
         base[row, items] = -np.inf  # excluded once here, for every candidate below
     unseen = [np.zeros(0, dtype=np.int64)] * len(validation.targets)
@@ -409,7 +410,7 @@ def choose_transition(
     ]
     for h, lam in tqdm(combos, desc="transition", disable=not progress):
         query, v_t = transition_factors(validation, TransitionChoice(1.0, h, lam), config)
-        transition = (query @ v_t.T).astype(np.float32)
+        transition = query @ v_t.T
         for weight in weights:
             value = ndcg_at_10(base + weight * transition, validation.targets, unseen)
             grid[f"half_life_events={h:g},l2={lam:g},weight={weight:g}"] = value

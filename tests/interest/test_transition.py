@@ -1,5 +1,6 @@
 """The transition term: SLIT's closed form, factorised, served and kept only when it validates."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from interest.train import (
     TransitionChoice,
     ValidationSet,
     choose_content_weight,
+    choose_linear_settings,
     choose_transition,
     fit_linear,
 )
@@ -137,6 +139,10 @@ def test_train_keeps_the_transition_term_only_when_validation_improves(forward):
     choice, metrics = choose_transition(
         validation, l2=10.0, half_life=math.inf, config=config, progress=False
     )
+    # Without the term it scores what the linear part scored when it was chosen.
+    linear = dataclasses.replace(config, l2_grid=(10.0,), half_life_grid_s=(math.inf,))
+    _, _, chosen = choose_linear_settings(validation, linear, progress=False)
+    assert metrics["transition_validation_ndcg@10_without"] == chosen["validation_ndcg@10"]
     if forward:
         assert choice.weight > 0
         assert (
