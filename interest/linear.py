@@ -136,13 +136,15 @@ class TransitionSpectrum:
         seed: int = 0,
     ) -> None:
         s_matrix, targets = transition_rows(histories, n_items, buffer_size, half_life_events)
-        self.eigenvalues, self.vectors = gram_eigenpairs(
-            s_matrix, max_exact=max_exact, rank=rank, seed=seed
+        eigenvalues, vectors = gram_eigenpairs(s_matrix, max_exact=max_exact, rank=rank, seed=seed)
+        self.eigenvalues, self.vectors = eigenvalues[:rank], vectors[:, :rank]
+        # T^T S (items x items, sparse: how often each item came right after each weighted
+        # history item) before E, so that no dense prefixes x rank matrix is ever formed.
+        one_hot = sp.csr_matrix(
+            (np.ones(len(targets)), (np.arange(len(targets)), targets)),
+            shape=(len(targets), n_items),
         )
-        projected = np.asarray(s_matrix @ self.vectors)  # (prefixes, k): S E
-        # T^T S E: the projected prefixes summed into the row of the item that followed.
-        self.outputs = np.zeros((n_items, projected.shape[1]))
-        np.add.at(self.outputs, targets, projected)
+        self.outputs = np.asarray((one_hot.T @ s_matrix) @ self.vectors)
 
     def factors(self, lam: float, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """``(U_T, V_T)`` with ``U_T V_T^T = B_T`` (up to ``rank`` components)."""
