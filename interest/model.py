@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from interest.errors import ModelCorrupt
-from interest.linear import LN2
+from interest.linear import LN2, position_weights
 from interest.profile import ProfileState, closest_slot
 from interest.recency import CorrectionWeights
 
@@ -60,6 +60,13 @@ class LinearConfig:
     #: they add nothing): such an item's input vector is its raw text vector through
     #: ``text_in``. The raw vectors come with the profile state (``ProfileState.text_vectors``).
     text_in_weight: float = 0.0
+    #: Weight of the transition term (0: none; `interest.linear.TransitionSpectrum`): the query
+    #: adds ``transition_weight * sum_k 2^(-k / transition_half_life_events) w_k U_T[item_k]``
+    #: over the buffered events the model has rows for (k = 0 for the newest of them), the
+    #: index ``V_T``, so an item scores by what tends to come next after the recent ones.
+    transition_weight: float = 0.0
+    transition_half_life_events: float = 1.0
+    transition_l2: float = 0.0
 
 
 @dataclass
@@ -75,9 +82,20 @@ class InterestModel:
     #: The learned correction (recency weights and popularity coefficient), when it was kept.
     correction: CorrectionWeights | None = None
     log_popularity: np.ndarray | None = None  # (n,) log(1 + events) per item, with a correction
+    #: The transition term's factors, when it was kept: input and index vectors per item, and
+    #: the ridge map from text to index vectors for items the model has not seen.
+    u_t: np.ndarray | None = None  # (n, r_T)
+    v_t: np.ndarray | None = None  # (n, r_T)
+    text_out_t: np.ndarray | None = None  # (dim, r_T)
 
     def __post_init__(self) -> None:
         self._row = {int(item_id): row for row, item_id in enumerate(self.item_ids)}
+
+    @property
+    def transition_dim(self) -> int:
+        if self.config.transition_weight > 0 and self.v_t is not None:
+            return int(self.v_t.shape[1])
+        return 0
 
     @property
     def content_dim(self) -> int:
@@ -89,11 +107,11 @@ class InterestModel:
 
     @property
     def dim(self) -> int:
-        """Dimension of query and index vectors: ``V``, then the text vector when the content
-        term is on, then the cold coordinate when that term is on, then one bias coordinate
-        when the correction is kept."""
+        """Dimension of query and index vectors: ``V``, then ``V_T`` when the transition term is
+        on, then the text vector when the content term is on, then the cold coordinate when
+        that term is on, then one bias coordinate when the correction is kept."""
         bias = 1 if self.correction is not None else 0
-        return int(self.v.shape[1]) + self.content_dim + self.cold_dim + bias
+        return int(self.v.shape[1]) + self.transition_dim + self.content_dim + self.cold_dim + bias
 
     def rows(self, item_ids: Sequence[int]) -> np.ndarray:
         return np.array([self._row.get(int(i), -1) for i in item_ids], dtype=np.int64)
@@ -180,13 +198,35 @@ class InterestModel:
             # in the buffer there are no linear scores, and any positive scale ranks the same.
             linear_norm = float(np.linalg.norm(queries[row, :rank])) or 1.0
             scale = linear_norm * self.config.v_scale
+            start = rank
+            if self.transition_dim:
+                queries[row, start : start + self.transition_dim] = self._transition_query(
+                    state.recent
+                )
+                start += self.transition_dim
             if self.content_dim:
-                queries[row, rank : rank + self.content_dim] = (
+                queries[row, start : start + self.content_dim] = (
                     self.config.content_weight * scale * self._content_direction(state)
                 )
+                start += self.content_dim
             if self.cold_dim:
-                queries[row, rank + self.content_dim] = self.config.cold_weight * scale * cold_share
+                queries[row, start] = self.config.cold_weight * scale * cold_share
         return queries.astype(np.float32)
+
+    def _transition_query(self, recent: Sequence[tuple[float, int, float]]) -> np.ndarray:
+        """``w_T`` times the position-weighted blend of ``U_T`` over the buffered events the
+        model has rows for, newest of them first in weight (as `interest.linear.
+        transition_rows` weighs a training history)."""
+        assert self.u_t is not None
+        window = recent[-self.config.buffer_size :]
+        rows = self.rows([item_id for _, item_id, _ in window])
+        known = rows >= 0
+        if not known.any():
+            return np.zeros(self.u_t.shape[1])
+        weights = np.array([w for _, _, w in window])[known] * position_weights(
+            int(known.sum()), self.config.transition_half_life_events
+        )
+        return self.config.transition_weight * (weights @ self.u_t[rows[known]])
 
     def _content_direction(self, state: ProfileState) -> np.ndarray:
         """The unit direction of the profile's decayed text-vector sum at the content half-life."""
@@ -199,6 +239,11 @@ class InterestModel:
         known = rows >= 0
         out = np.asarray(raw, dtype=np.float32) @ self.text_out
         out[known] = self.v[rows[known]]
+        if self.transition_dim:
+            assert self.v_t is not None and self.text_out_t is not None
+            transition = np.asarray(raw, dtype=np.float32) @ self.text_out_t
+            transition[known] = self.v_t[rows[known]]
+            out = np.hstack([out, transition])
         if self.content_dim:
             out = np.hstack([out, np.asarray(raw, dtype=np.float32)])
         if self.cold_dim:
@@ -224,6 +269,7 @@ class InterestModel:
             text_in=self.text_in,
             text_out=self.text_out,
             **_correction_arrays(self.correction, self.log_popularity),
+            **_transition_arrays(self),
         )
         data = buffer.getvalue()
         tmp = path.with_name(path.name + ".tmp")
@@ -246,6 +292,12 @@ def _correction_arrays(
         "correction_popularity_scale": np.array(correction.popularity_scale),
         "log_popularity": log_popularity,
     }
+
+
+def _transition_arrays(model: InterestModel) -> dict[str, np.ndarray]:
+    if model.u_t is None or model.v_t is None or model.text_out_t is None:
+        return {}
+    return {"u_t": model.u_t, "v_t": model.v_t, "text_out_t": model.text_out_t}
 
 
 def load_model(path: Path, checksum: str | None, version_id: int | None = None) -> InterestModel:
@@ -274,6 +326,7 @@ def load_model(path: Path, checksum: str | None, version_id: int | None = None) 
             if "correction_position" in arrays
             else None,
             log_popularity=arrays["log_popularity"] if "log_popularity" in arrays else None,
+            **{name: arrays[name] for name in ("u_t", "v_t", "text_out_t") if name in arrays},
         )
 
 

@@ -32,10 +32,12 @@ from interest.ingest import event_weight
 from interest.linear import (
     EaseSpectrum,
     Histories,
+    TransitionSpectrum,
     history_rows,
     interaction_matrix,
     only_items,
     text_map,
+    transition_query_rows,
 )
 from interest.model import InterestModel, LinearConfig
 from interest.profile import closest_slot
@@ -66,6 +68,11 @@ class TrainConfig:
     query tried (0: none), with each cold weight, on the time-cut validation.
     time_cut_quantile: the time-cut validation holds out the events after this quantile of
     event times (the replay protocol's 90%).
+    transition_weight_grid, transition_half_life_grid_events, transition_l2_grid: the transition
+    term's weight (0: none), position half-life of its history weights (in events) and ridge
+    lambda, searched together on each user's latest events on top of the chosen linear part.
+    transition_rank: the transition factors' rank (the query and index grow by this much when
+    the term is kept).
 
     l2_grid: EASE lambdas tried. half_life_grid_s: query recency half-lives tried (inf: none).
     rank: factorisation rank (capped by the number of items). max_items: most popular items
@@ -84,6 +91,10 @@ class TrainConfig:
     cold_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
     text_in_weight_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     time_cut_quantile: float = 0.9
+    transition_weight_grid: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    transition_half_life_grid_events: tuple[float, ...] = (1.0, 3.0, 10.0)
+    transition_l2_grid: tuple[float, ...] = (1.0, 10.0, 100.0)
+    transition_rank: int = 512
     use_correction: bool = True
     correction_learning_rate: float = 0.01
     correction_batch_size: int = 256
@@ -239,6 +250,24 @@ class ValidationSet:
     train_counts: np.ndarray  # events per item in the training part
     text: np.ndarray  # (n_items, dim) raw text vectors of the model's items
     extra_text: np.ndarray  # (m, dim) raw text vectors of live items without events
+    train: Histories  # what the spectra are fitted on
+    buffer_size: int  # events a profile buffer holds
+    #: Transition spectra fitted on ``train``, by position half-life (`transition_spectrum`).
+    transition_spectra: dict[float, TransitionSpectrum] = dataclasses.field(default_factory=dict)
+
+    def transition_spectrum(
+        self, half_life_events: float, config: TrainConfig
+    ) -> TransitionSpectrum:
+        if half_life_events not in self.transition_spectra:
+            self.transition_spectra[half_life_events] = TransitionSpectrum(
+                self.train,
+                len(self.train_counts),
+                buffer_size=self.buffer_size,
+                half_life_events=half_life_events,
+                rank=config.transition_rank,
+                seed=config.seed,
+            )
+        return self.transition_spectra[half_life_events]
 
     @classmethod
     def build(cls, data: TrainingData, config: TrainConfig, buffer_size: int) -> ValidationSet:
@@ -288,6 +317,8 @@ class ValidationSet:
             item_counts(train_h, n_items),
             data.text,
             data.all_text[np.isin(data.all_ids, data.item_ids, invert=True)],
+            train_h,
+            buffer_size,
         )
 
 
@@ -325,6 +356,85 @@ def choose_linear_settings(
     return l2, half_life, {"validation_ndcg@10": value, "grid": grid}
 
 
+@dataclass(frozen=True)
+class TransitionChoice:
+    """The transition term's settings; weight 0 leaves it out."""
+
+    weight: float = 0.0
+    half_life_events: float = 1.0
+    l2: float = 0.0
+
+
+def transition_factors(
+    validation: ValidationSet, choice: TransitionChoice, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(the weighted transition queries of the validation buffers, ``V_T``) for ``choice``.
+
+    As served, positions count among the buffered events the fit has rows for (items with
+    events in it): others have no ``U_T`` row.
+    """
+    spectrum = validation.transition_spectrum(choice.half_life_events, config)
+    u_t, v_t = spectrum.factors(choice.l2, config.transition_rank)
+    known = only_items(validation.buffered, validation.train_counts > 0)
+    rows = transition_query_rows(known, len(validation.train_counts), choice.half_life_events)
+    return choice.weight * (rows @ u_t), v_t
+
+
+def choose_transition(
+    validation: ValidationSet,
+    l2: float,
+    half_life: float,
+    config: TrainConfig,
+    progress: bool,
+) -> tuple[TransitionChoice, dict[str, Any]]:
+    """Pick the transition term's weight, position half-life and lambda together by NDCG@10 on
+    each user's latest events, on top of the linear part as chosen (weight 0: left out, which
+    wins unless the term improves validation)."""
+    weights = [w for w in config.transition_weight_grid if w > 0]
+    if not weights:
+        return TransitionChoice(), {"transition_weight": 0.0}
+    n_items = len(validation.train_counts)
+    u, v = validation.spectrum.factors(l2, config.rank)
+    # float64 like `choose_linear_settings`, so that weight 0 scores what it scored there.
+    base = (history_rows(validation.buffered, n_items, half_life) @ u) @ v.T
+    for row, items in enumerate(validation.seen):
+        base[row, items] = -np.inf  # excluded once here, for every candidate below
+    unseen = [np.zeros(0, dtype=np.int64)] * len(validation.targets)
+    without = ndcg_at_10(base, validation.targets, unseen)
+    best = (without, TransitionChoice())
+    grid: dict[str, float] = {}
+    combos = [
+        (h, lam)
+        for h in config.transition_half_life_grid_events
+        for lam in config.transition_l2_grid
+    ]
+    for h, lam in tqdm(combos, desc="transition", disable=not progress):
+        query, v_t = transition_factors(validation, TransitionChoice(1.0, h, lam), config)
+        transition = query @ v_t.T
+        for weight in weights:
+            value = ndcg_at_10(base + weight * transition, validation.targets, unseen)
+            grid[f"half_life_events={h:g},l2={lam:g},weight={weight:g}"] = value
+            if value > best[0] + 1e-12:
+                best = (value, TransitionChoice(weight, h, lam))
+    value, choice = best
+    log.info(
+        "train transition weight=%g half_life_events=%g l2=%g validation_ndcg10=%.4f without=%.4f",
+        choice.weight,
+        choice.half_life_events,
+        choice.l2,
+        value,
+        without,
+    )
+    return choice, {
+        "transition_weight": choice.weight,
+        "transition_half_life_events": choice.half_life_events,
+        "transition_l2": choice.l2,
+        "transition_validation_ndcg@10": value,
+        "transition_validation_ndcg@10_without": without,
+        "transition_grid": grid,
+    }
+
+
 def content_half_life(half_lives: Sequence[float], linear_half_life: float) -> float:
     """The profile accumulator's half-life closest to the linear part's (what serving blends)."""
     return half_lives[closest_slot(half_lives, linear_half_life)]
@@ -359,9 +469,13 @@ class ItemSideTerms:
     query_text: np.ndarray  # (targets, rank) before the text-in weight
     v_all: np.ndarray  # (items, rank)
     v_median: float
+    #: (targets, items) the weighted transition term's scores, when it is on.
+    transition: np.ndarray | None = None
 
     def scores(self, content_weight: float, cold_weight: float) -> np.ndarray:
         out = self.linear + (content_weight * self.scale) * self.content
+        if self.transition is not None:
+            out += self.transition
         if cold_weight > 0:
             out += (cold_weight * self.scale * self.cold_share) * self.cold[None, :]
         return out
@@ -385,14 +499,12 @@ def item_side_terms(
     half_life: float,
     content_half_life_s: float,
     config: TrainConfig,
+    transition: TransitionChoice,
 ) -> ItemSideTerms:
     u, v = validation.spectrum.factors(l2, config.rank)
     n_items = len(validation.train_counts)
     warm = validation.train_counts > 0
-    text_out = text_map(validation.text[warm], v[warm])
-    v = v.copy()
-    v[~warm] = validation.text[~warm] @ text_out
-    v_all = np.vstack([v, validation.extra_text @ text_out])
+    v_all = _with_text_rows(validation, v)
     cold = np.concatenate([~warm, np.ones(len(validation.extra_text), dtype=bool)])
     # The query's curve starts at the newest known item (as `InterestModel.query` does).
     known_only = only_items(validation.buffered, warm)
@@ -415,7 +527,28 @@ def item_side_terms(
         query_text=buffer_weights[:, ~warm] @ (validation.text[~warm] @ text_in),
         v_all=v_all,
         v_median=v_median,
+        transition=_transition_scores(validation, transition, config),
     )
+
+
+def _with_text_rows(validation: ValidationSet, v: np.ndarray) -> np.ndarray:
+    """Index vectors of every live item: ``v`` for items with events in the fit, the rest (and
+    the items with no events at all, after them) from the ridge map of text to ``v``."""
+    warm = validation.train_counts > 0
+    text_out = text_map(validation.text[warm], v[warm])
+    v = v.copy()
+    v[~warm] = validation.text[~warm] @ text_out
+    return np.vstack([v, validation.extra_text @ text_out])
+
+
+def _transition_scores(
+    validation: ValidationSet, transition: TransitionChoice, config: TrainConfig
+) -> np.ndarray | None:
+    """The transition term's scores over every live item (unseen ones from text), or None."""
+    if transition.weight <= 0:
+        return None
+    query, v_t = transition_factors(validation, transition, config)
+    return (query @ _with_text_rows(validation, v_t).T).astype(np.float32)
 
 
 def choose_content_weight(
@@ -424,10 +557,11 @@ def choose_content_weight(
     half_life: float,
     content_half_life_s: float,
     config: TrainConfig,
+    transition: TransitionChoice = TransitionChoice(),
 ) -> tuple[float, dict[str, Any]]:
     """Pick the content term's weight by validation NDCG@10 on each user's latest events (0
-    keeps the linear model alone)."""
-    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config)
+    keeps the linear model alone), with the transition term as chosen."""
+    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config, transition)
     weight, value, grid = _best_weight(
         validation, config.content_weight_grid, lambda w: terms.scores(w, 0.0)
     )
@@ -446,6 +580,7 @@ def choose_cold_weights(
     content_half_life_s: float,
     content_weight: float,
     config: TrainConfig,
+    transition: TransitionChoice = TransitionChoice(),
 ) -> tuple[float, float, dict[str, Any]]:
     """Pick the cold term's weight and the text-in weight together by NDCG@10 on the time-cut
     validation; return (cold weight, text-in weight, metrics). 0 switches either off.
@@ -457,7 +592,7 @@ def choose_cold_weights(
     mapped to an input vector). (Each user's latest events cannot judge this: their histories
     are almost all on items with events.)
     """
-    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config)
+    terms = item_side_terms(validation, l2, half_life, content_half_life_s, config, transition)
     grid: dict[str, float] = {}
     best = (-1.0, config.cold_weight_grid[0], config.text_in_weight_grid[0])
     best_without_text_in: float | None = None
@@ -630,15 +765,29 @@ def fit_correction(
 
 
 def fit_linear(
-    data: TrainingData, l2: float, half_life: float, config: TrainConfig, buffer_size: int
+    data: TrainingData,
+    l2: float,
+    half_life: float,
+    config: TrainConfig,
+    buffer_size: int,
+    transition: TransitionChoice = TransitionChoice(),
 ) -> InterestModel:
-    """EASE on every event in factorised form, with text maps for items it has not seen."""
+    """EASE on every event in factorised form, with text maps for items it has not seen, and
+    the transition term when it was chosen."""
     spectrum = EaseSpectrum(
         interaction_matrix(data.histories, len(data.item_ids)), rank=config.rank, seed=config.seed
     )
     u, v = spectrum.factors(l2, config.rank)
-    return InterestModel(
-        config=LinearConfig(l2=l2, half_life_s=half_life, rank=u.shape[1], buffer_size=buffer_size),
+    model = InterestModel(
+        config=LinearConfig(
+            l2=l2,
+            half_life_s=half_life,
+            rank=u.shape[1],
+            buffer_size=buffer_size,
+            transition_weight=transition.weight,
+            transition_half_life_events=transition.half_life_events,
+            transition_l2=transition.l2,
+        ),
         item_ids=data.item_ids,
         u=u,
         v=v,
@@ -646,6 +795,17 @@ def fit_linear(
         text_out=text_map(data.text, v),
         metrics={},
     )
+    if transition.weight > 0:
+        model.u_t, model.v_t = TransitionSpectrum(
+            data.histories,
+            len(data.item_ids),
+            buffer_size=buffer_size,
+            half_life_events=transition.half_life_events,
+            rank=config.transition_rank,
+            seed=config.seed,
+        ).factors(transition.l2, config.transition_rank)
+        model.text_out_t = text_map(data.text, model.v_t)
+    return model
 
 
 def train(
@@ -665,6 +825,7 @@ def train(
     buffer_size = settings.recent_buffer_size
     validation = ValidationSet.build(data, config, buffer_size)
     l2, half_life, chosen = choose_linear_settings(validation, config, progress)
+    transition, transition_metrics = choose_transition(validation, l2, half_life, config, progress)
     correction, correction_metrics = (
         fit_correction(validation, l2, half_life, config, buffer_size, progress)
         if config.use_correction
@@ -672,7 +833,7 @@ def train(
     )
     content_half_life_s = content_half_life(settings.half_lives, half_life)
     content_weight, content_metrics = choose_content_weight(
-        validation, l2, half_life, content_half_life_s, config
+        validation, l2, half_life, content_half_life_s, config, transition
     )
     cold_weight, text_in_weight, cold_metrics = (
         choose_cold_weights(
@@ -682,11 +843,12 @@ def train(
             content_half_life_s,
             content_weight,
             config,
+            transition,
         )
         if any(w > 0 for w in (*config.cold_weight_grid, *config.text_in_weight_grid))
         else (0.0, 0.0, {"cold_weight": 0.0, "text_in_weight": 0.0})
     )
-    model = fit_linear(data, l2, half_life, config, buffer_size)
+    model = fit_linear(data, l2, half_life, config, buffer_size, transition)
     model.config = dataclasses.replace(
         model.config,
         content_weight=content_weight,
@@ -700,6 +862,7 @@ def train(
         model.log_popularity = np.log1p(item_counts(data.histories, len(data.item_ids)))
     model.metrics = {
         **chosen,
+        **{k: v for k, v in transition_metrics.items() if k != "transition_grid"},
         **correction_metrics,
         **{k: v for k, v in content_metrics.items() if k != "content_grid"},
         **{k: v for k, v in cold_metrics.items() if k != "cold_grid"},
@@ -722,6 +885,9 @@ def publish(runtime: RuntimeLike, model: InterestModel, *, activate: bool) -> in
         "content_weight": model.config.content_weight,
         "cold_weight": model.config.cold_weight,
         "text_in_weight": model.config.text_in_weight,
+        "transition_weight": model.config.transition_weight,
+        "transition_half_life_events": model.config.transition_half_life_events,
+        "transition_l2": model.config.transition_l2,
     }
     with runtime.db.write() as session:
         version = add_model_version(
