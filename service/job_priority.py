@@ -68,7 +68,8 @@ def _rerun_in_own_session() -> int:
         child.send_signal(signum)
 
     for signum in FORWARDED:
-        signal.signal(signum, forward)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job
+            signal.signal(signum, forward)
     status = child.wait()
     if status < 0:  # killed by a signal: end the same way
         signal.signal(-status, signal.SIG_DFL)

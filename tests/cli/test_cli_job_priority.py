@@ -21,7 +21,10 @@ from service.job_priority import CHILD_ENV, JOB_COMMANDS, autogroups_active, is_
 from store.settings import SettingsError, load_settings
 
 REPORT = """
-import json, os, sys, time
+import json, os, signal, sys, time
+# Ctrl-C handled as in a terminal, even when the test run inherited an ignored SIGINT (a
+# background job of a non-interactive shell does).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from service.job_priority import enter_job_priority
 enter_job_priority(int(sys.argv[1]))
 autogroup = open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else ""
