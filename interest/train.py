@@ -341,14 +341,21 @@ def choose_linear_settings(
     }
     grid: dict[str, float] = {}
     best = (-1.0, config.l2_grid[0], math.inf)
-    combos = [(l2, hl) for l2 in config.l2_grid for hl in config.half_life_grid_s]
-    for l2, half_life in tqdm(combos, desc="validation", disable=not progress):
-        u, v = validation.spectrum.factors(l2, config.rank)
-        scores = (rows_by_half_life[half_life] @ u) @ v.T
-        value = ndcg_at_10(scores, validation.targets, validation.seen)
-        grid[f"l2={l2:g},half_life_days={half_life / DAY:g}"] = value
-        if value > best[0]:
-            best = (value, l2, half_life)
+    bar = tqdm(
+        total=len(config.l2_grid) * len(config.half_life_grid_s),
+        desc="validation",
+        disable=not progress,
+    )
+    for l2 in config.l2_grid:
+        u, v = validation.spectrum.factors(l2, config.rank)  # once per lambda
+        for half_life in config.half_life_grid_s:
+            scores = (rows_by_half_life[half_life] @ u) @ v.T
+            value = ndcg_at_10(scores, validation.targets, validation.seen)
+            grid[f"l2={l2:g},half_life_days={half_life / DAY:g}"] = value
+            if value > best[0]:
+                best = (value, l2, half_life)
+            bar.update()
+    bar.close()
     value, l2, half_life = best
     log.info(
         "train chosen l2=%g half_life_days=%g validation_ndcg10=%.4f", l2, half_life / DAY, value
