@@ -246,13 +246,8 @@ def split_list(raw: object) -> object:
     """A list parameter may repeat and each value may be comma-separated; blanks are dropped."""
     if not isinstance(raw, list):
         return raw
-    found: list[str] = []
-    for value in raw:
-        for part in str(value).split(","):
-            part = part.strip()
-            if part and part not in found:
-                found.append(part)
-    return found
+    parts = (part.strip() for value in raw for part in str(value).split(","))
+    return list(dict.fromkeys(part for part in parts if part))  # first occurrence, in order
 
 
 QueryK = Annotated[K, BeforeValidator(query_int)]

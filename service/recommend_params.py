@@ -115,16 +115,10 @@ class RecommendQuery(BaseModel):
     ] = []
 
     def to_params(self) -> RecommendParams:
-        return RecommendParams(
-            k=self.k,
-            exclude_seen=self.exclude_seen,
-            exclude=tuple(self.exclude),
-            categories=tuple(dict.fromkeys([*self.category, *self.categories])),
+        return _params(
+            self,
+            categories=[*self.category, *self.categories],
             categories_mode=self.categories_mode,
-            min_score=self.min_score,
-            diversity=self.diversity,
-            explain=self.explain,
-            fields=tuple(self.fields),
         )
 
 
@@ -165,15 +159,32 @@ class RecommendBody(BaseModel):
 
     def to_params(self) -> RecommendParams:
         filters = self.filter or Filter()
-        return RecommendParams(
-            k=self.k,
-            exclude_seen=self.exclude_seen,
-            exclude=tuple(dict.fromkeys(self.exclude)),
-            categories=tuple(dict.fromkeys([*self.categories, *filters.categories])),
+        return _params(
+            self,
+            categories=[*self.categories, *filters.categories],
             categories_mode=filters.categories_mode or self.categories_mode,
             properties=filters.properties,
-            min_score=self.min_score,
-            diversity=self.diversity,
-            explain=self.explain,
-            fields=tuple(self.fields),
         )
+
+
+def _params(
+    form: RecommendQuery | RecommendBody,
+    *,
+    categories: list[str],
+    categories_mode: str,
+    properties: dict[str, Any] | None = None,
+) -> RecommendParams:
+    """`RecommendParams` from either form: the controls both carry alike, plus the category
+    and property filters, which each spells its own way."""
+    return RecommendParams(
+        k=form.k,
+        exclude_seen=form.exclude_seen,
+        exclude=tuple(dict.fromkeys(form.exclude)),
+        categories=tuple(dict.fromkeys(categories)),
+        categories_mode=categories_mode,
+        properties=properties if properties is not None else {},
+        min_score=form.min_score,
+        diversity=form.diversity,
+        explain=form.explain,
+        fields=tuple(form.fields),
+    )
