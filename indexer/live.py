@@ -154,7 +154,8 @@ class LiveIndex:
             except Exception:  # noqa: BLE001 - the database may be briefly unreachable
                 log.warning("index version check failed", exc_info=True)
                 continue
-            if active is None or active.id in (self.version_id, self._failed_version_id):
+            seen_version_id = self.version_id
+            if active is None or active.id in (seen_version_id, self._failed_version_id):
                 continue
             try:
                 snapshot = self._prepared(active)
@@ -165,6 +166,8 @@ class LiveIndex:
                 self._failed_version_id = active.id
                 continue
             with self._lock:
+                if self.version_id != seen_version_id:  # a forced refresh loaded one meanwhile
+                    continue
                 self._snapshot = snapshot
             self._log_loaded(snapshot)
 

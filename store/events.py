@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, delete, func, select, text, update
+from sqlalchemy import Select, TextClause, Update, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
@@ -167,13 +167,18 @@ _POSTGRESQL_INSERT = (
 
 def _insert_postgresql(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
     """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
+    arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
+    stmt = _postgresql_insert_statement()
+    return set(session.connection().execute(stmt, {**arrays, "received_at": now}).scalars())
+
+
+@functools.cache
+def _postgresql_insert_statement() -> TextClause:
     columns = Event.__table__.c
-    stmt = text(_POSTGRESQL_INSERT).bindparams(
+    return text(_POSTGRESQL_INSERT).bindparams(
         *(bindparam(name, type_=ARRAY(columns[name].type)) for name in _EVENT_COLUMNS),
         bindparam("received_at", type_=columns.received_at.type),
     )
-    arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
-    return set(session.connection().execute(stmt, {**arrays, "received_at": now}).scalars())
 
 
 def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from cli_helpers import REPO_ROOT, invoke, ok
+from cli_helpers import REPO_ROOT
 
 from service.cli import cli
 from service.job_priority import CHILD_ENV, JOB_COMMANDS, autogroups_active, is_job_command
@@ -99,11 +99,27 @@ def test_interrupt_reaches_the_work():
     assert process.wait(timeout=10) != 0
 
 
-def test_in_process_commands_keep_the_host_priority(cli_env):
-    before = os.nice(0)
-    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "db", "upgrade"))
-    ok(invoke({**cli_env, "DRIFTREC_JOB_NICE": "15"}, "verify"))
-    assert os.nice(0) == before
+def test_the_entry_point_lowers_priority_for_jobs_only(cli_env, monkeypatch):
+    """`driftrec` (service.launcher.main) enters job priority, at DRIFTREC_JOB_NICE, before
+    running a job command, and not before any other; the commands themselves never do."""
+    import service.cli
+    import service.launcher
+
+    entered: list[int] = []
+    monkeypatch.setattr(service.launcher, "enter_job_priority", entered.append)
+    monkeypatch.setattr(service.cli, "main", lambda: None)  # the command itself is not the point
+    for key, value in {**cli_env, "DRIFTREC_JOB_NICE": "15"}.items():
+        monkeypatch.setenv(key, value)
+    for args, expected in [
+        (["db", "upgrade"], []),
+        (["serve", "--workers", "2"], []),
+        (["reindex", "--full"], [15]),
+        (["experiment", "start", "ab", "--model", "none"], [15]),
+    ]:
+        entered.clear()
+        monkeypatch.setattr(sys, "argv", ["driftrec", *args])
+        service.launcher.main()
+        assert entered == expected, args
 
 
 def test_the_job_table_names_real_commands():

@@ -178,7 +178,7 @@ def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue):
         stop.set()
         background.join()
 
-    halfway = threading.Barrier(4, action=stop_rebuilds)
+    halfway = threading.Barrier(4, action=stop_rebuilds, timeout=60)  # fail, never hang
 
     def writer(worker: int) -> None:
         try:
