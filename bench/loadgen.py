@@ -147,6 +147,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     }
     if args.window:
         summary["windows"] = windows([e for part in timeline for e in part], args.window)
+    if args.timeline:
+        # Every request as (wall-clock send time, latency s, ok), to line up with other logs.
+        rows = sorted(e for part in timeline for e in part)
+        wall_origin = time.time() - (time.perf_counter() - origin[0])
+        np.save(args.timeline, np.array([(wall_origin + at, lat, ok) for at, lat, ok in rows]))
     return summary
 
 
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s in all")
     parser.add_argument("--window", type=float, default=0.0, help="per-window figures, seconds")
+    parser.add_argument("--timeline", help="write every request's (time, latency, ok) here (.npy)")
     parser.add_argument("--tag", default=f"bench{int(time.time())}")
     parser.add_argument("--user-items", help="JSON list: user index -> that user's item ids")
     args = parser.parse_args(argv)

@@ -19,14 +19,17 @@ import numpy as np
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
+from indexer import pacing
 from indexer.embedder import Embedder
+from indexer.errors import IndexCorrupt
+from indexer.timing import PhaseTimer
 from indexer.vector_index import BUILD_SPEC, IVF, CalibrationSample, VectorIndex, choose_kind
 from store.db import Database
 from store.items import (
     catalogue_revision,
     embedding_text,
     items_by_ids,
-    iter_live_vectors,
+    live_vectors_after,
     stale_vector_ids,
     store_vectors,
 )
@@ -88,6 +91,7 @@ def embed_stale(
         batch = todo[start : start + batch_size]
         done += embed_items(db, embedder, batch)
         bar.update(len(batch))
+        pacing.pause()
     bar.close()
     return done
 
@@ -96,20 +100,26 @@ def load_live_vectors(db: Database, model_name: str) -> tuple[np.ndarray, np.nda
     """(ids, raw vectors, catalogue revision) of every live item with a current vector.
 
     The revision is read first, so any change committed while reading is newer than it and is
-    applied by servers as an overlay on top of the index.
+    applied by servers as an overlay on top of the index. Each page is read in its own short
+    transaction: on SQLite a read transaction held for the whole scan would stop the serving
+    processes' WAL checkpoints, and the one that follows would stall their writes.
     """
     with db.read() as session:
         revision = catalogue_revision(session)
     id_chunks: list[np.ndarray] = []
     vector_chunks: list[np.ndarray] = []
-    with db.read() as session:
-        for batch in iter_live_vectors(session, model_name):
-            id_chunks.append(np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch)))
-            vector_chunks.append(
-                np.frombuffer(b"".join(v for _, v in batch), dtype=np.float32).reshape(
-                    len(batch), -1
-                )
-            )
+    last_id = 0
+    while True:
+        with db.read() as session:
+            page = live_vectors_after(session, model_name, last_id)
+        if not page:
+            break
+        last_id = page[-1][0]
+        pacing.pause()
+        id_chunks.append(np.fromiter((i for i, _ in page), dtype=np.int64, count=len(page)))
+        vector_chunks.append(
+            np.frombuffer(b"".join(v for _, v in page), dtype=np.float32).reshape(len(page), -1)
+        )
     if not id_chunks:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), revision
     return np.concatenate(id_chunks), np.concatenate(vector_chunks), revision
@@ -121,7 +131,9 @@ def fingerprint(
     digest = hashlib.sha256()
     digest.update(f"{model_name}|{model_version_id}|{kind_hint}|{len(ids)}".encode())
     digest.update(ids.tobytes())
-    digest.update(raw.tobytes())
+    for start in range(0, len(raw), 65_536):
+        digest.update(np.ascontiguousarray(raw[start : start + 65_536]).tobytes())
+        pacing.pause()
     return digest.hexdigest()
 
 
@@ -164,6 +176,25 @@ def _unchanged_version(
     return current
 
 
+def _previous_index(
+    current: IndexVersion, model_name: str, model_version_id: int | None
+) -> VectorIndex | None:
+    """The index a rebuild replaces, when it holds vectors of the same space (same embedder and
+    model) so that its coarse centroids can be reused; None when it cannot be read."""
+    if (
+        current.kind != IVF
+        or current.build_spec != BUILD_SPEC
+        or current.embedder_model != model_name
+        or current.model_version_id != model_version_id
+    ):
+        return None
+    try:
+        return VectorIndex.load(Path(current.path), current.checksum, mmap=True)
+    except IndexCorrupt as exc:
+        log.warning("reindex cannot reuse index_version=%d: %s", current.id, exc)
+        return None
+
+
 def build_index(
     db: Database,
     embedder: Embedder,
@@ -173,6 +204,7 @@ def build_index(
     transform: ItemTransform = identity_transform,
     model_version_id: int | None = None,
     full: bool = False,
+    retrain: bool = False,
     batch_size: int = 512,
     progress: bool = False,
     activate: bool = True,
@@ -185,20 +217,26 @@ def build_index(
     ``calibration`` gives users' queries (in the index's space) to tune an approximate index on.
 
     ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
-    re-embeds items whose stored vectors are current). ``batch_size`` items are embedded and
+    re-embeds items whose stored vectors are current). A rebuilt IVF index keeps the coarse
+    centroids of the version it replaces while they still fit (see `VectorIndex.build`);
+    ``retrain`` runs k-means regardless. ``batch_size`` items are embedded and
     committed at a time: a killed job loses at most one batch.
     """
-    embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
+    timer = PhaseTimer()
+    with timer("embed"):
+        embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
     if not full and not embedded:
         current = _unchanged_version(
             db, embedder.model_name, model_version_id, exact_max_items, activate=activate
         )
         if current is not None:
             return ReindexResult(0, current.id, current.item_count, rebuilt=False)
-    ids, raw, revision = load_live_vectors(db, embedder.model_name)
+    with timer("load"):
+        ids, raw, revision = load_live_vectors(db, embedder.model_name)
     dim = raw.shape[1] if len(ids) else embedder.dim
     kind_hint = f"exact<={exact_max_items}|{BUILD_SPEC}"
-    catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
+    with timer("fingerprint"):
+        catalogue_fp = fingerprint(ids, raw, embedder.model_name, model_version_id, kind_hint)
     with db.read() as session:
         current = _current_version(
             session, embedder.model_name, model_version_id, activate=activate
@@ -211,20 +249,31 @@ def build_index(
         ):
             log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
             return ReindexResult(embedded, current.id, current.item_count, rebuilt=False)
-    vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
+        previous = (
+            _previous_index(current, embedder.model_name, model_version_id)
+            if current is not None and not retrain
+            else None
+        )
+    with timer("transform"):
+        vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
     needs_calibration = choose_kind(len(ids), exact_max_items) == IVF and calibration is not None
+    with timer("queries"):
+        sample = calibration() if needs_calibration and calibration is not None else None
     index = (
         VectorIndex.build(
             ids,
             vectors,
             exact_max_items=exact_max_items,
-            calibration=calibration() if needs_calibration else None,
+            calibration=sample,
+            timer=timer,
+            previous=previous,
         )
         if len(ids)
         else VectorIndex.empty(vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else dim)
     )
     path = index_dir / f"index-{uuid.uuid4().hex}.faiss"
-    checksum = index.save(path)
+    with timer("save"):
+        checksum = index.save(path)
     with db.write() as session:
         version = add_index_version(
             session,
@@ -243,10 +292,11 @@ def build_index(
         )
         version_id = version.id
     log.info(
-        "reindex published index_version=%d items=%d kind=%s embedded=%d",
+        "reindex published index_version=%d items=%d kind=%s embedded=%d timings: %s",
         version_id,
         len(index),
         index.kind,
         embedded,
+        timer,
     )
     return ReindexResult(embedded, version_id, len(index), rebuilt=True)

@@ -315,18 +315,26 @@ def export_command(app: App, directory: Path) -> None:
 @cli.command()
 @click.option("--full", is_flag=True, help="Rebuild the index file even if nothing changed.")
 @click.option(
+    "--retrain",
+    is_flag=True,
+    help="Recompute an approximate index's coarse centroids (k-means) even if the current "
+    "ones still fit the catalogue. Implies --full.",
+)
+@click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     help="Items embedded and committed at a time [default: DRIFTREC_EMBED_BATCH_SIZE].",
 )
 @pass_app
-def reindex(app: App, full: bool, batch_size: int | None) -> None:
+def reindex(app: App, full: bool, retrain: bool, batch_size: int | None) -> None:
     """Embed new and changed items, then build and publish a new index version.
 
     Safe to kill and rerun: embedded vectors are committed batch by batch, and an unchanged
     catalogue is not rebuilt. Running servers switch to the new version without a restart.
     """
-    result = app.runtime.reindex(full=full, batch_size=batch_size, progress=True)
+    result = app.runtime.reindex(
+        full=full or retrain, retrain=retrain, batch_size=batch_size, progress=True
+    )
     click.echo(
         f"reindex embedded={result.embedded} index_version={result.index_version_id} "
         f"items={result.item_count} rebuilt={'yes' if result.rebuilt else 'no'}"

@@ -46,22 +46,33 @@ def enter_job_priority(nice: int) -> None:
     docstring. May not return: the parent of a re-run exits with its child's status."""
     if nice <= 0 or not hasattr(os, "nice"):
         return
+    nice = min(nice, 19)
+    if autogroups_active() and os.environ.get(CHILD_ENV) != "1":
+        sys.exit(_rerun_in_own_session(nice))
+    _lower_priority(nice)
+
+
+def _lower_priority(nice: int) -> None:
+    """This process's nice value, and its session's autogroup's when autogroups are on."""
     if autogroups_active():
-        if os.environ.get(CHILD_ENV) != "1":
-            sys.exit(_rerun_in_own_session())
         try:
-            OWN_AUTOGROUP.write_text(str(min(nice, 19)))
+            OWN_AUTOGROUP.write_text(str(nice))
         except OSError:
             pass  # some kernels refuse it to unprivileged users: nice alone then
-    os.nice(min(nice, 19))
+    os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
 
 
-def _rerun_in_own_session() -> int:
+def _rerun_in_own_session(nice: int) -> int:
+    def prepare_child() -> None:
+        # After fork and setsid, before exec: even the child's interpreter start-up is niced.
+        _die_with_parent()
+        _lower_priority(nice)
+
     child = subprocess.Popen(
         sys.orig_argv,
         env={**os.environ, CHILD_ENV: "1"},
         start_new_session=True,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the CLI is single-threaded here
+        preexec_fn=prepare_child,  # noqa: PLW1509 - the CLI is single-threaded here
     )
 
     def forward(signum: int, _frame: object) -> None:

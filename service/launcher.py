@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from indexer import pacing
 from service.job_priority import enter_job_priority, is_job_command
 from store.settings import SettingsError, load_settings
 
@@ -16,10 +17,11 @@ from store.settings import SettingsError, load_settings
 def main() -> None:
     if is_job_command(sys.argv[1:]):
         try:
-            nice = load_settings().job_nice
+            settings = load_settings()
         except SettingsError:
-            nice = 0  # the command itself reports the invalid setting
-        enter_job_priority(nice)
+            settings = None  # the command itself reports the invalid setting
+        enter_job_priority(settings.job_nice if settings else 0)
+        pacing.set_share(settings.job_cpu_share if settings else 1.0)
     from service.cli import main as run_command_line
 
     run_command_line()

@@ -141,7 +141,12 @@ class Runtime:
         )
 
     def reindex(
-        self, *, full: bool = False, batch_size: int | None = None, progress: bool = False
+        self,
+        *,
+        full: bool = False,
+        retrain: bool = False,
+        batch_size: int | None = None,
+        progress: bool = False,
     ) -> ReindexResult:
         """Build the index for the active model (or the plain blend) and publish it; while an
         experiment runs, also the index its treatment model serves from.
@@ -154,18 +159,30 @@ class Runtime:
             experiment = running_experiment(session)
             treatment_id = experiment.model_version_id if experiment is not None else model_id
         result = self._build_index(
-            model_id, activate=True, full=full, batch_size=batch_size, progress=progress
+            model_id,
+            activate=True,
+            full=full,
+            retrain=retrain,
+            batch_size=batch_size,
+            progress=progress,
         )
         if treatment_id != model_id:
-            self.build_treatment_index(treatment_id, full=full, progress=progress)
+            self.build_treatment_index(treatment_id, full=full, retrain=retrain, progress=progress)
         return result
 
     def build_treatment_index(
-        self, model_version_id: int | None, *, full: bool = False, progress: bool = False
+        self,
+        model_version_id: int | None,
+        *,
+        full: bool = False,
+        retrain: bool = False,
+        progress: bool = False,
     ) -> ReindexResult:
         """Build (unless unchanged) the index an experiment's ``model_version_id`` serves from,
         beside the active one."""
-        return self._build_index(model_version_id, activate=False, full=full, progress=progress)
+        return self._build_index(
+            model_version_id, activate=False, full=full, retrain=retrain, progress=progress
+        )
 
     def _build_index(
         self,
@@ -173,6 +190,7 @@ class Runtime:
         *,
         activate: bool,
         full: bool = False,
+        retrain: bool = False,
         batch_size: int | None = None,
         progress: bool = False,
     ) -> ReindexResult:
@@ -187,6 +205,7 @@ class Runtime:
             transform=self.encoders.transform_for(model_id),
             model_version_id=model_id,
             full=full,
+            retrain=retrain,
             batch_size=batch_size or self.settings.embed_batch_size,
             progress=progress,
             activate=activate,

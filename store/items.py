@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -250,28 +250,24 @@ def store_vectors(
         )
 
 
-def iter_live_vectors(
-    session: Session, model: str, *, batch_size: int = 10_000
-) -> Iterator[list[tuple[int, bytes]]]:
-    """Yield batches of (item id, vector bytes) for live items with a current vector."""
-    last_id = 0
-    while True:
-        rows = session.execute(
-            select(Item.id, Item.vector)
-            .where(
-                Item.id > last_id,
-                Item.deleted_at.is_(None),
-                Item.vector.is_not(None),
-                Item.vector_model == model,
-                Item.vector_hash == Item.content_hash,
-            )
-            .order_by(Item.id)
-            .limit(batch_size)
-        ).all()
-        if not rows:
-            return
-        yield [(item_id, vector) for item_id, vector in rows]
-        last_id = rows[-1][0]
+def live_vectors_after(
+    session: Session, model: str, after_id: int, *, limit: int = 10_000
+) -> list[tuple[int, bytes]]:
+    """Up to ``limit`` (item id, vector bytes) of live items with a current vector and an id
+    above ``after_id``, in id order: one page of a scan that can use a transaction per page."""
+    rows = session.execute(
+        select(Item.id, Item.vector)
+        .where(
+            Item.id > after_id,
+            Item.deleted_at.is_(None),
+            Item.vector.is_not(None),
+            Item.vector_model == model,
+            Item.vector_hash == Item.content_hash,
+        )
+        .order_by(Item.id)
+        .limit(limit)
+    ).all()
+    return [(item_id, vector) for item_id, vector in rows]
 
 
 def unservable_rows(session: Session) -> list[Item]:

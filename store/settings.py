@@ -72,13 +72,21 @@ class Settings:
     #: CPU priority of background jobs (reindex, train, import, ...): a nice value, 0-19, applied
     #: to the job's own session so that it yields to a server on the same machine (see
     #: `service.job_priority`). 0 runs jobs at normal priority.
-    job_nice: int = 10
+    job_nice: int = 19
+    #: Share of the time a background job works while other processes keep the machine busy;
+    #: it sleeps between chunks for the rest (see `indexer.pacing`). 1 turns pacing off.
+    job_cpu_share: float = 0.25
 
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'driftrec.db'}")
         if not 0 <= self.job_nice <= 19:
             raise SettingsError(f"DRIFTREC_JOB_NICE={self.job_nice} is not valid: use 0 to 19")
+        if not 0 < self.job_cpu_share <= 1:
+            raise SettingsError(
+                f"DRIFTREC_JOB_CPU_SHARE={self.job_cpu_share} is not valid: use more than 0, "
+                "at most 1"
+            )
         if self.auth not in AUTH_MODES:
             raise SettingsError(
                 f"DRIFTREC_AUTH={self.auth!r} is not valid: use enabled or disabled"
@@ -129,6 +137,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_AUTH_CACHE_S": ("auth_cache_s", float),
         "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
         "DRIFTREC_JOB_NICE": ("job_nice", int),
+        "DRIFTREC_JOB_CPU_SHARE": ("job_cpu_share", float),
     }
     for variable, (name, parse) in parsers.items():
         raw = env.get(variable)

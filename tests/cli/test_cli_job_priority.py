@@ -25,11 +25,12 @@ import json, os, signal, sys, time
 # Ctrl-C handled as in a terminal, even when the test run inherited an ignored SIGINT (a
 # background job of a non-interactive shell does).
 signal.signal(signal.SIGINT, signal.default_int_handler)
+nice_at_start = os.nice(0)
 from service.job_priority import enter_job_priority
 enter_job_priority(int(sys.argv[1]))
 autogroup = open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else ""
 print(json.dumps({"pid": os.getpid(), "sid": os.getsid(0), "nice": os.nice(0),
-                  "autogroup": autogroup}), flush=True)
+                  "nice_at_start": nice_at_start, "autogroup": autogroup}), flush=True)
 time.sleep(float(sys.argv[2]))
 sys.exit(int(sys.argv[3]))
 """
@@ -64,6 +65,8 @@ def test_job_works_in_its_own_niced_session():
         assert seen["pid"] != process.pid
         assert seen["sid"] == seen["pid"]
         assert str(seen["autogroup"]).strip().endswith("nice 7")
+        # Niced before its interpreter started, not only once the job code ran.
+        assert seen["nice_at_start"] == 7
 
 
 def test_nice_zero_changes_nothing():
@@ -106,9 +109,12 @@ def test_the_entry_point_lowers_priority_for_jobs_only(cli_env, monkeypatch):
     import service.launcher
 
     entered: list[int] = []
+    paced: list[float] = []
     monkeypatch.setattr(service.launcher, "enter_job_priority", entered.append)
+    monkeypatch.setattr(service.launcher.pacing, "set_share", paced.append)
     monkeypatch.setattr(service.cli, "main", lambda: None)  # the command itself is not the point
-    for key, value in {**cli_env, "DRIFTREC_JOB_NICE": "15"}.items():
+    env = {**cli_env, "DRIFTREC_JOB_NICE": "15", "DRIFTREC_JOB_CPU_SHARE": "0.5"}
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     for args, expected in [
         (["db", "upgrade"], []),
@@ -117,9 +123,11 @@ def test_the_entry_point_lowers_priority_for_jobs_only(cli_env, monkeypatch):
         (["experiment", "start", "ab", "--model", "none"], [15]),
     ]:
         entered.clear()
+        paced.clear()
         monkeypatch.setattr(sys, "argv", ["driftrec", *args])
         service.launcher.main()
         assert entered == expected, args
+        assert paced == ([0.5] if expected else []), args
 
 
 def test_the_job_table_names_real_commands():
@@ -145,6 +153,13 @@ def test_job_nice_is_checked():
     assert load_settings({"DRIFTREC_JOB_NICE": "0"}).job_nice == 0
     with pytest.raises(SettingsError, match="DRIFTREC_JOB_NICE"):
         load_settings({"DRIFTREC_JOB_NICE": "20"})
+
+
+def test_job_cpu_share_is_checked():
+    assert load_settings({"DRIFTREC_JOB_CPU_SHARE": "1"}).job_cpu_share == 1.0
+    for bad in ("0", "1.5", "-0.2"):
+        with pytest.raises(SettingsError, match="DRIFTREC_JOB_CPU_SHARE"):
+            load_settings({"DRIFTREC_JOB_CPU_SHARE": bad})
 
 
 def _alive(pid: int) -> bool:

@@ -162,6 +162,27 @@ def test_new_build_parameters_rebuild_an_unchanged_catalogue(db, embedder, tmp_p
     assert (kept.rebuilt, kept.index_version_id) == (False, rebuilt.index_version_id)
 
 
+def test_a_full_rebuild_reuses_the_coarse_centroids_unless_asked_to_retrain(
+    db, embedder, tmp_path, caplog
+):
+    """k-means is most of an approximate index's build; a rebuild over the same space keeps
+    the published version's centroids (the calibration still checks recall), `--retrain`
+    runs it again."""
+    caplog.set_level("INFO", logger="indexer.reindex")
+    _add(db, embedder, [f"a{n}" for n in range(3000)])
+
+    def build(**kwargs):  # type: ignore[no-untyped-def]
+        caplog.clear()
+        result = build_index(db, embedder, tmp_path, exact_max_items=100, full=True, **kwargs)
+        assert result.rebuilt
+        (line,) = [r.getMessage() for r in caplog.records if "timings" in r.getMessage()]
+        return line
+
+    assert "train=" in build()  # nothing to reuse yet
+    assert "train=" not in build()
+    assert "train=" in build(retrain=True)
+
+
 def _wait_until(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -142,3 +143,73 @@ def test_nprobe_is_calibrated_on_users_queries_with_their_exclusions():
     assert _served_recall(index, vectors, queries, excludes) >= TARGET_RECALL
     fresh, fresh_excludes = _users(vectors, 100, seed=5)
     assert _served_recall(index, vectors, fresh, fresh_excludes) >= 0.95
+
+
+def _calibrated(vectors: np.ndarray, ids: np.ndarray, **kwargs) -> VectorIndex:
+    queries, excludes = _users(vectors, 60, seed=7)
+    return VectorIndex.build(
+        ids,
+        vectors,
+        exact_max_items=1000,
+        calibration=CalibrationSample(queries, excludes),
+        **kwargs,
+    )
+
+
+def _centroids(index: VectorIndex) -> np.ndarray:
+    ivf = faiss.extract_index_ivf(index._index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def test_a_rebuild_keeps_centroids_that_still_fit(caplog):
+    caplog.set_level("INFO", logger="indexer.vector_index")
+    vectors = _unit_vectors(12_000, seed=8)
+    ids = np.arange(12_000)
+    first = _calibrated(vectors[:10_000], ids[:10_000])
+    # 20% more items of the same kind: same lists, no k-means, and the target still reached.
+    second = _calibrated(vectors, ids, previous=first)
+    np.testing.assert_array_equal(_centroids(second), _centroids(first))
+    queries, excludes = _users(vectors, 60, seed=7)
+    assert _served_recall(second, vectors, queries, excludes) >= TARGET_RECALL
+    # Items of another kind entirely: the old lists would pile them into few lists.
+    other = _unit_vectors(12_000, seed=9)
+    third = _calibrated(other, ids, previous=second)
+    assert not np.array_equal(_centroids(third), _centroids(second))
+    assert "retrained" in caplog.text
+
+
+def test_centroids_are_not_reused_across_sizes_or_dimensions():
+    small = _calibrated(_unit_vectors(4_000, seed=10), np.arange(4_000))
+    assert small.reusable_centroids(4_400, 32) is not None
+    assert (
+        small.reusable_centroids(40_000, 32) is None
+    )  # a fresh build would choose many more lists
+    assert small.reusable_centroids(4_000, 64) is None
+
+
+def test_bulk_add_matches_faiss_own_assignment():
+    vectors = _unit_vectors(10_000, seed=11)
+    ids = np.arange(10_000) * 2 + 1
+    built = VectorIndex.build(ids, vectors, exact_max_items=1000)  # numpy list assignment
+    ivf = faiss.extract_index_ivf(built._index)
+    reference = faiss.IndexIVFScalarQuantizer(
+        ivf.quantizer, 32, ivf.nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    reference.train(vectors[:100])
+    reference.add_with_ids(vectors, ids)  # FAISS's own
+    for row in (0, 17, 4242):
+        _, expected = reference.search(
+            vectors[row : row + 1], 10, params=faiss.SearchParametersIVF(nprobe=built.nprobe)
+        )
+        assert [hit.item_id for hit in built.search(vectors[row], 10)] == expected[0].tolist()
+
+
+def test_calibration_finds_the_same_nprobe_from_any_start():
+    vectors = _unit_vectors(20_000, seed=12)
+    ids = np.arange(20_000)
+    index = _calibrated(vectors, ids)
+    chosen = index.nprobe
+    sample = CalibrationSample(*_users(vectors, 60, seed=7))
+    for start in (0, 4, chosen, 4 * chosen, 10**6):
+        index.calibrate_nprobe(ids, vectors, calibration=sample, start=start)
+        assert index.nprobe == chosen

@@ -1,0 +1,66 @@
+"""Pacing for background jobs: yield the machine to busy neighbours between chunks of work.
+
+A job's priority (`service.job_priority`) decides who gets a CPU, not what the job does to the
+caches and memory bandwidth the server shares with it: on the 2-core benchmark machine a
+reindex at the lowest priority still slowed a server at 70% load enough to queue requests for
+seconds. So a paced job, at each chunk boundary (`pause`), looks at how busy the rest of the
+machine was since the last boundary and, if other processes used more than `BUSY_CORES`, sleeps
+long enough to keep its own work to ``share`` of the time, like PostgreSQL's cost-based vacuum
+delay. On an idle machine it never sleeps. Jobs started by the `driftrec` command are paced at
+``DRIFTREC_JOB_CPU_SHARE``; library calls (tests, a server's own work) are not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+#: Other processes using more than this many cores make a paced job sleep.
+BUSY_CORES = 0.5
+#: Boundaries closer together than this are not measured (/proc/stat counts in 10 ms ticks).
+MIN_SLICE_S = 0.1
+PROC_STAT = Path("/proc/stat")
+
+_share = 1.0
+_last: tuple[float, float, float, float] | None = None  # wall, own CPU, machine busy, total
+
+
+def set_share(share: float) -> None:
+    """Pace this process's job work at ``share`` (0 < share <= 1; 1 turns pacing off)."""
+    global _share, _last
+    _share = min(1.0, max(0.01, share))
+    _last = None
+
+
+def pause() -> None:
+    """A chunk boundary: sleep if the job's recent work competed with a busy machine."""
+    global _last
+    if _share >= 1.0:
+        return
+    now = _sample()
+    if now is None:
+        return
+    if _last is None:
+        _last = now
+        return
+    wall, own, busy, total = (a - b for a, b in zip(now, _last, strict=True))
+    if wall < MIN_SLICE_S:
+        return
+    cores = os.cpu_count() or 1
+    machine_cores = busy / total * cores if total > 0 else 0.0
+    others = machine_cores - own / wall
+    if others > BUSY_CORES:
+        time.sleep(min(own * (1 / _share - 1), 5.0))
+    _last = _sample()
+
+
+def _sample() -> tuple[float, float, float, float] | None:
+    """(wall clock, this process's CPU seconds, machine busy ticks, machine total ticks)."""
+    try:
+        fields = [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return time.monotonic(), time.process_time(), float(total - idle), float(total)
