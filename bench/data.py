@@ -175,6 +175,7 @@ def build_catalogue(size: int, *, progress: bool = True) -> Catalogue:
     finally:
         runtime.close()
     marker.touch()
+    os.sync()  # flushed now, not by the kernel in the middle of the first measurement
     return Catalogue(size, directory, url, vectors, user_events)
 
 

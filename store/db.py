@@ -25,6 +25,9 @@ from sqlalchemy.pool import NullPool
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: A writer waiting for SQLite's write lock tries again after this long, growing to the max.
+WRITE_LOCK_POLL_S = 0.0002
+WRITE_LOCK_POLL_MAX_S = 0.002
 T = TypeVar("T")
 
 
@@ -58,7 +61,38 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # type: ignore[no-untyped-def]
         mode = connection.get_execution_options().get("sqlite_begin", "")
-        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+        if mode == "IMMEDIATE":
+            _begin_immediate(connection)
+        else:
+            connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock by polling every fraction of a
+    millisecond instead of through SQLite's busy handler.
+
+    The busy handler sleeps 1, 2, 5, 10, 15, 20, 25 ... ms between tries, whether or not the
+    lock was freed meanwhile: with two server workers taking turns on the lock for 1-10 ms
+    transactions, a waiting worker slept well past the moment it could have gone on, and the
+    worker's whole request with it. Polling hands the lock over within ~0.5 ms.
+    """
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = WRITE_LOCK_POLL_S
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except OperationalError as exc:
+                if not _is_transient(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 1.5, WRITE_LOCK_POLL_MAX_S)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def is_sqlite(engine: Engine) -> bool:
