@@ -249,11 +249,12 @@ def build_index(
         ):
             log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
             return ReindexResult(embedded, current.id, current.item_count, rebuilt=False)
-        previous = (
-            _previous_index(current, embedder.model_name, model_version_id)
-            if current is not None and not retrain
-            else None
-        )
+    # Outside the read transaction: checksumming a large file there would pin the WAL.
+    previous = (
+        _previous_index(current, embedder.model_name, model_version_id)
+        if current is not None and not retrain
+        else None
+    )
     with timer("transform"):
         vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
     needs_calibration = choose_kind(len(ids), exact_max_items) == IVF and calibration is not None
