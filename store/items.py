@@ -225,29 +225,39 @@ def stale_vector_ids(session: Session, model: str, *, limit: int | None = None) 
     return list(session.scalars(stmt))
 
 
+#: One executemany for a batch of vectors. A Core statement on the table: the ORM form,
+#: run once per item, synchronised the session's identity map each time, which made storing
+#: n vectors in the session that had just upserted their items O(n^2) (60 s for 3,000 items).
+_STORE_VECTOR = (
+    update(Item.__table__)
+    .where(Item.__table__.c.id == bindparam("b_id"))
+    .values(
+        vector=bindparam("b_vector"),
+        vector_dim=bindparam("b_dim"),
+        vector_model=bindparam("b_model"),
+        vector_hash=bindparam("b_hash"),
+        revision=bindparam("b_revision"),
+    )
+)
+
+
 def store_vectors(
     session: Session, model: str, dim: int, vectors: Iterable[tuple[int, str, bytes]]
 ) -> None:
     """Record (item id, content hash the vector was made from, float32 bytes) for each item.
 
     A new vector is a catalogue change like any other: it takes a new revision, so servers
-    overlay the item and a reindex can trust "same revision" to mean "same vectors".
+    overlay the item and a reindex can trust "same revision" to mean "same vectors". Item
+    objects already loaded in ``session`` keep their old vector attributes until refreshed.
     """
-    revision: int | None = None
-    for item_id, made_from_hash, vector in vectors:
-        if revision is None:
-            revision = next_revision(session)
-        session.execute(
-            update(Item)
-            .where(Item.id == item_id)
-            .values(
-                vector=vector,
-                vector_dim=dim,
-                vector_model=model,
-                vector_hash=made_from_hash,
-                revision=revision,
-            )
-        )
+    rows = [
+        {"b_id": item_id, "b_vector": vector, "b_dim": dim, "b_model": model, "b_hash": made_from}
+        for item_id, made_from, vector in vectors
+    ]
+    if not rows:
+        return
+    revision = next_revision(session)
+    session.execute(_STORE_VECTOR, [{**row, "b_revision": revision} for row in rows])
 
 
 def live_vectors_after(
