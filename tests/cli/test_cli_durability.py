@@ -9,6 +9,7 @@ and in its profile, and a restarted server serves them.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -214,8 +215,10 @@ def test_acknowledged_events_survive_kill_9(tmp_path, movielens_dir):
                 sent.update(str(e["id"]) for e in batch)
             try:
                 status, body = server.call("POST", "/v1/events", {"events": batch}, timeout=10)
-            except OSError:
-                continue  # the server died under this request: not acknowledged
+            except (OSError, http.client.HTTPException):
+                # The server died under this request (also between the response's headers and
+                # its body: IncompleteRead): not acknowledged.
+                continue
             if status == 200 and body["accepted"] + body["duplicates"] == len(batch):
                 with lock:
                     acknowledged.update(str(e["id"]) for e in batch)
