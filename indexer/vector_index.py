@@ -55,7 +55,7 @@ def choose_kind(n_items: int, exact_max_items: int) -> str:
 
 
 #: Recorded in every index fingerprint: a change of build parameters rebuilds published indexes.
-BUILD_SPEC = "ivf:2sqrt,fp16,cal@0.97,users"
+BUILD_SPEC = "ivf:2sqrt,sphkm,fp16,cal@0.97,users"
 #: recall@10 that the calibrated ``nprobe`` reaches on sample queries; the service wants 0.95 on
 #: real ones. Synthetic queries proved easier than users' (on the benchmark's 1M catalogue 0.97
 #: on them gave 0.936 on users' queries), hence users' own queries whenever there are some.
@@ -142,13 +142,9 @@ class VectorIndex:
             else:
                 log.info("index centroids retrained: list imbalance %.2f -> %.2f", before, after)
         if built is None:
-            index = _ivf_index(dim, None, n_lists=_ivf_lists(len(ids)))
-            # k-means on a sample (64 points per list, 10 rounds): the lists only need to be
-            # good enough for the calibrated nprobe, and training on 1M points would take minutes.
-            index.cp.max_points_per_centroid = 64
-            index.cp.niter = 10
             with timer("train"):
-                index.train(vectors)
+                index = _ivf_index(dim, _spherical_kmeans(vectors, _ivf_lists(len(ids))))
+                index.train(vectors[:1024])
             built = cls(index, IVF)
             with timer("add"):
                 built.add(ids, vectors)
@@ -375,23 +371,55 @@ class VectorIndex:
         return cls(index, kind)
 
 
-def _ivf_index(
-    dim: int, centroids: np.ndarray | None, *, n_lists: int = 0
-) -> faiss.IndexIVFScalarQuantizer:
-    """An empty IVF index storing float16 vectors; trained when ``centroids`` are given.
+def _ivf_index(dim: int, centroids: np.ndarray) -> faiss.IndexIVFScalarQuantizer:
+    """An empty IVF index over ``centroids`` storing float16 vectors (call ``train`` on a few
+    vectors: FAISS then skips k-means and only sets up the trivial float16 encoder).
 
     float16 (residuals to their list's centroid) halves the bytes to scan, which is what an IVF
     search spends its time on, at no measurable cost in recall (on the benchmark's 1M catalogue,
     2.5 ms instead of 5 ms a query at nprobe 64, recall@10 0.973 vs 0.974).
     """
     quantizer = faiss.IndexFlatIP(dim)
-    if centroids is not None:
-        quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        n_lists = len(centroids)
+    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     index = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, n_lists, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        quantizer, dim, len(centroids), faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
     )
     return index
+
+
+def _spherical_kmeans(
+    vectors: np.ndarray, n_lists: int, *, rounds: int = 10, points_per_list: int = 64, seed: int = 0
+) -> np.ndarray:
+    """``n_lists`` unit centroids from k-means by inner product on a sample of ``vectors``.
+
+    On a sample (64 points per list, 10 rounds): the lists only need to be good enough for the
+    calibrated nprobe. Replaces FAISS's k-means, whose assignment step is slow on these
+    machines and which clusters by L2 even for an inner-product index: on the 100k benchmark
+    catalogue 2.9 s instead of ~8 s, and (one comparison, 200 users) nprobe 48 instead of 64
+    for the same recall.
+    """
+    rng = np.random.default_rng(seed)
+    sample = vectors[
+        rng.choice(len(vectors), min(len(vectors), n_lists * points_per_list), replace=False)
+    ]
+    centroids = sample[rng.choice(len(sample), n_lists, replace=False)].copy()
+    for _ in range(rounds):
+        lists = _nearest_centroid(_unit_rows(centroids), sample)
+        counts = np.bincount(lists, minlength=n_lists)
+        filled = counts > 0
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sums = np.zeros_like(centroids)
+        sums[filled] = np.add.reduceat(sample[np.argsort(lists, kind="stable")], starts[filled])
+        empty = np.flatnonzero(~filled)
+        if len(empty):  # an emptied list restarts at a random sample point
+            sums[empty] = sample[rng.choice(len(sample), len(empty), replace=False)]
+        centroids = sums
+    return _unit_rows(centroids)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _nearest_centroid(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
