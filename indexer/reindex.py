@@ -219,9 +219,10 @@ def build_index(
     ``full`` rebuilds the index file even when the catalogue fingerprint is unchanged (it never
     re-embeds items whose stored vectors are current). A rebuilt IVF index keeps the coarse
     centroids of the version it replaces while they still fit (see `VectorIndex.build`);
-    ``retrain`` runs k-means regardless. ``batch_size`` items are embedded and
-    committed at a time: a killed job loses at most one batch.
+    ``retrain`` runs k-means regardless (and implies ``full``). ``batch_size`` items are
+    embedded and committed at a time: a killed job loses at most one batch.
     """
+    full = full or retrain
     timer = PhaseTimer()
     with timer("embed"):
         embedded = embed_stale(db, embedder, batch_size=batch_size, progress=progress)
@@ -249,17 +250,17 @@ def build_index(
         ):
             log.info("reindex unchanged index_version=%d items=%d", current.id, current.item_count)
             return ReindexResult(embedded, current.id, current.item_count, rebuilt=False)
+    approximate = choose_kind(len(ids), exact_max_items) == IVF
     # Outside the read transaction: checksumming a large file there would pin the WAL.
     previous = (
         _previous_index(current, embedder.model_name, model_version_id)
-        if current is not None and not retrain
+        if approximate and current is not None and not retrain
         else None
     )
     with timer("transform"):
         vectors = transform(ids, raw) if len(ids) else np.zeros((0, dim), dtype=np.float32)
-    needs_calibration = choose_kind(len(ids), exact_max_items) == IVF and calibration is not None
     with timer("queries"):
-        sample = calibration() if needs_calibration and calibration is not None else None
+        sample = calibration() if approximate and calibration is not None else None
     index = (
         VectorIndex.build(
             ids,

@@ -332,9 +332,7 @@ def reindex(app: App, full: bool, retrain: bool, batch_size: int | None) -> None
     Safe to kill and rerun: embedded vectors are committed batch by batch, and an unchanged
     catalogue is not rebuilt. Running servers switch to the new version without a restart.
     """
-    result = app.runtime.reindex(
-        full=full or retrain, retrain=retrain, batch_size=batch_size, progress=True
-    )
+    result = app.runtime.reindex(full=full, retrain=retrain, batch_size=batch_size, progress=True)
     click.echo(
         f"reindex embedded={result.embedded} index_version={result.index_version_id} "
         f"items={result.item_count} rebuilt={'yes' if result.rebuilt else 'no'}"
