@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
@@ -140,14 +140,22 @@ def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, 
     return result
 
 
+def _has_current_vector(model: Any) -> ColumnElement[bool]:
+    """An item has a vector made by ``model`` (a value or bind parameter) from its present text."""
+    items = Item.__table__.c
+    return and_(
+        items.vector.is_not(None),
+        items.vector_model == model,
+        items.vector_hash == items.content_hash,
+    )
+
+
 @functools.cache
 def _live_items_statement() -> Select[Any]:
     """External id, id and the vector where it is current (made by the model from the current
     text), else NULL (a stale vector must not count), of live items."""
     items = Item.__table__.c
-    current = and_(
-        items.vector_model == bindparam("model"), items.vector_hash == items.content_hash
-    )
+    current = _has_current_vector(bindparam("model"))
     return select(items.external_id, items.id, case((current, items.vector), else_=None)).where(
         items.external_id.in_(bindparam("ids", expanding=True)), items.deleted_at.is_(None)
     )
@@ -176,10 +184,7 @@ def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[in
     for start in range(0, len(wanted), 5_000):
         rows = session.connection().execute(
             select(items.id, items.vector).where(
-                items.id.in_(wanted[start : start + 5_000]),
-                items.vector.is_not(None),
-                items.vector_model == model,
-                items.vector_hash == items.content_hash,
+                items.id.in_(wanted[start : start + 5_000]), _has_current_vector(model)
             )
         )
         result.update({item_id: vector for item_id, vector in rows})
@@ -250,14 +255,24 @@ def store_vectors(
     overlay the item and a reindex can trust "same revision" to mean "same vectors". Item
     objects already loaded in ``session`` keep their old vector attributes until refreshed.
     """
-    rows = [
-        {"b_id": item_id, "b_vector": vector, "b_dim": dim, "b_model": model, "b_hash": made_from}
-        for item_id, made_from, vector in vectors
-    ]
+    rows = list(vectors)
     if not rows:
         return
     revision = next_revision(session)
-    session.execute(_STORE_VECTOR, [{**row, "b_revision": revision} for row in rows])
+    session.execute(
+        _STORE_VECTOR,
+        [
+            {
+                "b_id": i,
+                "b_vector": v,
+                "b_dim": dim,
+                "b_model": model,
+                "b_hash": h,
+                "b_revision": revision,
+            }
+            for i, h, v in rows
+        ],
+    )
 
 
 def live_vectors_after(
@@ -265,16 +280,11 @@ def live_vectors_after(
 ) -> list[tuple[int, bytes]]:
     """Up to ``limit`` (item id, vector bytes) of live items with a current vector and an id
     above ``after_id``, in id order: one page of a scan that can use a transaction per page."""
+    items = Item.__table__.c
     rows = session.execute(
-        select(Item.id, Item.vector)
-        .where(
-            Item.id > after_id,
-            Item.deleted_at.is_(None),
-            Item.vector.is_not(None),
-            Item.vector_model == model,
-            Item.vector_hash == Item.content_hash,
-        )
-        .order_by(Item.id)
+        select(items.id, items.vector)
+        .where(items.id > after_id, items.deleted_at.is_(None), _has_current_vector(model))
+        .order_by(items.id)
         .limit(limit)
     ).all()
     return [(item_id, vector) for item_id, vector in rows]
