@@ -77,7 +77,9 @@ REUSE_IMBALANCE_GROWTH = 1.25
 
 def _ivf_lists(n_items: int) -> int:
     # ~2 sqrt(n) lists (search cost: nlist centroids plus nprobe * n / nlist vectors), and at
-    # least 39 training points per list as FAISS recommends.
+    # least 39 training points per list as FAISS recommends. 3, 4 and 6 sqrt(n) were no faster
+    # at the calibrated nprobe (100k benchmark catalogue, users' queries: 0.94-1.03 ms a query
+    # against 1.00) and made k-means 2-4 times longer.
     return max(1, min(int(2 * math.sqrt(n_items)), n_items // 39))
 
 

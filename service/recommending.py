@@ -18,13 +18,17 @@ from interest.recommend import COLD_START, Recommendation
 from service.errors import ValidationError
 from service.recommend_params import RecommendParams
 from service.runtime import Runtime
+from store.errors import NotFound
 from store.items import ids_by_external
-from store.models import Item
-from store.recommendations import add_shown, create_session, get_session, new_recomm_id
+from store.models import Item, RecommendationSession
+from store.recommendations import add_shown, get_session, issued_at, new_recomm_id, session_row
 
 SERVED_BY_MODEL = "correction_network"
 SERVED_BY_BLEND = "decayed_blend"
 SERVED_BY_COLD_START = "cold_start"
+#: How long a read waits for the row of an answer another process has just given (its session
+#: writer commits within milliseconds; this bounds the wait for an id that never arrives).
+JUST_ISSUED_WAIT_S = 1.0
 
 
 def served_by(found: Recommendation) -> str:
@@ -151,11 +155,11 @@ def remember(
     user_id: str | None,
     params: Mapping[str, Any],
 ) -> str:
-    """Store the answer as a new recommendation session; return its ``recomm_id``."""
+    """Queue the answer as a new recommendation session (`service.session_writer`); return
+    its ``recomm_id``."""
     recomm_id = new_recomm_id()
-    with runtime.db.write_connection() as connection:
-        create_session(
-            connection,
+    runtime.sessions.add(
+        session_row(
             recomm_id=recomm_id,
             user_external_id=user_id,
             params=dict(params),
@@ -165,14 +169,39 @@ def remember(
             arm=found.arm_label,
             ttl_s=runtime.settings.recommendation_ttl_s,
         )
+    )
     return recomm_id
+
+
+def stored_session(runtime: Runtime, recomm_id: str) -> RecommendationSession:
+    """The answer's session row; `NotFound` when unknown or expired.
+
+    The row of an answer this process gave is written first (flush). One that another process
+    gave less than `JUST_ISSUED_WAIT_S` ago may still be queued there: its id carries the time
+    it was issued, and the read is retried until that much time has passed.
+    """
+    runtime.sessions.flush()
+    now = time.time()
+    issued = issued_at(recomm_id)
+    deadline = now
+    if issued is not None and abs(now - issued) < JUST_ISSUED_WAIT_S:  # (clocks may differ)
+        deadline = min(issued, now) + JUST_ISSUED_WAIT_S
+    pause = 0.002
+    while True:
+        try:
+            with runtime.db.read() as session:
+                return get_session(session, recomm_id)
+        except NotFound:
+            if time.time() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.05)
 
 
 def next_page(runtime: Runtime, recomm_id: str, k: int | None) -> dict[str, Any]:
     """The next ``k`` items of an earlier answer, none of them answered before."""
-    with runtime.db.read() as session:
-        row = get_session(session, recomm_id)
-        user_id, stored, shown = row.user_external_id, dict(row.params), list(row.shown)
+    row = stored_session(runtime, recomm_id)
+    user_id, stored, shown = row.user_external_id, dict(row.params), list(row.shown)
     examples = stored.pop("examples", None)
     params = RecommendParams.from_json(stored)
     if k is not None:

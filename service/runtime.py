@@ -21,6 +21,7 @@ from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_even
 from interest.rebuild import rebuild_profiles
 from interest.recommend import Recommender
 from interest.registry import EncoderRegistry
+from service.session_writer import SessionWriter
 from store.db import Database
 from store.experiments import running_experiment
 from store.items import ItemInput
@@ -54,6 +55,7 @@ class Runtime:
             load_in_background=serving,
         )
         self.recommender = Recommender(self.db, settings, self.index, self.encoders)
+        self.sessions = SessionWriter(self.db)
         self.experiments = ExperimentRouter(
             self.db,
             self.recommender,
@@ -216,6 +218,7 @@ class Runtime:
         return result
 
     def close(self) -> None:
+        self.sessions.close()
         self.index.close()
         self.experiments.close()
         self.db.dispose()

@@ -2,13 +2,14 @@
 
 They make pagination repeat nothing across workers (the state is in the database, not in a
 process) and let events name the answer they came from (attribution by model version and
-experiment arm). Functions take a `Session` (`create_session` also a bare `Connection`) and never
-commit.
+experiment arm). Functions take a `Session` (`insert_sessions` also a bare `Connection`) and
+never commit. The server writes new sessions off the request path (`service.session_writer`).
 """
 
 from __future__ import annotations
 
-import uuid
+import secrets
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,15 +23,26 @@ from store.types import utcnow
 
 
 def new_recomm_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: the issuing time in milliseconds (12), then 80 random bits (20), so that a
+    reader can tell a just-issued id (whose row may not be written yet) from an unknown one."""
+    return f"{int(time.time() * 1000) & 0xFFFF_FFFF_FFFF:012x}{secrets.token_hex(10)}"
+
+
+def issued_at(recomm_id: str) -> float | None:
+    """When `new_recomm_id` made ``recomm_id`` (epoch seconds); None for other shapes."""
+    if len(recomm_id) != 32:
+        return None
+    try:
+        return int(recomm_id[:12], 16) / 1000
+    except ValueError:
+        return None
 
 
 #: Built once: every answer inserts one row (values come as parameters).
 _INSERT = RecommendationSession.__table__.insert()
 
 
-def create_session(
-    session: Session | Connection,
+def session_row(
     *,
     recomm_id: str,
     user_external_id: str | None,
@@ -40,23 +52,27 @@ def create_session(
     model_version_id: int | None,
     arm: str | None,
     ttl_s: float,
-) -> None:
+) -> dict[str, Any]:
+    """The parameters of one new session's INSERT (`insert_sessions` writes them)."""
     now = utcnow()
-    session.execute(
-        _INSERT,
-        {
-            "recomm_id": recomm_id,
-            "user_external_id": user_external_id,
-            "params": params,
-            "shown": list(shown),
-            "shown_count": len(shown),
-            "strategy": strategy,
-            "model_version_id": model_version_id,
-            "arm": arm,
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=ttl_s),
-        },
-    )
+    return {
+        "recomm_id": recomm_id,
+        "user_external_id": user_external_id,
+        "params": params,
+        "shown": list(shown),
+        "shown_count": len(shown),
+        "strategy": strategy,
+        "model_version_id": model_version_id,
+        "arm": arm,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=ttl_s),
+    }
+
+
+def insert_sessions(session: Session | Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert new sessions (rows from `session_row`) in one statement."""
+    if rows:
+        session.execute(_INSERT, list(rows))
 
 
 def get_session(

@@ -32,6 +32,7 @@ def show(query: StatsQuery) -> dict[str, Any]:
     runtime = get_runtime()
     since = query.since
     positive = {kind for kind, weight in runtime.settings.event_weights.items() if weight > 0}
+    runtime.sessions.flush()  # this process's answers count at once
     with runtime.db.read() as session:
         groups = attribution_counts(session, since)
     rows = []

@@ -37,6 +37,7 @@ def merge(body: MergeBody) -> dict[str, Any]:
     profile and delete the anonymous user, in one transaction. Idempotent: merging a user that
     no longer exists answers ``merged: false`` and changes nothing."""
     runtime = get_runtime()
+    runtime.sessions.flush()  # the anonymous user's answers from this process move too
     try:
         result = merge_users(
             runtime.db,

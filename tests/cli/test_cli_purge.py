@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from store.db import Database
 from store.models import RecommendationSession
-from store.recommendations import create_session
+from store.recommendations import insert_sessions, session_row
 from store.types import utcnow
 
 
@@ -18,9 +18,8 @@ def test_purge_keeps_live_and_recently_expired_sessions(cli_env):
     db = Database(cli_env["DRIFTREC_DATABASE_URL"])
     try:
         with db.write() as session:
-            for n in range(3):
-                create_session(
-                    session,
+            new_rows = [
+                session_row(
                     recomm_id=f"r{n}",
                     user_external_id="u1",
                     params={},
@@ -30,6 +29,9 @@ def test_purge_keeps_live_and_recently_expired_sessions(cli_env):
                     arm=None,
                     ttl_s=3600,
                 )
+                for n in range(3)
+            ]
+            insert_sessions(session, new_rows)
             rows = session.scalars(
                 select(RecommendationSession).order_by(RecommendationSession.recomm_id)
             ).all()

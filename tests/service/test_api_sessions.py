@@ -3,6 +3,7 @@ users and attribution stats, through the real service (model, FAISS, SQLite and 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -260,3 +261,47 @@ def test_stats_report_click_through_by_model_version(client):
     future = _ok(client.get(f"/v1/stats?since={time.time() + 3600}"))
     assert future["by_model_version"] == []
     assert client.get("/v1/stats?since=someday").status_code == 422
+
+
+def test_a_just_given_answer_is_waited_for_by_another_worker(
+    client, app, app_builder, embedder, tmp_path, monkeypatch
+):
+    """The answer's row is written after the response; another worker asked for its next page
+    meanwhile waits for it, while an unknown id fails at once (or after the short wait, when
+    it looks just issued)."""
+    from service import recommending
+    from service.session_writer import _insert
+
+    runtime = app.extensions["driftrec"]
+    release = threading.Event()
+
+    def held_insert(database, rows):
+        release.wait(10)
+        _insert(database, rows)
+
+    monkeypatch.setattr(runtime.sessions, "_write", held_insert)
+    user = new_user_id()
+    _like(client, user, ["nature-1"])
+    first = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))  # answered, row held back
+    url = runtime.settings.database_url
+    other = app_builder(url, tmp_path / "other-worker", embedder)
+    try:
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        started = time.monotonic()
+        second = _ok(admin_client(other).get(f"/v1/recommendations/{first['recomm_id']}/next"))
+        assert 0.25 <= time.monotonic() - started < recommending.JUST_ISSUED_WAIT_S + 0.5
+        assert second["items"] and not set(_ids(second)) & set(_ids(first))
+
+        started = time.monotonic()
+        unknown = recommending.new_recomm_id()
+        assert admin_client(other).get(f"/v1/recommendations/{unknown}/next").status_code == 404
+        waited = time.monotonic() - started
+        assert recommending.JUST_ISSUED_WAIT_S - 0.1 <= waited < recommending.JUST_ISSUED_WAIT_S + 1
+        started = time.monotonic()
+        not_recent = uuid.uuid4().hex  # its first 12 digits read as a time far from now
+        assert admin_client(other).get(f"/v1/recommendations/{not_recent}/next").status_code == 404
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+        other.extensions["driftrec"].close()
