@@ -84,6 +84,11 @@ class LiveIndex:
 
     # -- state -----------------------------------------------------------------------------
     @property
+    def revision(self) -> int:
+        """The catalogue revision this process has applied (grows with every item change)."""
+        return self._snapshot.revision
+
+    @property
     def version_id(self) -> int | None:
         version = self._snapshot.version
         return version.id if version is not None else None

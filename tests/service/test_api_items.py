@@ -166,3 +166,29 @@ def test_unknown_items_are_404_and_huge_ids_422(client):
         assert response.get_json()["error"]["code"] == "not_found"
     assert client.get("/v1/items/" + "x" * 300).status_code == 422
     assert client.get("/v1/items/a%00b").status_code == 422
+
+
+def test_a_retitled_item_shows_its_new_title_in_every_workers_next_answer(
+    client, app, app_builder, embedder, tmp_path
+):
+    """Workers keep item names for their answers (`interest.recommend.NameCache`); a catalogue
+    change in another worker empties them, so no answer carries an old title."""
+    from tests.service.conftest import admin_client
+
+    items = [
+        {"id": "name-a", "title": "Harbour seals", "text": "Seals resting on a harbour wall."},
+        {"id": "name-b", "title": "Grey seals", "text": "Grey seals on a rocky shore."},
+    ]
+    assert client.put("/v1/items", json={"items": items}).status_code == 200
+    other = app_builder(app.extensions["driftrec"].settings.database_url, tmp_path / "w2", embedder)
+    try:
+        reader = admin_client(other)
+        for _ in range(2):  # the second answer is named from the cache
+            body = reader.get("/v1/items/name-a/similar?k=1").get_json()
+            assert body["items"][0] == {**body["items"][0], "id": "name-b", "title": "Grey seals"}
+        retitled = {**items[1], "title": "Atlantic grey seals"}
+        assert client.put("/v1/items", json={"items": [retitled]}).status_code == 200
+        body = reader.get("/v1/items/name-a/similar?k=1").get_json()
+        assert body["items"][0]["title"] == "Atlantic grey seals"
+    finally:
+        other.extensions["driftrec"].close()
