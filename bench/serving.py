@@ -29,11 +29,12 @@ def _runtime(catalogue: Catalogue):  # type: ignore[no-untyped-def]
 
 
 def reindex(catalogue: Catalogue, *, full: bool) -> dict[str, Any]:
-    """Build (``full``: always) and publish the index, then reindex again unchanged."""
+    """Build (``full``: always, from scratch: k-means too, not the previous index's centroids)
+    and publish the index, then reindex again unchanged."""
     runtime = _runtime(catalogue)
     try:
         started = time.perf_counter()
-        first = runtime.reindex(full=full)
+        first = runtime.reindex(full=full, retrain=full)
         build_s = time.perf_counter() - started
         started = time.perf_counter()
         again = runtime.reindex()
