@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
-from store.models import Counter, Item
+from store.models import Counter, Item, unservable_condition
 from store.types import utcnow
 
 
@@ -292,14 +292,4 @@ def live_vectors_after(
 
 def unservable_rows(session: Session) -> list[Item]:
     """Items that are deleted, unavailable or carry an expiry time (checked at query time)."""
-    return list(
-        session.scalars(
-            select(Item).where(
-                or_(
-                    Item.deleted_at.is_not(None),
-                    Item.available.is_(False),
-                    Item.expires_at.is_not(None),
-                )
-            )
-        )
-    )
+    return list(session.scalars(select(Item).where(unservable_condition())))

@@ -17,8 +17,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    or_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from store.types import UTCDateTime, utcnow
 
@@ -67,6 +69,26 @@ class Item(Base):
     # Catalogue revision of the last change to this row (see `store.items.next_revision`): servers
     # apply changes newer than their index to their in-memory overlay.
     revision: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
+
+
+def unservable_condition() -> ColumnElement[bool]:
+    """Items a server must not answer with: deleted, unavailable, or with an expiry time (which
+    is checked at query time). Shared by `store.items.unservable_rows` and the partial index
+    below, so that the databases use the index for that query."""
+    return or_(
+        Item.deleted_at.is_not(None), Item.available.is_(False), Item.expires_at.is_not(None)
+    )
+
+
+# Every server process reads the unservable items when it loads an index version: without this
+# index, a scan of the whole items table with its vectors (0.1 s of CPU per process at 100k items,
+# in every worker at once when a new version is published under load).
+Index(
+    "ix_items_unservable",
+    Item.id,
+    sqlite_where=unservable_condition(),
+    postgresql_where=unservable_condition(),
+)
 
 
 class Counter(Base):

@@ -112,3 +112,21 @@ def test_created_at_is_aware_utc(db: Database) -> None:
         created = get_item(session, "a").created_at
     assert created.tzinfo is not None and created.utcoffset() == timedelta(0)
     assert before - timedelta(seconds=5) <= created <= datetime.now(UTC) + timedelta(seconds=5)
+
+
+def test_unservable_items_are_read_through_their_partial_index(sqlite_url: str) -> None:
+    """A server reads them at every index load: the query must not scan the table (vectors and
+    all); SQLite uses a partial index only when the query states the index's own condition."""
+    from sqlalchemy import select, text
+
+    from store.models import Item, unservable_condition
+
+    database = Database(sqlite_url)
+    try:
+        query = select(Item).where(unservable_condition())
+        sql = str(query.compile(database.engine, compile_kwargs={"literal_binds": True}))
+        with database.read() as session:
+            plan = " ".join(row[-1] for row in session.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+        assert "USING INDEX ix_items_unservable" in plan, plan
+    finally:
+        database.dispose()
