@@ -17,8 +17,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from indexer.reindex import ItemTransform, identity_transform
@@ -273,7 +275,8 @@ class LiveIndex:
         return hits[:k]
 
 
-def _track_servability(snapshot: _Snapshot, item: Item) -> None:
+def _track_servability(snapshot: _Snapshot, item: Item | Row[Any]) -> None:
+    """``item``: an `Item`, or a row with its id, deleted_at, available and expires_at."""
     if item.deleted_at is not None or not item.available:
         snapshot.blocked.add(item.id)
     else:

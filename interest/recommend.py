@@ -276,14 +276,15 @@ class Recommender:
     def _describe(self, hits: Sequence[Hit], session: Session | None = None) -> list[ScoredItem]:
         if not hits:
             return []
-        names = self._names.lookup([h.item_id for h in hits], self.index.revision)
+        revision = self.index.revision
+        names = self._names.lookup([h.item_id for h in hits], revision)
         missing = [h.item_id for h in hits if h.item_id not in names]
         if missing:
             with self._reading(session) as reading:
                 rows = reading.connection().execute(_NAMES, {"ids": missing})
                 found = {item_id: (external_id, title) for item_id, external_id, title in rows}
             names.update(found)
-            self._names.store(found, self.index.revision)
+            self._names.store(found, revision)
         return [
             ScoredItem(names[h.item_id][0], names[h.item_id][1], h.score, h.item_id)
             for h in hits

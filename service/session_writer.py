@@ -8,9 +8,9 @@ turn with the other worker and with every event writer, and ~8% of a worker's CP
 commits go into the next one.
 
 A row is committed a few milliseconds after its answer is sent. Readers that need it wait:
-`flush` for the rows this process queued, `wait_for_session` (recommending) for an id another
-process issued a moment ago. Rows still queued when a process is killed (-9) are lost: a client
-paging such an answer gets a 404 and asks again; events are never queued here.
+`flush` for the rows this process queued, `service.recommending.stored_session` for an id
+another process issued a moment ago. Rows still queued when a process is killed (-9) are
+lost: a client paging such an answer gets a 404 and asks again; events are never queued here.
 """
 
 from __future__ import annotations

@@ -110,7 +110,6 @@ class Database:
             if is_sqlite(self.engine)
             else self.engine
         )
-        self._write_engine = write_engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(write_engine, expire_on_commit=False)
 
@@ -128,14 +127,6 @@ class Database:
         """One write transaction: committed on success, rolled back on any exception."""
         with self._write() as session, session.begin():
             yield session
-
-    @contextmanager
-    def write_connection(self) -> Iterator[Connection]:
-        """A write transaction on a bare connection, without an ORM session: for a request
-        path's single Core statement, where the session's own bookkeeping would cost more
-        than the statement. Committed on success, rolled back on any exception."""
-        with self._write_engine.begin() as connection:
-            yield connection
 
     def run_write(self, work: Callable[[Session], T], *, attempts: int = 8) -> T:
         """Run ``work`` in a write transaction, retrying transient lock/serialization failures."""

@@ -9,7 +9,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
@@ -290,6 +301,17 @@ def live_vectors_after(
     return [(item_id, vector) for item_id, vector in rows]
 
 
-def unservable_rows(session: Session) -> list[Item]:
-    """Items that are deleted, unavailable or carry an expiry time (checked at query time)."""
-    return list(session.scalars(select(Item).where(unservable_condition())))
+#: The items that are deleted, unavailable or carry an expiry time (checked at query time):
+#: the columns a server tracks, not their vectors. Stating `unservable_condition` lets the
+#: databases read it through the partial index ``ix_items_unservable``.
+UNSERVABLE_ROWS = select(
+    Item.__table__.c.id,
+    Item.__table__.c.deleted_at,
+    Item.__table__.c.available,
+    Item.__table__.c.expires_at,
+).where(unservable_condition())
+
+
+def unservable_rows(session: Session) -> list[Row[Any]]:
+    """(id, deleted_at, available, expires_at) of every item `UNSERVABLE_ROWS` selects."""
+    return list(session.execute(UNSERVABLE_ROWS))

@@ -117,14 +117,13 @@ def test_created_at_is_aware_utc(db: Database) -> None:
 def test_unservable_items_are_read_through_their_partial_index(sqlite_url: str) -> None:
     """A server reads them at every index load: the query must not scan the table (vectors and
     all); SQLite uses a partial index only when the query states the index's own condition."""
-    from sqlalchemy import select, text
+    from sqlalchemy import text
 
-    from store.models import Item, unservable_condition
+    from store.items import UNSERVABLE_ROWS
 
     database = Database(sqlite_url)
     try:
-        query = select(Item).where(unservable_condition())
-        sql = str(query.compile(database.engine, compile_kwargs={"literal_binds": True}))
+        sql = str(UNSERVABLE_ROWS.compile(database.engine, compile_kwargs={"literal_binds": True}))
         with database.read() as session:
             plan = " ".join(row[-1] for row in session.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
         assert "USING INDEX ix_items_unservable" in plan, plan
