@@ -1,9 +1,20 @@
-"""Embedder backends: the ONNX Runtime export agrees with sentence-transformers (real MiniLM)."""
+"""Embedder backends: the ONNX Runtime export and bfloat16 autocast agree with float32
+sentence-transformers (real MiniLM)."""
 
 import numpy as np
 import pytest
 
-from indexer.embedder import ONNX, TORCH, EmbedderUnavailable, LazyEmbedder, load_embedder
+from indexer.embedder import (
+    AUTO,
+    BF16,
+    ONNX,
+    TORCH,
+    EmbedderUnavailable,
+    LazyEmbedder,
+    has_native_bf16,
+    load_embedder,
+    resolve_backend,
+)
 from store.settings import load_settings
 
 MODEL = "bundled:all-MiniLM-L6-v2"
@@ -33,13 +44,35 @@ def test_onnx_backend_matches_sentence_transformers(tmp_path):
     assert onnx.embed([]).shape == (0, 384)
 
 
+def test_bf16_backend_stays_close_to_float32():
+    # Runs everywhere (emulated where the CPU lacks bfloat16 matrix units, only slower).
+    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
+    bf16 = load_embedder(MODEL, backend=BF16)
+    bf16_vectors = bf16.embed(TEXTS)
+    assert bf16 is not load_embedder(MODEL, backend=TORCH)
+    assert bf16.model_name == MODEL and bf16_vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(bf16_vectors, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(bf16_vectors * torch_vectors, axis=1)
+    assert np.min(cosines) > 0.999
+    # Not float32 in disguise: bfloat16 products do move the vectors a little.
+    assert np.max(np.abs(bf16_vectors - torch_vectors)) > 1e-6
+    # The float32 embedder is not left in autocast by the bf16 one (thread-local state).
+    assert np.array_equal(load_embedder(MODEL, backend=TORCH).embed(TEXTS), torch_vectors)
+
+
+def test_auto_backend_picks_bf16_only_with_native_support():
+    assert resolve_backend(AUTO) == (BF16 if has_native_bf16() else TORCH)
+    assert resolve_backend(TORCH) == TORCH and resolve_backend(ONNX) == ONNX
+    assert load_embedder(MODEL) is load_embedder(MODEL, backend=resolve_backend(AUTO))
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(EmbedderUnavailable):
         load_embedder(MODEL, backend="tensorflow")
 
 
 def test_backend_setting():
-    assert load_settings({}).embedder_backend == TORCH
+    assert load_settings({}).embedder_backend == AUTO
     assert load_settings({"DRIFTREC_EMBEDDER_BACKEND": " ONNX "}).embedder_backend == ONNX
 
 
