@@ -70,6 +70,26 @@ def test_add_replaces_and_remove_deletes():
     assert {hit.item_id for hit in index.search(vectors[7], 5)}.isdisjoint({5, 7})
 
 
+def test_approximate_scores_are_exact_after_reranking_and_removal_hides_items():
+    """The 1-bit codes only pick candidates: returned scores are the float16 rows' inner
+    products, with ids far from positions (rows are addressed by id; gaps stay empty)."""
+    vectors = _unit_vectors(3000, seed=5)
+    ids = np.arange(3000, dtype=np.int64) * 5 + 1000
+    index = VectorIndex.build(ids, vectors, exact_max_items=100)
+    assert index.kind == IVF and len(index) == 3000
+    query = vectors[42]
+    hits = index.search(query, 10)
+    assert hits[0].item_id == ids[42]
+    for hit in hits:
+        expected = float(vectors[(hit.item_id - 1000) // 5] @ query)
+        assert hit.score == pytest.approx(expected, abs=2e-3)
+    assert index.remove(np.array([ids[42], ids[43]])) == 2
+    assert len(index) == 2998
+    assert not {int(ids[42]), int(ids[43])} & {h.item_id for h in index.search(query, 50)}
+    with pytest.raises(ValueError):  # rows are addressed by id: only new, ascending ids
+        index.add(np.array([ids[42]]), vectors[[42]])
+
+
 def test_save_load_round_trip_and_checksum(tmp_path):
     vectors = _unit_vectors(500)
     index = VectorIndex.build(np.arange(500), vectors, exact_max_items=100)
