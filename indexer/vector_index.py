@@ -2,7 +2,7 @@
 
 Small catalogues use exact search (``IndexIDMap2(IndexFlatIP)``); above a configurable size an
 approximate IVF index is chosen automatically: 1-bit RaBitQ codes in inverted lists
-(``IndexIVFRaBitQ``, lists found through a small HNSW graph of their centroids) find
+(``IndexIVFRaBitQ``, lists found by a scan of float16 copies of their centroids) find
 `REFINE_FACTOR` times the requested candidates, and float16 copies of the vectors re-rank them
 exactly (``IndexRefine`` over an ``IndexScalarQuantizer``, one row per item id). Its
 ``nprobe`` is calibrated when it is built: the smallest that reaches `TARGET_RECALL` against
@@ -57,7 +57,7 @@ def choose_kind(n_items: int, exact_max_items: int) -> str:
 
 
 #: Recorded in every index fingerprint: a change of build parameters rebuilds published indexes.
-BUILD_SPEC = "ivf:2-4sqrt,sphkm,hnswq,rabitq1+fp16x40,cal@0.97/fine/sel,users"
+BUILD_SPEC = "ivf:2-4sqrt,sphkm,fp16q,rabitq1+fp16x40,cal@0.97/fine/sel,users"
 #: An approximate search fetches this many times the wanted hits from the 1-bit codes and keeps
 #: the best by their float16 vectors. On the benchmark's 1M catalogue (users' queries, one
 #: thread): x40 at nprobe 96 reached recall@10 0.974 in 1.9-2.2 ms a query, against 4.5 ms for
@@ -66,10 +66,6 @@ REFINE_FACTOR = 40
 #: Bits per coordinate of the query in RaBitQ distance estimates (0, float queries, takes a
 #: path ~20 times slower).
 RABITQ_QUERY_BITS = 8
-HNSW_QUANTIZER_M = 32
-HNSW_QUANTIZER_EF_CONSTRUCTION = 80
-#: With 16 (FAISS's default) and nprobe 14, one test query in a hundred found none of its lists.
-HNSW_QUANTIZER_EF_SEARCH = 64
 #: recall@10 that the calibrated ``nprobe`` reaches on sample queries; the service wants 0.95 on
 #: real ones. Synthetic queries proved easier than users' (on the benchmark's 1M catalogue 0.97
 #: on them gave 0.936 on users' queries), hence users' own queries whenever there are some.
@@ -455,14 +451,15 @@ def _ivf_index(centroids: np.ndarray, vectors: np.ndarray) -> faiss.IndexRefine:
     sets up the RaBitQ encoder, on a few of ``vectors``.
     """
     dim = centroids.shape[1]
-    # The coarse search over the centroids goes through a small HNSW graph: a flat scan of 4,000
-    # centroids reads 6 MB a query (0.5-0.9 ms at 1M items, a quarter of the search), the graph
-    # a few hundred of them, for the same recall once nprobe is calibrated (1M: 2.1 against
-    # 2.6 ms a query at nprobe 128, recall@10 0.979 with either). HNSW explores
-    # max(efSearch, nprobe) candidates: the floor keeps small nprobes from a greedy miss.
-    quantizer = faiss.IndexHNSWFlat(dim, HNSW_QUANTIZER_M, faiss.METRIC_INNER_PRODUCT)
-    quantizer.hnsw.efConstruction = HNSW_QUANTIZER_EF_CONSTRUCTION
-    quantizer.hnsw.efSearch = HNSW_QUANTIZER_EF_SEARCH
+    # The coarse search scans float16 copies of the centroids: in float32, 4,000 centroids are
+    # 6 MB read per query (0.5-0.9 ms at 1M items, a quarter of the search). An HNSW graph of
+    # them was as fast but lost some users entirely (1M benchmark, 500 users: recall@10 min
+    # 0.1 against 0.6 with a full scan, mean 0.971 against 0.976): its greedy walk stopped in
+    # the wrong region of near-duplicate centroids, and more probes did not help.
+    quantizer = faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    quantizer.train(np.ascontiguousarray(centroids, dtype=np.float32))
     quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
     lists = faiss.IndexIVFRaBitQ(quantizer, dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
     lists.qb = RABITQ_QUERY_BITS
