@@ -117,10 +117,11 @@ class VectorIndex:
         self.nprobe = 0
         # Indexes published before the RaBitQ layout (float16 IVF lists) still load and serve.
         self._refined = isinstance(index, faiss.IndexRefine)
-        self._nlist = 0
+        # The inverted lists, looked up once: every search needs their count (and a re-ranked
+        # index its item count), and FAISS's lookup walks the wrapper chain each time.
+        self._lists: faiss.IndexIVF | None = None
         if kind == IVF:
-            ivf = faiss.extract_index_ivf(index)
-            self._nlist = int(ivf.nlist)
+            ivf = self._lists = faiss.extract_index_ivf(index)
             # A calibrated nprobe is saved in the file; older files fall back to 8% of the lists.
             default = max(1, min(ivf.nlist, int(round(ivf.nlist * 0.08)) or 1))
             self.nprobe = int(ivf.nprobe) if ivf.nprobe > 1 else default
@@ -177,9 +178,9 @@ class VectorIndex:
         """This IVF index's coarse centroids, if a rebuild over ``n_items`` vectors of ``dim``
         can keep them: same dimension, and a list count within `REUSE_LIST_RANGE` of what a
         fresh build would choose."""
-        if self.kind != IVF or self.dim != dim:
+        ivf = self._lists
+        if ivf is None or self.dim != dim:
             return None
-        ivf = faiss.extract_index_ivf(self._index)
         low, high = REUSE_LIST_RANGE
         if not low * _ivf_lists(n_items) <= ivf.nlist <= high * _ivf_lists(n_items):
             return None
@@ -187,9 +188,9 @@ class VectorIndex:
 
     def imbalance(self) -> float:
         """FAISS's imbalance factor of the inverted lists (1.0: all lists the same length)."""
-        if self.kind != IVF or len(self) == 0:
+        if self._lists is None or len(self) == 0:
             return 1.0
-        return float(faiss.extract_index_ivf(self._index).invlists.imbalance_factor())
+        return float(self._lists.invlists.imbalance_factor())
 
     def calibrate_nprobe(
         self,
@@ -209,7 +210,8 @@ class VectorIndex:
         With a ``calibration`` sample, on users' queries with their exclusions, as the service
         searches. Without one, queries blend two random catalogue vectors and noise.
         """
-        ivf = faiss.extract_index_ivf(self._index)
+        ivf = self._lists
+        assert ivf is not None, "only an IVF index has an nprobe"
         k = min(10, len(ids))
         if calibration is not None and len(calibration.queries):
             sample = np.ascontiguousarray(calibration.queries, dtype=np.float32)
@@ -254,8 +256,9 @@ class VectorIndex:
         return int(self._index.d)
 
     def __len__(self) -> int:
-        if self._refined:
-            return int(faiss.extract_index_ivf(self._index).ntotal)
+        if self._refined:  # the index's own ntotal counts re-ranking rows, up to the last id
+            assert self._lists is not None
+            return int(self._lists.ntotal)
         return int(self._index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -266,68 +269,59 @@ class VectorIndex:
         self.remove(ids)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if self._refined:
-            self._add_refined(ids, vectors)
+            # The re-ranking rows are addressed by item id, so ids must be new and above every
+            # id already stored (a build adds the catalogue once, ids ascending).
+            if np.any(np.diff(ids) <= 0) or ids[0] < self._index.refine_index.ntotal:
+                raise ValueError("an approximate index adds new ids in ascending order only")
+            self._add_to_lists(ids, vectors)
+            self._add_refine_rows(ids, vectors)
             return
         if self.kind == IVF and len(ids) >= BULK_ASSIGN_MIN:
-            # FAISS assigns vectors to lists with its own BLAS call, ~5x slower here than
-            # numpy's (1.8 s against 0.35 s for 100k vectors and 632 lists); assign with numpy
-            # and hand FAISS the list numbers.
-            ivf = faiss.extract_index_ivf(self._index)
-            lists = _nearest_centroid(ivf.quantizer.reconstruct_n(0, ivf.nlist), vectors)
-            for start in range(0, len(ids), BULK_ASSIGN_BLOCK):
-                end = min(len(ids), start + BULK_ASSIGN_BLOCK)
-                ivf.add_core(
-                    end - start,
-                    faiss.swig_ptr(vectors[start:end]),
-                    faiss.swig_ptr(ids[start:end]),
-                    faiss.swig_ptr(lists[start:end]),
-                )
-                pacing.pause()
+            self._add_to_lists(ids, vectors)
             return
         self._index.add_with_ids(vectors, ids)
 
-    def _add_refined(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Codes into the lists (assigned with numpy, as above) and float16 rows at row = id.
-
-        The re-ranking store is addressed by item id, so ids must be new and above every id
-        already stored (a build adds the catalogue once, ids ascending); rows of ids that are
-        not in the index (deleted items) stay zero and are never looked up.
-        """
-        composite = self._index
-        refine = composite.refine_index
-        if np.any(np.diff(ids) <= 0) or ids[0] < refine.ntotal:
-            raise ValueError("an approximate index adds new ids in ascending order only")
-        ivf = faiss.extract_index_ivf(composite)
-        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        rows = np.zeros((BULK_ASSIGN_BLOCK, vectors.shape[1]), dtype=np.float32)
+    def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add to the inverted lists, assigned with numpy: FAISS assigns vectors to lists with
+        its own BLAS call, ~5x slower here than numpy's (1.8 s against 0.35 s for 100k vectors
+        and 632 lists), so it is handed the list numbers."""
+        ivf = self._lists
+        assert ivf is not None
+        lists = _nearest_centroid(ivf.quantizer.reconstruct_n(0, ivf.nlist), vectors)
         for start in range(0, len(ids), BULK_ASSIGN_BLOCK):
-            block_ids = ids[start : start + BULK_ASSIGN_BLOCK]
-            block = vectors[start : start + BULK_ASSIGN_BLOCK]
-            lists = _nearest_centroid(centroids, block)
+            end = min(len(ids), start + BULK_ASSIGN_BLOCK)
             ivf.add_core(
-                len(block), faiss.swig_ptr(block), faiss.swig_ptr(block_ids), faiss.swig_ptr(lists)
+                end - start,
+                faiss.swig_ptr(vectors[start:end]),
+                faiss.swig_ptr(ids[start:end]),
+                faiss.swig_ptr(lists[start:end]),
             )
-            # Rows refine.ntotal .. the block's last id: zeros but for the block's own ids.
-            first, last = int(refine.ntotal), int(block_ids[-1])
-            for row in range(first, last + 1, len(rows)):
-                end = min(last + 1, row + len(rows))
-                chunk = rows[: end - row]
-                chunk[:] = 0
-                inside = block_ids[(block_ids >= row) & (block_ids < end)]
-                chunk[inside - row] = block[np.searchsorted(block_ids, inside)]
-                refine.add(chunk)
+            pacing.pause()
+
+    def _add_refine_rows(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """float16 rows from the first free one up to ``ids``' last, row = item id: ``vectors``
+        at their ids, zeros elsewhere (ids not in the index, never looked up)."""
+        refine = self._index.refine_index
+        first, last = int(refine.ntotal), int(ids[-1])
+        rows = np.empty((min(BULK_ASSIGN_BLOCK, last + 1 - first), vectors.shape[1]), np.float32)
+        for row in range(first, last + 1, len(rows)):
+            chunk = rows[: min(last + 1, row + len(rows)) - row]
+            chunk[:] = 0
+            low, high = np.searchsorted(ids, [row, row + len(chunk)])
+            chunk[ids[low:high] - row] = vectors[low:high]
+            refine.add(chunk)
             pacing.pause()
         # IndexRefine checks every candidate id against its ntotal: the row count, not the
         # number of items (`__len__` counts those, in the lists).
-        composite.ntotal = refine.ntotal
+        self._index.ntotal = refine.ntotal
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0 or len(self) == 0:
             return 0
         if self._refined:  # the lists decide what is found; re-ranking rows stay as they are
-            ivf = faiss.extract_index_ivf(self._index)
-            return int(ivf.remove_ids(faiss.IDSelectorBatch(ids)))
+            assert self._lists is not None
+            return int(self._lists.remove_ids(faiss.IDSelectorBatch(ids)))
         return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def reconstruct(self, item_id: int) -> np.ndarray | None:
@@ -388,7 +382,7 @@ class VectorIndex:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         fetch = min(total, k if accept is None else 2 * k + 8)
         nprobe = nprobe or self.nprobe
-        nlist = self._nlist
+        nlist = self._lists.nlist if self._lists is not None else 0
         while True:
             scores, ids = self._index.search(query, fetch, params=self._params(exclude, nprobe))
             hits = [
