@@ -114,13 +114,21 @@ class LiveIndex:
         return max(0, base + overlay)
 
     # -- refresh ---------------------------------------------------------------------------
-    def refresh(self, *, force: bool = False, session: Session | None = None) -> None:
+    def refresh(
+        self,
+        *,
+        force: bool = False,
+        session: Session | None = None,
+        revision: int | None = None,
+    ) -> None:
         """Load a newly activated version and apply catalogue changes since the last refresh.
 
         The per-request part is one indexed query (the catalogue revision). A caller that is
         about to read anyway passes its ``session``, so the check costs no transaction of its
-        own; the active version is looked up at most every ``version_check_interval_s`` (with
-        ``load_in_background``, by the watcher thread instead, after the first load).
+        own, and a caller that has just read the revision (`store.items.REVISION_COLUMN`)
+        passes it too, so it costs no query; the active version is looked up at most every
+        ``version_check_interval_s`` (with ``load_in_background``, by the watcher thread
+        instead, after the first load).
         """
         with self._lock:
             now = time.monotonic()
@@ -139,17 +147,18 @@ class LiveIndex:
                     )
                     self._watcher.start()
             if session is not None:
-                self._catch_up(session)
+                self._catch_up(session, revision)
             else:
                 with self._db.read() as own:
-                    self._catch_up(own)
+                    self._catch_up(own, revision)
 
     def close(self) -> None:
         """Stop the background watcher (if any)."""
         self._closed.set()
 
-    def _catch_up(self, session: Session) -> None:
-        revision = catalogue_revision(session)
+    def _catch_up(self, session: Session, revision: int | None = None) -> None:
+        if revision is None:
+            revision = catalogue_revision(session)
         if revision > self._snapshot.revision:
             self._apply(self._snapshot, changed_since(session, self._snapshot.revision), revision)
 

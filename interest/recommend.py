@@ -131,13 +131,14 @@ class Recommender:
     ) -> Recommendation:
         """Top ``k`` for a user; unknown or empty users get the cold-start list.
 
-        One read transaction serves the whole request: the index's catalogue check, the
-        profile, the seen items and the item names.
+        One read transaction serves the whole request: the profile with the index's catalogue
+        check (one statement), the seen items and the item names.
         """
         now = time.time() if now is None else now
         with self.db.read() as session:
-            self.index.refresh(session=session)
-            user_id, row = profile_by_external_id(session, user_external_id)
+            found = profile_by_external_id(session, user_external_id)
+            self.index.refresh(session=session, revision=found.catalogue_revision)
+            user_id, row = found.user_id, found.profile
             state = state_from_row(row) if row is not None and row.event_count else None
             seen = (
                 seen_item_ids(session, user_id) if (user_id is not None and exclude_seen) else set()

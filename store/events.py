@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
+from store.items import REVISION_COLUMN
 from store.models import Event, Profile, User
 from store.types import utcnow
 
@@ -89,6 +90,7 @@ def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
 _PROFILE_BY_EXTERNAL_ID = (
     select(
         User.__table__.c.id.label("uid"),
+        REVISION_COLUMN,
         *(Profile.__table__.c[name] for name in PROFILE_STATE_COLUMNS),
     )
     .select_from(User.__table__.outerjoin(Profile.__table__))
@@ -101,18 +103,29 @@ _SEEN_ITEM_IDS = (
 )
 
 
-def profile_by_external_id(session: Session, external_id: str) -> tuple[int | None, Any]:
-    """(user id, profile columns) of a user in one query; (None, None) for an unknown user.
+@dataclass(frozen=True)
+class UserProfileRow:
+    """A user's id and profile columns as the read path wants them (no ORM object), with the
+    catalogue revision read in the same statement (`store.items.catalogue_revision`)."""
 
-    The profile part is a row with the `Profile` columns that `interest.profile.state_from_row`
-    reads (None when the user has no profile yet): no ORM object, as the read path wants.
-    """
+    #: None for an unknown user.
+    user_id: int | None
+    #: The `Profile` columns `interest.profile.state_from_row` reads; None without a profile.
+    profile: Any
+    #: None for an unknown user (the statement found no row to carry it).
+    catalogue_revision: int | None
+
+
+def profile_by_external_id(session: Session, external_id: str) -> UserProfileRow:
+    """A user's id, profile and the catalogue revision, in one query."""
     row = (
         session.connection().execute(_PROFILE_BY_EXTERNAL_ID, {"external_id": external_id}).first()
     )
     if row is None:
-        return None, None
-    return row.uid, (row if row.user_id is not None else None)
+        return UserProfileRow(None, None, None)
+    return UserProfileRow(
+        row.uid, row if row.user_id is not None else None, int(row.catalogue_revision or 0)
+    )
 
 
 def get_user(session: Session, external_id: str) -> User:

@@ -72,6 +72,8 @@ def next_revision(session: Session) -> int:
 #: Run on every request that searches: built once (a statement is immutable; reusing it skips
 #: building and cache-keying it) and run on the session's connection, past the ORM layer.
 _REVISION = select(Counter.__table__.c.value).where(Counter.__table__.c.name == CATALOGUE_COUNTER)
+#: The same revision as a column other request-path statements carry (one round trip less).
+REVISION_COLUMN = _REVISION.scalar_subquery().label("catalogue_revision")
 
 
 def catalogue_revision(session: Session) -> int:

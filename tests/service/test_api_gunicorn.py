@@ -159,14 +159,17 @@ def test_items_written_through_one_worker_are_served_by_every_worker(server):
     # A later upsert through whichever worker is also seen by every worker.
     late = {"id": "saturn", "title": "Rocket flight to Saturn", "categories": ["space"]}
     assert http.call("PUT", "/v1/items", {"items": [late]})[0] == 200
-    for _ in range(6):
-        status, body = http.call("GET", "/v1/items/mars/similar?k=1")
-        assert status == 200 and [i["id"] for i in body["items"]] == ["saturn"], body
+    # Recommendations read the catalogue revision with the profile: they see it at once too.
+    for path in ("/v1/users/ana/recommendations?k=1", "/v1/items/mars/similar?k=1"):
+        for _ in range(6):
+            status, body = http.call("GET", path)
+            assert status == 200 and [i["id"] for i in body["items"]] == ["saturn"], body
 
     assert http.call("DELETE", "/v1/items/saturn")[0] == 204
-    for _ in range(6):
-        status, body = http.call("GET", "/v1/items/mars/similar?k=1")
-        assert status == 200 and [i["id"] for i in body["items"]] == ["moon"], body
+    for path in ("/v1/users/ana/recommendations?k=1", "/v1/items/mars/similar?k=1"):
+        for _ in range(6):
+            status, body = http.call("GET", path)
+            assert status == 200 and [i["id"] for i in body["items"]] == ["moon"], body
 
     assert http.call("GET", "/v1/items/missing")[0] == 404
     log = log_path.read_text()
