@@ -83,3 +83,60 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
     finally:
         server.send_signal(signal.SIGTERM)  # `serve` exec'd gunicorn: this is its master
         server.wait(timeout=30)
+
+
+def _raw_request(port: int, request: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(request)
+    return sock
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes its side."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_worker_takes_the_next_connection_without_waiting_for_the_client_to_close(
+    tmp_path, cli_env
+):
+    """Sync workers close their side once answered (service.http_close): clients that keep
+    their sockets open do not hold the workers, and an answer given before the request body
+    was read still arrives whole (no reset)."""
+    env = {**cli_env, "DRIFTREC_AUTH": "disabled"}
+    ok(invoke(env, "db", "upgrade"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = spawn(env, "serve", "--workers", "2", "--port", str(port), log=log)
+    held: list[socket.socket] = []
+    try:
+        wait_ready(base, server, log)
+        # Two answered clients that never close: gunicorn's own close waited up to 2 s for
+        # each, so the third request found both workers busy doing nothing.
+        started = time.monotonic()
+        for _ in range(3):
+            held.append(_raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))
+            assert _read_answer(held[-1]).startswith(b"HTTP/1.1 200")
+        assert time.monotonic() - started < 1.0
+
+        # A body over the size limit is answered without being read: the worker lingers for
+        # that client, and the 413 arrives intact.
+        declared = 40 * 1024 * 1024
+        sock = _raw_request(
+            port,
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {declared}\r\n\r\n".encode(),
+        )
+        held.append(sock)
+        sock.sendall(b"[" + b" " * (512 * 1024))
+        answer = _read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"payload_too_large" in answer
+    finally:
+        for sock in held:
+            sock.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)

@@ -1,0 +1,46 @@
+"""Close a connection right after its answer unless the client is still sending.
+
+gunicorn (since 23) ends every sync-worker connection with ``util.close_graceful``: it
+half-closes, then waits, up to 2 s, for the client to close its side before taking the next
+connection. That protects one case: a client still sending a request body the app did not
+read, whose unread bytes would make the kernel answer with a reset that can destroy the
+response in flight (RFC 9112, section 9.6). For every other request the worker sits idle for
+a client round trip: at 100k items, 2 workers and 8 clients, recommendations went from
+1,049-1,059 to 1,134-1,182 per second and ``/healthz`` from 3,313-3,523 to 4,015-4,387 when
+it closed at once (alternating runs on one machine).
+
+So the worker looks, without waiting, whether the client has sent anything it did not read:
+if so it lingers exactly as gunicorn does, otherwise it closes at once (a plain close with
+nothing unread sends FIN, never a reset).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from gunicorn import util
+
+#: gunicorn's own close, kept for connections with unread request bytes.
+_lingering_close = util.close_graceful
+
+
+def close_after_answer(sock: socket.socket, timeout: float = 2.0, max_drain: int = 65536) -> None:
+    if _has_unread_bytes(sock):
+        _lingering_close(sock, timeout, max_drain)
+    else:
+        util.close(sock)
+
+
+def _has_unread_bytes(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": client closed
+    except BlockingIOError:
+        return False
+    except OSError:
+        return False  # reset or gone: nothing to protect
+
+
+def install() -> None:
+    """Make gunicorn's workers close with `close_after_answer` (they look the function up on
+    ``gunicorn.util`` at each close). Run from the gunicorn config, before workers fork."""
+    util.close_graceful = close_after_answer
