@@ -29,7 +29,6 @@ from store.events import (
     item_ids_with_event_types,
     popular_item_ids,
     profile_by_external_id,
-    seen_item_ids,
 )
 from store.items import get_item
 from store.models import Event, Item
@@ -132,18 +131,15 @@ class Recommender:
         """Top ``k`` for a user; unknown or empty users get the cold-start list.
 
         One read transaction serves the whole request: the profile with the index's catalogue
-        check (one statement), the seen items and the item names.
+        check and the seen items (one statement), and the item names.
         """
         now = time.time() if now is None else now
         with self.db.read() as session:
-            found = profile_by_external_id(session, user_external_id)
+            found = profile_by_external_id(session, user_external_id, with_seen=exclude_seen)
             self.index.refresh(session=session, revision=found.catalogue_revision)
             user_id, row = found.user_id, found.profile
             state = state_from_row(row) if row is not None and row.event_count else None
-            seen = (
-                seen_item_ids(session, user_id) if (user_id is not None and exclude_seen) else set()
-            )
-            excluded = set(exclude) | seen
+            excluded = set(exclude) | found.seen
             if user_id is not None and not exclude_seen:
                 excluded |= item_ids_with_event_types(session, user_id, EXCLUDING_EVENT_TYPES)
             if state is None:

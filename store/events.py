@@ -9,7 +9,19 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Select, TextClause, Update, bindparam, delete, func, select, text, update
+from sqlalchemy import (
+    Select,
+    String,
+    TextClause,
+    Update,
+    bindparam,
+    cast,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
@@ -96,6 +108,14 @@ _PROFILE_BY_EXTERNAL_ID = (
     .select_from(User.__table__.outerjoin(Profile.__table__))
     .where(User.__table__.c.external_id == bindparam("external_id"))
 )
+#: The same with the ids of the items the user has events on, as one comma-separated string
+#: (group_concat on SQLite, string_agg on PostgreSQL; repeats included, the reader dedupes).
+_PROFILE_AND_SEEN_BY_EXTERNAL_ID = _PROFILE_BY_EXTERNAL_ID.add_columns(
+    select(func.aggregate_strings(cast(Event.__table__.c.item_id, String), ","))
+    .where(Event.__table__.c.user_id == User.__table__.c.id)
+    .scalar_subquery()
+    .label("seen")
+)
 _SEEN_ITEM_IDS = (
     select(Event.__table__.c.item_id)
     .where(Event.__table__.c.user_id == bindparam("user_id"))
@@ -114,17 +134,24 @@ class UserProfileRow:
     profile: Any
     #: None for an unknown user (the statement found no row to carry it).
     catalogue_revision: int | None
+    #: Items the user has events on (`seen_item_ids`), when asked for; else empty.
+    seen: set[int] = frozenset()  # type: ignore[assignment]
 
 
-def profile_by_external_id(session: Session, external_id: str) -> UserProfileRow:
-    """A user's id, profile and the catalogue revision, in one query."""
-    row = (
-        session.connection().execute(_PROFILE_BY_EXTERNAL_ID, {"external_id": external_id}).first()
-    )
+def profile_by_external_id(
+    session: Session, external_id: str, *, with_seen: bool = False
+) -> UserProfileRow:
+    """A user's id, profile and the catalogue revision, with ``with_seen`` the items the
+    user has events on too: one query either way."""
+    statement = _PROFILE_AND_SEEN_BY_EXTERNAL_ID if with_seen else _PROFILE_BY_EXTERNAL_ID
+    row = session.connection().execute(statement, {"external_id": external_id}).first()
     if row is None:
         return UserProfileRow(None, None, None)
     return UserProfileRow(
-        row.uid, row if row.user_id is not None else None, int(row.catalogue_revision or 0)
+        row.uid,
+        row if row.user_id is not None else None,
+        int(row.catalogue_revision or 0),
+        set(map(int, row.seen.split(","))) if with_seen and row.seen else set(),
     )
 
 

@@ -20,11 +20,12 @@ from store.events import (
     insert_profiles,
     lock_profile_rows,
     lock_profiles,
+    profile_by_external_id,
     seen_item_ids,
     update_profiles,
     user_events,
 )
-from store.items import ItemInput, upsert_items
+from store.items import ItemInput, catalogue_revision, upsert_items
 from store.models import Profile, User
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -73,6 +74,31 @@ def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
     with db.read() as session:
         assert count_events(session) == 2
         assert seen_item_ids(session, users["u"]) == set(items)
+
+
+def test_the_request_read_carries_profile_revision_and_seen_items(db: Database) -> None:
+    """One statement serves a recommendation's reads: the user, the profile, the catalogue
+    revision and (when asked) the items the user has events on, repeats counted once."""
+    users, items = _setup(db, ["u", "new"], items=3)
+    with db.write() as session:
+        session.add(_profile(users["u"]))
+        rows = [
+            EventRow("e1", users["u"], items[0], "view", None, T0),
+            EventRow("e2", users["u"], items[0], "click", None, T0 + timedelta(seconds=1)),
+            EventRow("e3", users["u"], items[2], "view", None, T0 + timedelta(seconds=2)),
+        ]
+        insert_events(session, rows)
+    with db.read() as session:
+        revision = catalogue_revision(session)
+        found = profile_by_external_id(session, "u", with_seen=True)
+        assert found.user_id == users["u"] and found.profile.dim == 2
+        assert found.catalogue_revision == revision > 0
+        assert found.seen == {items[0], items[2]} == seen_item_ids(session, users["u"])
+        assert profile_by_external_id(session, "u").seen == set()  # not asked for
+        no_events = profile_by_external_id(session, "new", with_seen=True)
+        assert (no_events.user_id, no_events.profile, no_events.seen) == (users["new"], None, set())
+        assert no_events.catalogue_revision == revision
+        assert profile_by_external_id(session, "nobody", with_seen=True).user_id is None
 
 
 def test_insert_events_keeps_every_column_and_reports_only_new_ids(db: Database) -> None:
