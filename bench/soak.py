@@ -11,7 +11,8 @@
 4. Every 30 s window reports requests, errors, p50 and p99; server memory (PSS, RSS) is sampled
    every 10 s. The run holds when nothing failed, the asked rate was sustained without a
    backlog (no window's median above the closed-loop maximum's median), no window's p99
-   exceeds 3x the steady state (the median window before the reindex), memory at the end is
+   exceeds 3x the steady state (the median window before the reindex, itself at most 25 ms,
+   the recommendation p99 target), memory at the end is
    within 10% (+50 MiB) of memory after the first window, and the rebuilt index was served.
 
 Events re-view each user's own items (their benchmark history): random catalogue items would
@@ -47,6 +48,9 @@ WINDOW_S = 30.0
 PEAK_S = 20.0
 MEMORY_EVERY_S = 10.0
 P99_SPREAD_LIMIT = 3.0
+#: The steady state itself must be within the service's recommendation p99 target: a run whose
+#: every window is slow would otherwise pass the spread check (one did, at 37 ms steady).
+P99_STEADY_LIMIT_MS = 25.0
 MEMORY_GROWTH_LIMIT = 0.10
 MEMORY_SLACK_MIB = 50.0
 
@@ -151,7 +155,8 @@ def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
     """The checks. p99 is "stable" when no window's p99 exceeds `P99_SPREAD_LIMIT` times the
-    steady state: the median window p99 before the reindex."""
+    steady state, the median window p99 before the reindex, and that is at most
+    `P99_STEADY_LIMIT_MS`."""
     recs, events = result["recommendations"], result["events"]
     windows = [w for w in recs["windows"] if w["requests"]]
     p99s = [w["p99_ms"] for w in windows]
@@ -165,7 +170,8 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
     growth = (end["pss_mib"] - settled["pss_mib"]) / settled["pss_mib"]
     checks = {
         "no_errors": recs["errors"] == 0 and events["errors"] == 0,
-        "p99_stable": max(p99s) <= P99_SPREAD_LIMIT * steady_p99,
+        "p99_stable": max(p99s) <= P99_SPREAD_LIMIT * steady_p99
+        and steady_p99 <= P99_STEADY_LIMIT_MS,
         "memory_flat": end["pss_mib"]
         <= settled["pss_mib"] * (1 + MEMORY_GROWTH_LIMIT) + MEMORY_SLACK_MIB,
         "achieved_rate": recs["qps"] >= 0.95 * result["rate"],
@@ -206,7 +212,8 @@ def render(result: dict[str, Any]) -> str:
         f"| keeps up | worst window p50 {v['p50_worst_window_ms']:.1f} ms, closed-loop "
         f"maximum's p50 {result['max_rate']['p50_ms']:.1f} ms | {_yes(v['keeps_up'])} |",
         f"| p99 per 30 s window | {v['p99_steady_ms']:.1f} ms before the reindex (median), worst "
-        f"{v['p99_worst_window_ms']:.1f} ms (limit x{P99_SPREAD_LIMIT:g}) | "
+        f"{v['p99_worst_window_ms']:.1f} ms (limits: x{P99_SPREAD_LIMIT:g}, steady <= "
+        f"{P99_STEADY_LIMIT_MS:g} ms) | "
         f"{_yes(v['p99_stable'])} |",
         f"| server memory (PSS) | {v['memory_pss_settled_mib']:.0f} MiB after the first window, "
         f"{v['memory_pss_end_mib']:.0f} MiB at the end ({v['memory_growth']:+.1%}) | "
