@@ -32,10 +32,14 @@ def close_after_answer(sock: socket.socket, timeout: float = 2.0, max_drain: int
 
 
 def _has_unread_bytes(sock: socket.socket) -> bool:
+    """Whether request bytes wait unread, looked at without waiting; True where it cannot look
+    (a TLS socket refuses flags on recv): such connections linger as gunicorn's do."""
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": client closed
     except BlockingIOError:
         return False
+    except ValueError:
+        return True
     except OSError:
         return False  # reset or gone: nothing to protect
 

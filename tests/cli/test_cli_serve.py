@@ -140,3 +140,18 @@ def test_a_worker_takes_the_next_connection_without_waiting_for_the_client_to_cl
             sock.close()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_a_connection_that_cannot_be_peeked_at_lingers_as_gunicorn_does(monkeypatch):
+    """A TLS socket refuses recv flags; the close then falls back to gunicorn's linger."""
+    from service import http_close
+
+    class TlsLike:
+        def recv(self, size, flags=0):  # noqa: ARG002 - the shape of ssl.SSLSocket.recv
+            raise ValueError("non-zero flags not allowed in calls to recv()")
+
+    lingered = []
+    monkeypatch.setattr(http_close, "_lingering_close", lambda sock, *_: lingered.append(sock))
+    sock = TlsLike()
+    http_close.close_after_answer(sock)  # type: ignore[arg-type]
+    assert lingered == [sock]
