@@ -135,7 +135,7 @@ class UserProfileRow:
     #: None for an unknown user (the statement found no row to carry it).
     catalogue_revision: int | None
     #: Items the user has events on (`seen_item_ids`), when asked for; else empty.
-    seen: set[int] = frozenset()  # type: ignore[assignment]
+    seen: frozenset[int] = frozenset()
 
 
 def profile_by_external_id(
@@ -151,7 +151,7 @@ def profile_by_external_id(
         row.uid,
         row if row.user_id is not None else None,
         int(row.catalogue_revision or 0),
-        set(map(int, row.seen.split(","))) if with_seen and row.seen else set(),
+        frozenset(map(int, row.seen.split(","))) if with_seen and row.seen else frozenset(),
     )
 
 
