@@ -20,12 +20,13 @@ import socket
 
 from gunicorn import util
 
-#: gunicorn's own close, kept for connections with unread request bytes.
-_lingering_close = util.close_graceful
+#: gunicorn's own close, kept for connections with unread request bytes (None before gunicorn
+#: 23, which closed at once anyway: nothing to replace then).
+_lingering_close = getattr(util, "close_graceful", None)
 
 
 def close_after_answer(sock: socket.socket, timeout: float = 2.0, max_drain: int = 65536) -> None:
-    if _has_unread_bytes(sock):
+    if _lingering_close is not None and _has_unread_bytes(sock):
         _lingering_close(sock, timeout, max_drain)
     else:
         util.close(sock)
@@ -47,4 +48,5 @@ def _has_unread_bytes(sock: socket.socket) -> bool:
 def install() -> None:
     """Make gunicorn's workers close with `close_after_answer` (they look the function up on
     ``gunicorn.util`` at each close). Run from the gunicorn config, before workers fork."""
-    util.close_graceful = close_after_answer
+    if _lingering_close is not None:
+        util.close_graceful = close_after_answer
