@@ -1,13 +1,13 @@
 """Close a connection right after its answer unless the client is still sending.
 
-gunicorn (since 23) ends every sync-worker connection with ``util.close_graceful``: it
-half-closes, then waits, up to 2 s, for the client to close its side before taking the next
-connection. That protects one case: a client still sending a request body the app did not
-read, whose unread bytes would make the kernel answer with a reset that can destroy the
-response in flight (RFC 9112, section 9.6). For every other request the worker sits idle for
-a client round trip: at 100k items, 2 workers and 8 clients, recommendations went from
-1,049-1,059 to 1,134-1,182 per second and ``/healthz`` from 3,313-3,523 to 4,015-4,387 when
-it closed at once (alternating runs on one machine).
+gunicorn (since its pull request 3590, 2026) ends every sync-worker connection with
+``util.close_graceful``: it half-closes, then waits, up to 2 s, for the client to close its
+side before taking the next connection. That protects one case: a client still sending a
+request body the app did not read, whose unread bytes would make the kernel answer with a
+reset that can destroy the response in flight (RFC 9112, section 9.6). For every other
+request the worker sits idle for a client round trip: at 100k items, 2 workers and 8
+clients, recommendations went from 1,049-1,059 to 1,134-1,182 per second and ``/healthz``
+from 3,313-3,523 to 4,015-4,387 when it closed at once (alternating runs on one machine).
 
 So the worker looks, without waiting, whether the client has sent anything it did not read:
 if so it lingers exactly as gunicorn does, otherwise it closes at once (a plain close with
@@ -20,8 +20,8 @@ import socket
 
 from gunicorn import util
 
-#: gunicorn's own close, kept for connections with unread request bytes (None before gunicorn
-#: 23, which closed at once anyway: nothing to replace then).
+#: gunicorn's own close, kept for connections with unread request bytes (None in gunicorn
+#: releases before it, which closed at once anyway: nothing to replace then).
 _lingering_close = getattr(util, "close_graceful", None)
 
 
