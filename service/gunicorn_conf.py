@@ -13,9 +13,6 @@ wsgi_app = "service.app:create_app()"
 # Requests are CPU-bound (vector math): one request at a time per worker, one worker per core.
 # (gthread with keep-alive, one thread: 7% fewer recommendations per second here.)
 worker_class = "sync"
-# A worker takes the next connection as soon as it has answered, instead of waiting for the
-# client to close this one (see service.http_close).
-install_prompt_close()
 # Not preloaded: each worker opens its own database connections; none cross a fork.
 preload_app = False
 # The first search in a worker loads the embedding model (~10 s on one thread).
@@ -27,6 +24,12 @@ accesslog = None
 control_socket_disable = True
 if Path("/dev/shm").is_dir():
     worker_tmp_dir = "/dev/shm"  # heartbeat files off a possibly slow disk
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    """In the master, before workers fork: a worker takes the next connection as soon as it has
+    answered, instead of waiting for the client to close this one (see service.http_close)."""
+    install_prompt_close()
 
 
 # Long-lived objects are frozen out of Python's full collections, which otherwise paused a

@@ -47,6 +47,7 @@ def _has_unread_bytes(sock: socket.socket) -> bool:
 
 def install() -> None:
     """Make gunicorn's workers close with `close_after_answer` (they look the function up on
-    ``gunicorn.util`` at each close). Run from the gunicorn config, before workers fork."""
+    ``gunicorn.util`` at each close). Run by the gunicorn config's ``on_starting`` hook, in
+    the master before workers fork (importing the config changes nothing)."""
     if _lingering_close is not None:
         util.close_graceful = close_after_answer

@@ -6,6 +6,7 @@ import gc
 import importlib
 import weakref
 
+import gunicorn.util
 from gunicorn.config import Config
 
 from service.gc_freeze import WarmUpFreeze, freeze_after_start
@@ -51,11 +52,15 @@ def test_start_up_freeze_collects_garbage_first():
 
 
 def test_the_gunicorn_config_wires_both_freezes():
-    """The hooks pass gunicorn's own validation, as `driftrec serve` loads them."""
+    """The hooks pass gunicorn's own validation, as `driftrec serve` loads them; importing the
+    config patches nothing (the prompt close is installed by its on_starting hook)."""
+    close_before = gunicorn.util.close_graceful
     module = importlib.import_module("service.gunicorn_conf")
+    assert gunicorn.util.close_graceful is close_before
     config = Config()
     for name, value in vars(module).items():
         if name in config.settings:
             config.set(name, value)
     assert config.post_worker_init is module.post_worker_init
     assert config.post_request is module.post_request
+    assert config.on_starting is module.on_starting
