@@ -5,7 +5,7 @@ JSON answer (chosen item fields, explanations).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,14 @@ from service.runtime import Runtime
 from store.errors import NotFound
 from store.items import ids_by_external
 from store.models import Item, RecommendationSession
-from store.recommendations import add_shown, get_session, issued_at, new_recomm_id, session_row
+from store.recommendations import (
+    add_shown,
+    get_session,
+    issued_at,
+    new_recomm_id,
+    session_row,
+    unanswered_recent_ids,
+)
 
 SERVED_BY_MODEL = "correction_network"
 SERVED_BY_BLEND = "decayed_blend"
@@ -181,20 +188,53 @@ def stored_session(runtime: Runtime, recomm_id: str) -> RecommendationSession:
     it was issued, and the read is retried until that much time has passed.
     """
     runtime.sessions.flush()
-    now = time.time()
-    issued = issued_at(recomm_id)
-    deadline = now
-    if issued is not None and abs(now - issued) < JUST_ISSUED_WAIT_S:  # (clocks may differ)
-        deadline = min(issued, now) + JUST_ISSUED_WAIT_S
-    pause = 0.002
+    pauses = _pauses_until(_just_issued_deadline([recomm_id], time.time()))
     while True:
         try:
             with runtime.db.read() as session:
                 return get_session(session, recomm_id)
         except NotFound:
-            if time.time() + pause > deadline:
+            if not next(pauses, False):
                 raise
+
+
+def await_referenced_answers(runtime: Runtime) -> None:
+    """Wait until the answers that recent events name have their session rows, for those
+    another process gave less than `JUST_ISSUED_WAIT_S` ago (its writer commits them within
+    milliseconds; an id whose row never comes is given up on after that long): `/v1/stats`
+    then counts an event whatever process gave its answer. This process's rows are written
+    first (flush)."""
+    runtime.sessions.flush()
+    now = time.time()
+    pauses = None
+    while True:
+        with runtime.db.read() as session:
+            missing = unanswered_recent_ids(session, now - JUST_ISSUED_WAIT_S)
+        if not missing:
+            return
+        pauses = pauses or _pauses_until(_just_issued_deadline(missing, now))
+        if not next(pauses, False):
+            return
+
+
+def _just_issued_deadline(recomm_ids: Collection[str], now: float) -> float:
+    """Until when a read may wait for the rows of ``recomm_ids``: `JUST_ISSUED_WAIT_S` after
+    the latest was issued, for ids issued that recently (clocks may differ); else now."""
+    recent = [
+        issued
+        for issued in map(issued_at, recomm_ids)
+        if issued is not None and abs(now - issued) < JUST_ISSUED_WAIT_S
+    ]
+    return min(max(recent), now) + JUST_ISSUED_WAIT_S if recent else now
+
+
+def _pauses_until(deadline: float) -> Iterator[bool]:
+    """Sleeps of 2 ms growing to 50 ms, one per ``next`` (which gives True), while one more
+    fits before ``deadline``; then exhausted."""
+    pause = 0.002
+    while time.time() + pause <= deadline:
         time.sleep(pause)
+        yield True
         pause = min(pause * 1.5, 0.05)
 
 

@@ -38,6 +38,23 @@ def issued_at(recomm_id: str) -> float | None:
         return None
 
 
+def unanswered_recent_ids(session: Session, issued_since: float) -> set[str]:
+    """``recomm_id``s on events that `new_recomm_id` issued since ``issued_since`` and that have
+    no session row (yet). Its ids sort by issue time, so this is a range of the events'
+    ``recomm_id`` index, not a scan."""
+    events, sessions = Event.__table__.c, RecommendationSession.__table__.c
+    floor = f"{int(issued_since * 1000) & 0xFFFF_FFFF_FFFF:012x}"
+    rows = session.scalars(
+        select(events.recomm_id)
+        .distinct()
+        .where(
+            events.recomm_id >= floor,
+            ~select(sessions.recomm_id).where(sessions.recomm_id == events.recomm_id).exists(),
+        )
+    )
+    return {recomm_id for recomm_id in rows if issued_at(recomm_id) is not None}
+
+
 #: Built once: every answer inserts one row (values come as parameters).
 _INSERT = RecommendationSession.__table__.insert()
 

@@ -13,6 +13,7 @@ from flask import Blueprint
 
 from service.api.common import get_runtime
 from service.contract import operation
+from service.recommending import await_referenced_answers
 from service.schemas import Stats, StatsQuery
 from service.validation import iso
 from store.recommendations import attribution_counts
@@ -32,7 +33,8 @@ def show(query: StatsQuery) -> dict[str, Any]:
     runtime = get_runtime()
     since = query.since
     positive = {kind for kind, weight in runtime.settings.event_weights.items() if weight > 0}
-    runtime.sessions.flush()  # this process's answers count at once
+    # Events count whatever process gave their answer: its row may still be on the way.
+    await_referenced_answers(runtime)
     with runtime.db.read() as session:
         groups = attribution_counts(session, since)
     rows = []

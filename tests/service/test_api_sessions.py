@@ -305,3 +305,42 @@ def test_a_just_given_answer_is_waited_for_by_another_worker(
     finally:
         release.set()
         other.extensions["driftrec"].close()
+
+
+def test_stats_count_an_event_whose_answer_another_worker_is_still_writing(
+    client, app, app_builder, embedder, tmp_path, monkeypatch
+):
+    """An event names an answer whose row the answering worker has not committed yet: the
+    stats of another worker wait for that row (recent ids only) and count the event."""
+    from service import recommending
+    from service.session_writer import _insert
+
+    runtime = app.extensions["driftrec"]
+    release = threading.Event()
+
+    def held_insert(database, rows):
+        release.wait(10)
+        _insert(database, rows)
+
+    other = app_builder(runtime.settings.database_url, tmp_path / "other-worker", embedder)
+    try:
+        stats = admin_client(other)
+
+        def likes() -> int:
+            rows = _ok(stats.get("/v1/stats"))["by_model_version"]
+            return sum(r["events"].get("like", 0) for r in rows if r["model_version"] is None)
+
+        before = likes()
+        monkeypatch.setattr(runtime.sessions, "_write", held_insert)
+        user = new_user_id()
+        _like(client, user, ["nature-2"])
+        first = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))  # its row held back
+        _like(client, user, [first["items"][0]["id"]], recomm_id=first["recomm_id"])
+        timer = threading.Timer(0.3, release.set)
+        timer.start()
+        started = time.monotonic()
+        assert likes() == before + 1
+        assert 0.25 <= time.monotonic() - started < recommending.JUST_ISSUED_WAIT_S + 0.5
+    finally:
+        release.set()
+        other.extensions["driftrec"].close()
