@@ -86,7 +86,7 @@ def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
 
 def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
     """What `driftrec import events` does (`store.importing.import_events`, then the rebuild of
-    the profiles of the users who got events), against a raw executemany of the same rows into
+    the profiles the import marked stale), against a raw executemany of the same rows into
     the same table, after deleting them again."""
     from sqlalchemy import delete, select, text
 
@@ -106,7 +106,7 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
         started = time.perf_counter()
         stats = import_events(db, records)
         import_s = time.perf_counter() - started
-        runtime.rebuild_profiles(user_ids=stats.user_ids)
+        runtime.rebuild_stale_profiles()
         total_s = time.perf_counter() - started
         with db.read() as session:
             users = dict(session.execute(select(User.external_id, User.id)).all())

@@ -20,10 +20,12 @@ from interest.ingest import ProfileConfig, fold_rows, raw_vectors
 from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
 from store.events import (
+    clear_stale_marks,
     get_profile,
     insert_profiles,
     iter_events_by_user,
     lock_profile_rows,
+    stale_profile_user_ids,
     update_profiles,
     user_event_rows,
 )
@@ -81,6 +83,18 @@ def rebuild_profiles(
     return rebuilt
 
 
+def rebuild_stale_profiles(
+    db: Database, config: ProfileConfig, embedder_model: str, *, progress: bool = False
+) -> int:
+    """Rebuild the profiles bulk imports marked stale (`store.models.StaleProfile`): after an
+    import, its users, and those of any killed import before it."""
+    with db.read() as session:
+        stale = stale_profile_user_ids(session)
+    if not stale:
+        return 0
+    return rebuild_profiles(db, config, embedder_model, user_ids=stale, progress=progress)
+
+
 def _user_batches(db: Database, only: set[int] | None, size: int) -> Iterator[list[int]]:
     """Sorted batches of user ids: ``only``, or every user (paged by id, never all in memory)."""
     if only is not None:
@@ -102,6 +116,7 @@ def _user_batches(db: Database, only: set[int] | None, size: int) -> Iterator[li
 
 def _rebuild_batch(session: Session, users: list[int], config: ProfileConfig, model: str) -> int:
     with_rows = lock_profile_rows(session, users, state=False)
+    clear_stale_marks(session, users)  # before reading the events (see its docstring)
     # Users deleted since the batch was listed are skipped (a profile needs its user).
     live = set(session.scalars(select(User.id).where(User.id.in_(users))))
     users = [uid for uid in users if uid in live]

@@ -246,7 +246,8 @@ def _import_items(app: App, items: Iterable[ItemInput], *, embed: bool = True) -
 
 
 def _import_events(app: App, events: Iterable[EventRecord]) -> None:
-    """Load events, then rebuild the profiles of the users who got new ones.
+    """Load events, then rebuild the profiles of the users who got new ones (and of those a
+    killed earlier import left stale).
 
     Items still lacking a vector are embedded first: a profile built without them would differ
     from the one `verify` rebuilds once they have one.
@@ -260,8 +261,10 @@ def _import_events(app: App, events: Iterable[EventRecord]) -> None:
         f"events accepted={stats.accepted} duplicates={stats.duplicates} "
         f"rejected={stats.rejected} (unknown or deleted item)"
     )
-    if stats.user_ids:
-        rebuilt = runtime.rebuild_profiles(user_ids=stats.user_ids, progress=True)
+    # The users marked stale: this import's, and those of a killed run before it (whose events
+    # this run skipped as already stored).
+    rebuilt = runtime.rebuild_stale_profiles(progress=True)
+    if rebuilt:
         click.echo(f"profiles rebuilt={rebuilt}")
 
 

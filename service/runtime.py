@@ -18,7 +18,7 @@ from indexer.reindex import ReindexResult, build_index
 from interest.calibration import user_query_sample
 from interest.experiments import ExperimentRouter
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
-from interest.rebuild import rebuild_profiles
+from interest.rebuild import rebuild_profiles, rebuild_stale_profiles
 from interest.recommend import Recommender
 from interest.registry import EncoderRegistry
 from service.session_writer import SessionWriter
@@ -140,6 +140,13 @@ class Runtime:
             self.settings.embedder_model,
             user_ids=user_ids,
             progress=progress,
+        )
+
+    def rebuild_stale_profiles(self, *, progress: bool = False) -> int:
+        """Rebuild the profiles bulk imports left behind their events (this one's and any
+        killed one's)."""
+        return rebuild_stale_profiles(
+            self.db, self.profile_config, self.settings.embedder_model, progress=progress
         )
 
     def reindex(

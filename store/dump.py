@@ -41,6 +41,7 @@ TABLES = (
     "users",
     "events",
     "profiles",
+    "stale_profiles",
     "model_versions",
     "index_versions",
     "api_keys",

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import (
+    Delete,
     Select,
     String,
     TextClause,
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
-from store.models import Event, Profile, User
+from store.models import Event, Profile, StaleProfile, User
 from store.types import utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads.
@@ -357,6 +358,34 @@ def _update_profiles_statement() -> Update:
         .where(table.c.user_id == bindparam("profile_user_id"))
         .values(version=table.c.version + 1, updated_at=bindparam("profile_updated_at"))
     )
+
+
+def mark_profiles_stale(session: Session, user_ids: Iterable[int]) -> None:
+    """Record that these users' profiles lag their events (see `store.models.StaleProfile`)."""
+    rows = [{"user_id": user_id} for user_id in sorted(set(user_ids))]
+    insert_ignoring_conflicts(session, StaleProfile.__table__, rows, "user_id")
+
+
+def clear_stale_marks(session: Session, user_ids: Sequence[int]) -> None:
+    """Drop the marks of users whose profiles are about to be rebuilt from the event log.
+
+    Called before the rebuild reads the events: an import committing after this keeps its own
+    mark (its events may or may not be in the rebuilt state), so that user is rebuilt again
+    later instead of being left behind.
+    """
+    if user_ids:
+        session.connection().execute(_clear_stale_marks_statement(), {"ids": list(user_ids)})
+
+
+@functools.cache
+def _clear_stale_marks_statement() -> Delete:
+    stale = StaleProfile.__table__
+    return delete(stale).where(stale.c.user_id.in_(bindparam("ids", expanding=True)))
+
+
+def stale_profile_user_ids(session: Session) -> set[int]:
+    """Users whose profiles a bulk import (perhaps a killed one) left for the rebuild."""
+    return set(session.scalars(select(StaleProfile.__table__.c.user_id)))
 
 
 def sample_profile_rows(session: Session, n: int, *, max_events: int) -> list[Row]:

@@ -5,8 +5,10 @@ at a time. The `driftrec import` CLI and the offline evaluation harness both use
 
 The writers taking a `Session` never commit. `import_items` and `import_events` take a `Database`
 and commit once per batch, so a killed import can simply be rerun: items are upserts and events
-are idempotent by event id. Bulk import leaves profiles alone; it reports the internal ids of the
-users who got new events so that the caller can rebuild those profiles.
+are idempotent by event id. Bulk import leaves profiles alone: it marks the users who got new
+events as stale in each batch's transaction (`store.events.mark_profiles_stale`), and the caller
+rebuilds the marked profiles (`interest.rebuild.rebuild_stale_profiles`), those a killed earlier
+run left included.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 from store.db import Database
 from store.dialect import insert_ignoring_conflicts
 from store.errors import ImportFormatError
-from store.events import EventRow, ensure_users, insert_events
+from store.events import EventRow, ensure_users, insert_events, mark_profiles_stale
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
 from store.types import utcnow
@@ -512,6 +514,8 @@ def insert_event_batch(
     inserted = insert_events(session, rows)
     # An event id repeated within the batch is inserted once; the repeats count as duplicates.
     inserted_users = {row.user_id for row in rows if row.event_id in inserted}
+    # In the events' transaction: a kill before the rebuild leaves the users marked.
+    mark_profiles_stale(session, inserted_users)
     return ImportStats(
         accepted=len(inserted),
         duplicates=len(rows) - len(inserted),

@@ -151,6 +151,22 @@ class Profile(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class StaleProfile(Base):
+    """A user whose profile lags their stored events until `interest.rebuild` rebuilds it.
+
+    Bulk imports insert events without touching profiles and mark the users here in the same
+    transaction; the rebuild that follows clears the marks. A killed import leaves its marks,
+    so the rerun (or `driftrec rebuild-profiles`) still rebuilds those users, although their
+    events are then skipped as already stored.
+    """
+
+    __tablename__ = "stale_profiles"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
 class IndexVersion(Base):
     __tablename__ = "index_versions"
 

@@ -1,0 +1,36 @@
+"""stale_profiles: users whose profiles a bulk import left for the rebuild
+
+`driftrec import events` commits events a batch at a time and rebuilds the profiles at the end;
+a kill in between left those profiles behind their events for good, since the rerun skips the
+stored events and rebuilt no one. Each batch now marks its users in the same transaction.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-29
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "stale_profiles",
+        sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_stale_profiles_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_stale_profiles")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("stale_profiles")
