@@ -123,6 +123,48 @@ class ProfileState:
             new = zip(times.tolist(), (int(i) for i in item_ids), weights.tolist(), strict=True)
             self.recent = sorted([*self.recent, *new])[-buffer_size:]
 
+    @classmethod
+    def from_groups(
+        cls,
+        half_lives: tuple[float, ...],
+        matrix: np.ndarray,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        times: np.ndarray,
+        item_ids: np.ndarray,
+        bounds: np.ndarray,
+        buffer_size: int,
+    ) -> list[ProfileState]:
+        """Fresh states for consecutive groups of events, as `fold` into an empty state gives
+        for each group, with the decay factors and weight sums of all groups computed at once.
+
+        Group ``g`` is events ``bounds[g]:bounds[g + 1]`` (none empty), in ascending time
+        order. Event ``i``'s vector is ``matrix[rows[i]]`` (float64, one row per distinct item:
+        the events' vectors are never all gathered at once); ``weights`` and ``times`` are
+        float64, ``item_ids`` int64.
+        For rebuilding many profiles, where a numpy round trip per user costs more than its
+        arithmetic.
+        """
+        rates = _decay_rates(half_lives)
+        starts, ends = bounds[:-1], bounds[1:]
+        ref_times = times[ends - 1]  # the newest event of each group
+        ages = np.repeat(ref_times, ends - starts) - times
+        factors = weights[None, :] * np.exp(-rates[:, None] * ages[None, :])
+        weight_sums = np.add.reduceat(np.abs(factors), starts, axis=1)
+        states = []
+        for group, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            states.append(
+                cls(
+                    half_lives=half_lives,
+                    accumulators=factors[:, start:end] @ matrix[rows[start:end]],
+                    weight_sums=weight_sums[:, group].copy(),
+                    ref_time=float(ref_times[group]),
+                    recent=_latest(times, item_ids, weights, start, end, buffer_size),
+                    event_count=end - start,
+                )
+            )
+        return states
+
     def _advance(self, t: float, rates: np.ndarray) -> None:
         """Move the reference time forward to ``t`` (rescaling), or set it on the first event."""
         if self.event_count == 0:
@@ -139,6 +181,31 @@ class ProfileState:
             return self.accumulators
         scale = np.exp(-_decay_rates(self.half_lives) * (t - self.ref_time))
         return self.accumulators * scale[:, None]
+
+
+def _latest(
+    times: np.ndarray,
+    item_ids: np.ndarray,
+    weights: np.ndarray,
+    start: int,
+    end: int,
+    buffer_size: int,
+) -> list[tuple[float, int, float]]:
+    """The recent buffer `fold` keeps of events ``start:end`` (ascending times): the last
+    ``buffer_size`` of them sorted as (time, item id, weight) tuples, ties at the cut included
+    before sorting so that the same tuples are kept."""
+    if buffer_size <= 0:
+        return []
+    if end - start > buffer_size:
+        cut = times[end - buffer_size]
+        start += int(np.searchsorted(times[start:end], cut, side="left"))
+    window = zip(
+        times[start:end].tolist(),
+        item_ids[start:end].tolist(),
+        weights[start:end].tolist(),
+        strict=True,
+    )
+    return sorted(window)[-buffer_size:]
 
 
 def _encode_half_lives(half_lives: Sequence[float]) -> list[float]:

@@ -5,6 +5,7 @@ Used after bulk imports, after changing decay settings, and by `driftrec verify`
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from interest.ingest import ProfileConfig, fold_rows, raw_vectors
+from interest.ingest import ProfileConfig, event_weight, fold_rows, raw_vectors
 from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
 from store.events import (
@@ -27,7 +28,7 @@ from store.events import (
     lock_profile_rows,
     stale_profile_user_ids,
     update_profiles,
-    user_event_rows,
+    user_event_columns,
 )
 from store.models import User
 
@@ -64,7 +65,9 @@ def rebuild_profiles(
     transaction per batch of users; returns the count.
 
     Each batch locks its profile rows before reading its events, so events ingested meanwhile
-    are either in the rebuilt state or applied on top of it afterwards: none is lost.
+    are either in the rebuilt state or applied on top of it afterwards: none is lost. Item
+    vectors are read once per run (an item re-embedded meanwhile keeps the vector the run
+    first read, as if re-embedded after the run).
     """
     with db.read() as session:
         total = (
@@ -74,8 +77,9 @@ def rebuild_profiles(
         )
     bar = tqdm(total=total, desc="profiles", unit="user", disable=not progress)
     rebuilt = 0
+    vectors = _VectorCache(embedder_model)
     for batch in _user_batches(db, user_ids, batch_users):
-        work = partial(_rebuild_batch, users=batch, config=config, model=embedder_model)
+        work = partial(_rebuild_batch, users=batch, config=config, vectors=vectors)
         rebuilt += db.run_write(work)
         bar.update(len(batch))
     bar.close()
@@ -114,13 +118,15 @@ def _user_batches(db: Database, only: set[int] | None, size: int) -> Iterator[li
         last = batch[-1]
 
 
-def _rebuild_batch(session: Session, users: list[int], config: ProfileConfig, model: str) -> int:
+def _rebuild_batch(
+    session: Session, users: list[int], config: ProfileConfig, vectors: _VectorCache
+) -> int:
     with_rows = lock_profile_rows(session, users, state=False)
     clear_stale_marks(session, users)  # before reading the events (see its docstring)
     # Users deleted since the batch was listed are skipped (a profile needs its user).
     live = set(session.scalars(select(User.id).where(User.id.in_(users))))
     users = [uid for uid in users if uid in live]
-    states = _states(session, users, config, model)
+    states = _states(session, users, config, vectors)
     update_profiles(session, [{"user_id": uid, **state_values(states[uid])} for uid in with_rows])
     missing = [uid for uid in users if uid not in with_rows]
     if missing:
@@ -132,21 +138,89 @@ def _rebuild_batch(session: Session, users: list[int], config: ProfileConfig, mo
         raced = [uid for uid in missing if uid not in created]
         if raced:
             lock_profile_rows(session, raced, state=False)
-            again = _states(session, raced, config, model)
+            again = _states(session, raced, config, vectors)
             update_profiles(
                 session, [{"user_id": uid, **state_values(again[uid])} for uid in raced]
             )
     return len(users)
 
 
+#: Events folded per numpy pass: bounds its (half-lives x events) arrays and item matrix.
+FOLD_CHUNK_EVENTS = 32_768
+
+
 def _states(
-    session: Session, users: Sequence[int], config: ProfileConfig, model: str
+    session: Session, users: Sequence[int], config: ProfileConfig, vectors: _VectorCache
 ) -> dict[int, ProfileState]:
-    events = user_event_rows(session, users)
-    vectors = raw_vectors(
-        session, list({e.item_id for rows in events.values() for e in rows}), model
+    """The profiles of ``users`` rebuilt from their stored events."""
+    states = {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
+    events = user_event_columns(session, users)
+    n = len(events.user_ids)
+    if n == 0:
+        return states
+    known = vectors.get(session, events.item_ids)
+    weights = np.array(
+        [
+            event_weight(config.event_weights, kind, value)
+            for kind, value in zip(events.types, events.values, strict=True)
+        ],
+        dtype=np.float64,
     )
-    return {uid: state_from_events(events.get(uid, ()), vectors, config) for uid in users}
+    # Events come ordered by user, then time: each user's events are one group.
+    starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
+    bounds = np.r_[starts, n]
+    half_lives = tuple(float(h) for h in config.half_lives)
+    first = 0
+    while first < len(starts):
+        last = int(np.searchsorted(bounds, bounds[first] + FOLD_CHUNK_EVENTS, side="right")) - 1
+        last = min(max(last, first + 1), len(starts))  # at least one user, even a long one
+        lo, hi = int(bounds[first]), int(bounds[last])
+        items, rows = np.unique(events.item_ids[lo:hi], return_inverse=True)
+        matrix = np.stack([known.get(item, vectors.zero(config.dim)) for item in items.tolist()])
+        chunk = ProfileState.from_groups(
+            half_lives,
+            matrix.astype(np.float64),
+            rows,
+            weights[lo:hi],
+            events.times[lo:hi],
+            events.item_ids[lo:hi],
+            bounds[first : last + 1] - lo,
+            config.buffer_size,
+        )
+        for uid, state in zip(events.user_ids[starts[first:last]].tolist(), chunk, strict=True):
+            states[uid] = state
+        first = last
+    return states
+
+
+class _VectorCache:
+    """Current raw vectors of items, read from the database once per rebuild run."""
+
+    #: Beyond this many vectors (~0.3 GB at 384 dimensions) the cache starts over.
+    MAX_ITEMS = 200_000
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.vectors: dict[int, np.ndarray] = {}
+        self.absent: set[int] = set()  # items without a current vector (folded as zeros)
+
+    def get(self, session: Session, item_ids: np.ndarray) -> dict[int, np.ndarray]:
+        wanted = {int(i) for i in np.unique(item_ids).tolist()}
+        missing = [i for i in wanted if i not in self.vectors and i not in self.absent]
+        if missing:
+            if len(self.vectors) + len(missing) > self.MAX_ITEMS:
+                self.vectors.clear()
+                self.absent.clear()
+                missing = list(wanted)
+            found = raw_vectors(session, missing, self.model)
+            self.vectors.update(found)
+            self.absent.update(i for i in missing if i not in found)
+        return self.vectors
+
+    @staticmethod
+    @functools.cache
+    def zero(dim: int) -> np.ndarray:
+        return np.zeros(dim, dtype=np.float32)
 
 
 @dataclass
