@@ -183,7 +183,7 @@ def apply_to_profiles(
     }
     for user_id, events in by_user.items():
         fold_rows(states.get(user_id) or new[user_id], events, config, vectors)
-    _update(session, states)
+    update_states(session, states)
     if new:
         created = insert_profiles(
             session, [{"user_id": uid, **state_values(state)} for uid, state in new.items()]
@@ -197,10 +197,11 @@ def apply_to_profiles(
             }
             for user_id, state in theirs.items():
                 fold_rows(state, by_user[user_id], config, vectors)
-            _update(session, theirs)
+            update_states(session, theirs)
 
 
-def _update(session: Session, states: Mapping[int, ProfileState]) -> None:
+def update_states(session: Session, states: Mapping[int, ProfileState]) -> None:
+    """Write states over their users' locked profile rows (`store.events.update_profiles`)."""
     # Events never change a profile's shape: dim and half-lives stay as stored.
     unchanged = ("dim", "half_lives")
     update_profiles(

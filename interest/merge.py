@@ -18,7 +18,13 @@ from interest.ingest import ProfileConfig, raw_vectors
 from interest.profile import new_row, write_state
 from interest.rebuild import state_from_events
 from store.db import Database
-from store.events import ensure_users, lock_profiles, user_events
+from store.events import (
+    clear_stale_marks,
+    ensure_users,
+    lock_profiles,
+    lock_users,
+    user_events,
+)
 from store.models import Event, Profile, RecommendationSession, User
 
 log = logging.getLogger(__name__)
@@ -63,7 +69,11 @@ def _merge(
         count = len(user_events(session, into_id)) if into_id is not None else 0
         return MergeResult(False, 0, count)
     into_id = ensure_users(session, [target])[target]
+    lock_users(session, [from_id, into_id])  # first, as every profile writer of imports does
     profiles = lock_profiles(session, [from_id, into_id])
+    # The target's profile is rebuilt from its whole log below: an import's pending events
+    # are in it, so its fold must not add them again.
+    clear_stale_marks(session, [into_id])
     moved = session.execute(
         update(Event).where(Event.user_id == from_id).values(user_id=into_id)
     ).rowcount

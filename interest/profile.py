@@ -165,6 +165,20 @@ class ProfileState:
             )
         return states
 
+    def absorb(self, other: ProfileState, buffer_size: int) -> None:
+        """Add the events ``other`` holds (same half-lives and dimension): what folding those
+        events into this state gives, up to float rounding, without the events themselves."""
+        if other.event_count == 0:
+            return
+        rates = _decay_rates(self.half_lives)
+        self._advance(max(self.ref_time, other.ref_time), rates)
+        scale = np.exp(-rates * (self.ref_time - other.ref_time))
+        self.accumulators += other.accumulators * scale[:, None]
+        self.weight_sums += other.weight_sums * scale
+        self.event_count += other.event_count
+        if buffer_size > 0:
+            self.recent = sorted([*self.recent, *other.recent])[-buffer_size:]
+
     def _advance(self, t: float, rates: np.ndarray) -> None:
         """Move the reference time forward to ``t`` (rescaling), or set it on the first event."""
         if self.event_count == 0:

@@ -21,11 +21,13 @@ from interest.ingest import ProfileConfig, event_weight, fold_rows, raw_vectors
 from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
 from store.events import (
+    EventColumns,
     clear_stale_marks,
     get_profile,
     insert_profiles,
     iter_events_by_user,
     lock_profile_rows,
+    lock_users,
     stale_profile_user_ids,
     update_profiles,
     user_event_columns,
@@ -77,7 +79,7 @@ def rebuild_profiles(
         )
     bar = tqdm(total=total, desc="profiles", unit="user", disable=not progress)
     rebuilt = 0
-    vectors = _VectorCache(embedder_model)
+    vectors = VectorCache(embedder_model)
     for batch in _user_batches(db, user_ids, batch_users):
         work = partial(_rebuild_batch, users=batch, config=config, vectors=vectors)
         rebuilt += db.run_write(work)
@@ -119,13 +121,14 @@ def _user_batches(db: Database, only: set[int] | None, size: int) -> Iterator[li
 
 
 def _rebuild_batch(
-    session: Session, users: list[int], config: ProfileConfig, vectors: _VectorCache
+    session: Session, users: list[int], config: ProfileConfig, vectors: VectorCache
 ) -> int:
-    with_rows = lock_profile_rows(session, users, state=False)
-    clear_stale_marks(session, users)  # before reading the events (see its docstring)
-    # Users deleted since the batch was listed are skipped (a profile needs its user).
-    live = set(session.scalars(select(User.id).where(User.id.in_(users))))
+    # Users first (`store.events.lock_users`): import batches wait for this rebuild or it for
+    # them. Users deleted since the batch was listed are skipped (a profile needs its user).
+    live = lock_users(session, users)
     users = [uid for uid in users if uid in live]
+    with_rows = lock_profile_rows(session, users, state=False)
+    clear_stale_marks(session, users)  # the rebuild reads every stored event of theirs
     states = _states(session, users, config, vectors)
     update_profiles(session, [{"user_id": uid, **state_values(states[uid])} for uid in with_rows])
     missing = [uid for uid in users if uid not in with_rows]
@@ -150,11 +153,22 @@ FOLD_CHUNK_EVENTS = 32_768
 
 
 def _states(
-    session: Session, users: Sequence[int], config: ProfileConfig, vectors: _VectorCache
+    session: Session, users: Sequence[int], config: ProfileConfig, vectors: VectorCache
 ) -> dict[int, ProfileState]:
     """The profiles of ``users`` rebuilt from their stored events."""
+    return fold_columns(session, user_event_columns(session, users), users, config, vectors)
+
+
+def fold_columns(
+    session: Session,
+    events: EventColumns,
+    users: Sequence[int],
+    config: ProfileConfig,
+    vectors: VectorCache,
+) -> dict[int, ProfileState]:
+    """Fresh states of ``users`` holding ``events`` (ordered by user, then time); a user
+    without events gets an empty state."""
     states = {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
-    events = user_event_columns(session, users)
     n = len(events.user_ids)
     if n == 0:
         return states
@@ -193,8 +207,9 @@ def _states(
     return states
 
 
-class _VectorCache:
-    """Current raw vectors of items, read from the database once per rebuild run."""
+class VectorCache:
+    """Current raw vectors of items, read from the database once per run (of a rebuild, or of
+    an import's profile folds)."""
 
     #: Beyond this many vectors (~0.3 GB at 384 dimensions) the cache starts over.
     MAX_ITEMS = 200_000

@@ -246,26 +246,22 @@ def _import_items(app: App, items: Iterable[ItemInput], *, embed: bool = True) -
 
 
 def _import_events(app: App, events: Iterable[EventRecord]) -> None:
-    """Load events, then rebuild the profiles of the users who got new ones (and of those a
-    killed earlier import left stale).
+    """Load events and bring their users' profiles up to date (`Runtime.import_events`).
 
     Items still lacking a vector are embedded first: a profile built without them would differ
     from the one `verify` rebuilds once they have one.
     """
-    from store.importing import import_events
-
     _embed_stale(app)
-    runtime = app.runtime
-    stats = import_events(runtime.db, events, progress=True)
+    done = app.runtime.import_events(events, progress=True)
+    stats = done.stats
     click.echo(
         f"events accepted={stats.accepted} duplicates={stats.duplicates} "
-        f"rejected={stats.rejected} (unknown or deleted item)"
+        f"rejected={stats.rejected} (unknown or deleted item, or event type without a weight)"
     )
-    # The users marked stale: this import's, and those of a killed run before it (whose events
-    # this run skipped as already stored).
-    rebuilt = runtime.rebuild_stale_profiles(progress=True)
-    if rebuilt:
-        click.echo(f"profiles rebuilt={rebuilt}")
+    if done.profiles_updated or done.profiles_rebuilt:
+        # Rebuilt: the users a killed earlier import left stale (it stored their events, which
+        # this run skipped as duplicates).
+        click.echo(f"profiles updated={done.profiles_updated} rebuilt={done.profiles_rebuilt}")
 
 
 def _embed_stale(app: App) -> None:

@@ -7,7 +7,8 @@ and the data directory (servers stay stateless).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
@@ -17,6 +18,7 @@ from indexer.live import LiveIndex
 from indexer.reindex import ReindexResult, build_index
 from interest.calibration import user_query_sample
 from interest.experiments import ExperimentRouter
+from interest.import_fold import ImportFold
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
 from interest.rebuild import rebuild_profiles, rebuild_stale_profiles
 from interest.recommend import Recommender
@@ -24,6 +26,7 @@ from interest.registry import EncoderRegistry
 from service.session_writer import SessionWriter
 from store.db import Database
 from store.experiments import running_experiment
+from store.importing import EventRecord, ImportStats, import_events, new_import_id
 from store.items import ItemInput
 from store.models import Item
 from store.settings import Settings
@@ -31,6 +34,17 @@ from store.versions import active_model_version, latest_index_version_for_model
 
 #: Dimension of the bundled model, so profiles can be created before the model is loaded.
 BUNDLED_DIM = 384
+
+
+@dataclass(frozen=True)
+class EventImport:
+    """What `Runtime.import_events` did."""
+
+    stats: ImportStats
+    #: Profiles the import's new events were folded into.
+    profiles_updated: int
+    #: Profiles rebuilt from the log: those a killed earlier import left stale.
+    profiles_rebuilt: int
 
 
 class Runtime:
@@ -141,6 +155,27 @@ class Runtime:
             user_ids=user_ids,
             progress=progress,
         )
+
+    def import_events(
+        self, records: Iterable[EventRecord], *, progress: bool = False
+    ) -> EventImport:
+        """Bulk-load events (a batch per transaction, rerunnable) and bring the profiles of
+        their users up to date: the import's new events are folded into the stored profiles
+        as it goes (`interest.import_fold`), and profiles a killed earlier import left stale
+        are rebuilt from the log. Events of types without a configured weight are rejected."""
+        config = self.profile_config
+        import_id = new_import_id()
+        fold = ImportFold(self.db, config, self.settings.embedder_model, import_id)
+        stats = import_events(
+            self.db,
+            records,
+            progress=progress,
+            import_id=import_id,
+            event_types=frozenset(config.event_weights),
+            on_commit=fold.add,
+        )
+        fold.flush()
+        return EventImport(stats, fold.updated, self.rebuild_stale_profiles(progress=progress))
 
     def rebuild_stale_profiles(self, *, progress: bool = False) -> int:
         """Rebuild the profiles bulk imports left behind their events (this one's and any

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    Delete,
     Select,
     String,
     TextClause,
     Update,
+    any_,
     bindparam,
     cast,
     delete,
@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from store.dialect import insert_ignoring_conflicts
 from store.errors import NotFound
@@ -85,17 +86,25 @@ def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int
 # key costs more than running it against SQLite. IN lists are "expanding" bind parameters.
 
 
+def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column IN (:name)``: one array parameter on PostgreSQL (``= ANY``), where thousands of
+    separate parameters cost more to bind and plan than the lookup; SQLAlchemy's expanding
+    parameter on SQLite."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
+
+
 @functools.cache
-def _user_ids_statement() -> Select[Any]:
+def _user_ids_statement(dialect: str) -> Select[Any]:
     users = User.__table__.c
-    return select(users.external_id, users.id).where(
-        users.external_id.in_(bindparam("ids", expanding=True))
-    )
+    return select(users.external_id, users.id).where(in_list(users.external_id, "ids", dialect))
 
 
 def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     wanted = list(set(external_ids))
-    rows = session.connection().execute(_user_ids_statement(), {"ids": wanted})
+    connection = session.connection()
+    rows = connection.execute(_user_ids_statement(connection.dialect.name), {"ids": wanted})
     return {external_id: user_id for external_id, user_id in rows}
 
 
@@ -361,27 +370,72 @@ def _update_profiles_statement() -> Update:
     )
 
 
-def mark_profiles_stale(session: Session, user_ids: Iterable[int]) -> None:
-    """Record that these users' profiles lag their events (see `store.models.StaleProfile`)."""
-    rows = [{"user_id": user_id} for user_id in sorted(set(user_ids))]
-    insert_ignoring_conflicts(session, StaleProfile.__table__, rows, "user_id")
-
-
-def clear_stale_marks(session: Session, user_ids: Sequence[int]) -> None:
-    """Drop the marks of users whose profiles are about to be rebuilt from the event log.
-
-    Called before the rebuild reads the events: an import committing after this keeps its own
-    mark (its events may or may not be in the rebuilt state), so that user is rebuilt again
-    later instead of being left behind.
-    """
-    if user_ids:
-        session.connection().execute(_clear_stale_marks_statement(), {"ids": list(user_ids)})
+def lock_users(session: Session, ids: Iterable[int]) -> set[int]:
+    """The ids of these users that exist, their rows locked for the transaction (PostgreSQL),
+    in id order. Bulk import batches, their profile folds and profile rebuilds take these locks
+    first, so that each of them sees the others' work whole (see `mark_profiles_stale`); event
+    inserts (key-share locks) are not blocked by them."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    connection = session.connection()
+    return set(connection.scalars(_lock_users_statement(connection.dialect.name), {"ids": wanted}))
 
 
 @functools.cache
-def _clear_stale_marks_statement() -> Delete:
+def _lock_users_statement(dialect: str) -> Select[Any]:
+    users = User.__table__.c
+    stmt = select(users.id).where(in_list(users.id, "ids", dialect)).order_by(users.id)
+    return stmt.with_for_update(key_share=True) if dialect == "postgresql" else stmt
+
+
+def mark_profiles_stale(session: Session, user_ids: Iterable[int], import_id: str) -> None:
+    """Record that events import ``import_id`` stored are not in these users' profiles yet (see
+    `store.models.StaleProfile`). The caller holds the users' locks (`lock_users`)."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return
+    connection = session.connection()
+    # A user in several batches of one import is marked once. Driver-level statements: a
+    # batch marks thousands of users, and SQLAlchemy's per-row parameter handling cost more
+    # than the inserts.
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            "INSERT INTO stale_profiles (user_id, import_id) "
+            "SELECT unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING",
+            (wanted, import_id),
+        )
+    else:
+        connection.exec_driver_sql(
+            "INSERT INTO stale_profiles (user_id, import_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            [(user_id, import_id) for user_id in wanted],
+        )
+
+
+def marked_users(session: Session, user_ids: Sequence[int], import_id: str) -> set[int]:
+    """Which of these users import ``import_id`` has marked and nothing has cleared since."""
+    stale = StaleProfile.__table__.c
+    connection = session.connection()
+    statement = select(stale.user_id).where(
+        stale.import_id == bindparam("import_id"),
+        in_list(stale.user_id, "ids", connection.dialect.name),
+    )
+    return set(connection.scalars(statement, {"ids": list(user_ids), "import_id": import_id}))
+
+
+def clear_stale_marks(
+    session: Session, user_ids: Sequence[int], import_id: str | None = None
+) -> None:
+    """Drop the marks of these users: those of ``import_id``, or all (before a rebuild from the
+    event log, which then holds every stored event). The caller holds the users' locks."""
+    if not user_ids:
+        return
     stale = StaleProfile.__table__
-    return delete(stale).where(stale.c.user_id.in_(bindparam("ids", expanding=True)))
+    connection = session.connection()
+    stmt = delete(stale).where(in_list(stale.c.user_id, "ids", connection.dialect.name))
+    if import_id is not None:
+        stmt = stmt.where(stale.c.import_id == import_id)
+    connection.execute(stmt, {"ids": list(user_ids)})
 
 
 def stale_profile_user_ids(session: Session) -> set[int]:

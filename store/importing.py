@@ -17,7 +17,8 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import secrets
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from store.db import Database
 from store.dialect import insert_ignoring_conflicts
 from store.errors import ImportFormatError
-from store.events import EventRow, ensure_users, insert_events, mark_profiles_stale
+from store.events import EventRow, ensure_users, insert_events, lock_users, mark_profiles_stale
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
 from store.types import utcnow
@@ -71,8 +72,10 @@ class ImportStats:
 
     accepted: int = 0
     duplicates: int = 0
-    rejected: int = 0  # unknown or deleted item
+    rejected: int = 0  # unknown or deleted item, or an event type not asked for
     user_ids: set[int] = field(default_factory=set)
+    #: The rows one batch inserted (`insert_event_batch`); not carried over by ``+=``.
+    rows: list[EventRow] = field(default_factory=list)
 
     def __iadd__(self, other: ImportStats) -> ImportStats:
         self.accepted += other.accepted
@@ -488,17 +491,29 @@ def bulk_upsert_items(
 
 
 def insert_event_batch(
-    session: Session, records: Sequence[EventRecord], *, item_cache: dict[str, int] | None = None
+    session: Session,
+    records: Sequence[EventRecord],
+    *,
+    import_id: str,
+    item_cache: dict[str, int] | None = None,
+    event_types: Collection[str] | None = None,
 ) -> ImportStats:
-    """Insert one batch of events, skipping stored event ids and rejecting unknown items.
+    """Insert one batch of events, skipping stored event ids and rejecting unknown items (and,
+    given ``event_types``, events of other types); mark the users who got events as stale
+    under ``import_id`` in the same transaction (`store.events.mark_profiles_stale`).
 
     Through `store.events.insert_events` (idempotent by event id, ``received_at`` now, one
     set-based statement per batch). ``item_cache`` (external -> internal id of live items)
     carries item lookups over from earlier batches of the same import: an item deleted
-    meanwhile is treated as if deleted after the import.
+    meanwhile is treated as if deleted after the import. ``ImportStats.rows`` holds the rows
+    inserted.
     """
     items = _item_ids(session, {record.item_id for record in records}, item_cache)
-    known = [record for record in records if record.item_id in items]
+    known = [
+        record
+        for record in records
+        if record.item_id in items and (event_types is None or record.type in event_types)
+    ]
     users = _ensure_users(session, {record.user_id for record in known})
     rows = [
         EventRow(
@@ -511,16 +526,27 @@ def insert_event_batch(
         )
         for record in known
     ]
+    if session.get_bind().dialect.name == "postgresql":
+        # Before the insert: a profile rebuild of these users (which takes the same locks)
+        # then either finishes first or starts after this batch committed, never reads it
+        # half-way. (A SQLite write transaction excludes every other writer already.)
+        lock_users(session, users.values())
     inserted = insert_events(session, rows)
-    # An event id repeated within the batch is inserted once; the repeats count as duplicates.
-    inserted_users = {row.user_id for row in rows if row.event_id in inserted}
-    # In the events' transaction: a kill before the rebuild leaves the users marked.
-    mark_profiles_stale(session, inserted_users)
+    # An event id repeated within the batch is inserted once (its first row); the repeats count
+    # as duplicates.
+    fresh, taken = [], set()
+    for row in rows:
+        if row.event_id in inserted and row.event_id not in taken:
+            taken.add(row.event_id)
+            fresh.append(row)
+    inserted_users = {row.user_id for row in fresh}
+    mark_profiles_stale(session, inserted_users, import_id)
     return ImportStats(
         accepted=len(inserted),
         duplicates=len(rows) - len(inserted),
         rejected=len(records) - len(known),
         user_ids=inserted_users,
+        rows=fresh,
     )
 
 
@@ -550,10 +576,11 @@ def bulk_insert_events(
     batch_size: int = EVENT_BATCH_SIZE,
     progress: bool = False,
 ) -> ImportStats:
-    """Insert every event in the caller's transaction (idempotent by event id)."""
-    stats, item_cache = ImportStats(), {}
+    """Insert every event in the caller's transaction (idempotent by event id); the users'
+    profiles are left marked stale for `interest.rebuild.rebuild_stale_profiles`."""
+    stats, item_cache, import_id = ImportStats(), {}, new_import_id()
     for batch in batched(_progress(records, progress, "event"), batch_size):
-        stats += insert_event_batch(session, batch, item_cache=item_cache)
+        stats += insert_event_batch(session, batch, import_id=import_id, item_cache=item_cache)
     _log_events(stats)
     return stats
 
@@ -579,14 +606,36 @@ def import_events(
     *,
     batch_size: int = EVENT_BATCH_SIZE,
     progress: bool = False,
+    import_id: str | None = None,
+    event_types: Collection[str] | None = None,
+    on_commit: Callable[[list[EventRow]], None] | None = None,
 ) -> ImportStats:
-    """Insert events committing once per batch: an interrupted import can be rerun."""
+    """Insert events committing once per batch: an interrupted import can be rerun.
+
+    Each batch marks its users stale under ``import_id`` (a new one by default); ``on_commit``
+    gets the rows each batch inserted once it committed (to fold them into the profiles).
+    """
+    import_id = import_id or new_import_id()
     stats, item_cache = ImportStats(), {}
     for batch in batched(_progress(records, progress, "event"), batch_size):
-        work = partial(insert_event_batch, records=batch, item_cache=item_cache)
-        stats += database.run_write(work)
+        work = partial(
+            insert_event_batch,
+            records=batch,
+            import_id=import_id,
+            item_cache=item_cache,
+            event_types=event_types,
+        )
+        committed = database.run_write(work)
+        if on_commit is not None and committed.rows:
+            on_commit(committed.rows)
+        stats += committed
     _log_events(stats)
     return stats
+
+
+def new_import_id() -> str:
+    """A fresh id for one run of an import (see `store.models.StaleProfile`)."""
+    return secrets.token_hex(16)
 
 
 def _log_events(stats: ImportStats) -> None:

@@ -152,12 +152,13 @@ class Profile(Base):
 
 
 class StaleProfile(Base):
-    """A user whose profile lags their stored events until `interest.rebuild` rebuilds it.
+    """A user whose profile lags events a bulk import stored, until that import folds them in
+    or `interest.rebuild` rebuilds the profile from the log.
 
-    Bulk imports insert events without touching profiles and mark the users here in the same
-    transaction; the rebuild that follows clears the marks. A killed import leaves its marks,
-    so the rerun (or `driftrec rebuild-profiles`) still rebuilds those users, although their
-    events are then skipped as already stored.
+    Bulk imports insert events and mark their users here in the same transaction, under their
+    own ``import_id``; folding the import's events clears its marks, a rebuild clears all of
+    the user's. A killed import leaves its marks, so the rerun (or `driftrec rebuild-profiles`)
+    still rebuilds those users, although their events are then skipped as already stored.
     """
 
     __tablename__ = "stale_profiles"
@@ -165,6 +166,7 @@ class StaleProfile(Base):
     user_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
+    import_id: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 class IndexVersion(Base):

@@ -2,7 +2,8 @@
 
 `driftrec import events` commits events a batch at a time and rebuilds the profiles at the end;
 a kill in between left those profiles behind their events for good, since the rerun skips the
-stored events and rebuilt no one. Each batch now marks its users in the same transaction.
+stored events and rebuilt no one. Each batch now marks its users, under the import's own id, in
+the same transaction; the import clears its marks as it folds its events into the profiles.
 
 Revision ID: 0008
 Revises: 0007
@@ -22,13 +23,14 @@ def upgrade() -> None:
     op.create_table(
         "stale_profiles",
         sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("import_id", sa.String(length=32), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],
             name=op.f("fk_stale_profiles_user_id_users"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_stale_profiles")),
+        sa.PrimaryKeyConstraint("user_id", "import_id", name=op.f("pk_stale_profiles")),
     )
 
 

@@ -137,3 +137,17 @@ def test_states_of_many_groups_equal_folding_each_group():
         np.testing.assert_allclose(state.accumulators, expected.accumulators, rtol=1e-9)
         np.testing.assert_allclose(state.weight_sums, expected.weight_sums, rtol=1e-9)
         assert state.recent == expected.recent
+
+
+def test_absorbing_another_state_equals_applying_its_events():
+    """`absorb` (an import's new events folded as one state into a stored profile) against
+    `apply` per event, with the absorbed events both older and newer than the profile's."""
+    events = _events(40)
+    stored, new = _apply(events[::2]), _apply(events[1::2])
+    stored.absorb(new, buffer_size=5)
+    expected = _apply(sorted(events, key=lambda e: e[2]))
+    assert stored.ref_time == expected.ref_time
+    assert stored.event_count == expected.event_count == 40
+    np.testing.assert_allclose(stored.accumulators, expected.accumulators, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stored.weight_sums, expected.weight_sums, rtol=1e-9)
+    assert stored.recent == expected.recent

@@ -25,7 +25,9 @@ def test_warm_up_freezes_what_exists_once_after_its_requests():
         assert frozen >= len(before)
         after = [[] for _ in range(1000)]
         freezer.request_done()
-        assert gc.get_freeze_count() == frozen  # once only: `after` stays collectable
+        # Once only: `after` stays collectable. (Frozen objects freed by reference counting
+        # meanwhile lower the count a little, so not an equality.)
+        assert gc.get_freeze_count() < frozen + len(after)
         del after
     finally:
         gc.unfreeze()

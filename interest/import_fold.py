@@ -1,0 +1,169 @@
+"""Fold the events a bulk import stored into their users' profiles, without reading the log back.
+
+`store.importing.import_events` commits events a batch at a time and marks their users stale
+under the import's id (`store.models.StaleProfile`). `ImportFold` keeps the rows each committed
+batch inserted and, every `FLUSH_EVENTS` events and at the end, adds them to the stored
+profiles: folding does not depend on event order (`interest.profile`), so a profile plus the
+new events equals the profile rebuilt from all of them, and a user with a long history costs
+the new events, not the history. A profile is written once per flush, not once per batch.
+
+Each flush of a user checks the import's mark under the user's lock (`store.events.lock_users`)
+and clears it with the write: a user whose mark is gone was rebuilt from the log after the
+batch committed, which holds these events already, and is skipped. What a killed import did not
+fold stays marked, for `interest.rebuild.rebuild_stale_profiles`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from interest.ingest import ProfileConfig, update_states
+from interest.profile import state_from_row, state_values
+from interest.rebuild import REBUILD_BATCH_USERS, VectorCache, fold_columns
+from store.db import Database
+from store.events import (
+    EventColumns,
+    EventRow,
+    clear_stale_marks,
+    insert_profiles,
+    lock_profile_rows,
+    lock_users,
+    marked_users,
+)
+
+log = logging.getLogger(__name__)
+
+#: Events held in memory before they are folded (~50 bytes each as columns).
+FLUSH_EVENTS = 1_000_000
+
+
+class ImportFold:
+    """Collects an import's inserted rows (`add`, after each commit) and folds them (`flush`)."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: ProfileConfig,
+        embedder_model: str,
+        import_id: str,
+        *,
+        flush_events: int = FLUSH_EVENTS,
+        batch_users: int = REBUILD_BATCH_USERS,
+    ) -> None:
+        self.db, self.config, self.import_id = db, config, import_id
+        self.flush_events, self.batch_users = flush_events, batch_users
+        self.vectors = VectorCache(embedder_model)
+        self.pending: list[EventColumns] = []
+        self.pending_count = 0
+        #: Profiles brought up to date so far.
+        self.updated = 0
+
+    def add(self, rows: Sequence[EventRow]) -> None:
+        """Rows a batch inserted, once that batch committed."""
+        self.pending.append(_columns(rows))
+        self.pending_count += len(rows)
+        if self.pending_count >= self.flush_events:
+            self.flush()
+
+    def flush(self) -> int:
+        """Fold what was added since the last flush; return the count of profiles updated."""
+        if not self.pending:
+            return 0
+        events = _by_user_and_time(self.pending)
+        self.pending, self.pending_count = [], 0
+        starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
+        bounds = np.r_[starts, len(events.user_ids)]
+        updated = 0
+        for first in range(0, len(starts), self.batch_users):
+            last = min(first + self.batch_users, len(starts))
+            lo, hi = int(bounds[first]), int(bounds[last])
+            work = partial(self._fold_batch, events=_slice(events, lo, hi))
+            updated += self.db.run_write(work)
+        self.updated += updated
+        log.info("imported events folded into profiles=%d", updated)
+        return updated
+
+    def _fold_batch(self, session: Session, events: EventColumns) -> int:
+        users = sorted(set(events.user_ids.tolist()))
+        live = lock_users(session, users)
+        marked = marked_users(session, [uid for uid in users if uid in live], self.import_id)
+        if not marked:
+            return 0
+        keep = np.isin(events.user_ids, list(marked))
+        mine = sorted(marked)
+        deltas = fold_columns(session, _select(events, keep), mine, self.config, self.vectors)
+        buffer_size = self.config.buffer_size
+        stored = lock_profile_rows(session, mine)
+        states = {uid: state_from_row(row) for uid, row in stored.items()}
+        for uid, state in states.items():
+            state.absorb(deltas[uid], buffer_size)
+        update_states(session, states)
+        new = [uid for uid in mine if uid not in stored]
+        if new:
+            created = insert_profiles(
+                session, [{"user_id": uid, **state_values(deltas[uid])} for uid in new]
+            )
+            # An event posted to the API created the profile after our lock query
+            # (PostgreSQL): add ours to it.
+            raced = [uid for uid in new if uid not in created]
+            theirs = {
+                uid: state_from_row(row) for uid, row in lock_profile_rows(session, raced).items()
+            }
+            for uid, state in theirs.items():
+                state.absorb(deltas[uid], buffer_size)
+            update_states(session, theirs)
+        clear_stale_marks(session, mine, self.import_id)
+        return len(mine)
+
+
+def _columns(rows: Sequence[EventRow]) -> EventColumns:
+    return EventColumns(
+        np.fromiter((row.user_id for row in rows), dtype=np.int64, count=len(rows)),
+        np.fromiter((row.item_id for row in rows), dtype=np.int64, count=len(rows)),
+        [row.type for row in rows],
+        [row.value for row in rows],
+        np.fromiter((row.timestamp.timestamp() for row in rows), np.float64, len(rows)),
+    )
+
+
+def _by_user_and_time(parts: Sequence[EventColumns]) -> EventColumns:
+    """The parts as one set of columns ordered by user, then time (what `fold_columns` wants)."""
+    user_ids = np.concatenate([part.user_ids for part in parts])
+    times = np.concatenate([part.times for part in parts])
+    types = [kind for part in parts for kind in part.types]
+    values = [value for part in parts for value in part.values]
+    order = np.lexsort((times, user_ids))
+    positions = order.tolist()
+    return EventColumns(
+        user_ids[order],
+        np.concatenate([part.item_ids for part in parts])[order],
+        [types[i] for i in positions],
+        [values[i] for i in positions],
+        times[order],
+    )
+
+
+def _slice(events: EventColumns, lo: int, hi: int) -> EventColumns:
+    return EventColumns(
+        events.user_ids[lo:hi],
+        events.item_ids[lo:hi],
+        events.types[lo:hi],
+        events.values[lo:hi],
+        events.times[lo:hi],
+    )
+
+
+def _select(events: EventColumns, keep: np.ndarray) -> EventColumns:
+    picked = np.flatnonzero(keep).tolist()
+    return EventColumns(
+        events.user_ids[keep],
+        events.item_ids[keep],
+        [events.types[i] for i in picked],
+        [events.values[i] for i in picked],
+        events.times[keep],
+    )

@@ -1,0 +1,96 @@
+"""Bulk imports fold their new events into the stored profiles (`interest.import_fold`), on
+real SQLite and PostgreSQL: the result equals the profile rebuilt from the log, whatever the
+order of events, and no event is counted twice when a rebuild runs in between."""
+
+from datetime import timedelta
+
+import pytest
+from test_ingest import CONFIG, MODEL, T0, _event, _profile, catalogue  # noqa: F401
+
+from interest.import_fold import ImportFold
+from interest.ingest import ingest_events
+from interest.rebuild import rebuild_profiles, verify_profiles
+from store.events import stale_profile_user_ids, user_ids
+from store.importing import EventRecord, import_events, new_import_id
+
+
+def _records(n: int, user: str, *, minutes: int = 0, tag: str = "bulk") -> list[EventRecord]:
+    return [
+        EventRecord(
+            f"{tag}-{user}-{i}",
+            user,
+            f"i{(3 * i + 1) % 20}",
+            "view" if i % 2 else "click",
+            None,
+            T0 + timedelta(minutes=minutes + i),
+        )
+        for i in range(n)
+    ]
+
+
+def _import(db, records, *, batch_size=7, fold_now=True):  # type: ignore[no-untyped-def]
+    import_id = new_import_id()
+    fold = ImportFold(db, CONFIG, MODEL, import_id, batch_users=2)
+    stats = import_events(
+        db, records, batch_size=batch_size, import_id=import_id, on_commit=fold.add
+    )
+    if fold_now:
+        fold.flush()
+    return stats, fold
+
+
+def test_imported_events_fold_into_existing_profiles_as_a_rebuild_would(catalogue):  # noqa: F811
+    # u1 has a profile from the API with events both older and newer than the imported ones;
+    # u2 and u3 are new. Batches of 7 split users across transactions.
+    ingest_events(catalogue, [_event(n, minutes=100 + n) for n in range(4)], CONFIG, MODEL)
+    ingest_events(catalogue, [_event(n, minutes=-50 + n) for n in range(4, 6)], CONFIG, MODEL)
+    records = _records(9, "u1", minutes=20) + _records(5, "u2") + _records(11, "u3", minutes=7)
+    stats, fold = _import(catalogue, records)
+    assert stats.accepted == 25
+    assert fold.updated == 3
+    assert _profile(catalogue, "u1").event_count == 6 + 9
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == 3 and report.drifted == []
+    with catalogue.read() as session:
+        assert stale_profile_user_ids(session) == set()
+
+
+def test_a_rebuild_between_commit_and_fold_is_not_counted_twice(catalogue):  # noqa: F811
+    ingest_events(catalogue, [_event(n) for n in range(3)], CONFIG, MODEL)
+    _, fold = _import(catalogue, _records(6, "u1", minutes=10), fold_now=False)
+    with catalogue.read() as session:
+        uid = user_ids(session, ["u1"])["u1"]
+    # The rebuild reads the committed import's events from the log and clears its mark ...
+    assert rebuild_profiles(catalogue, CONFIG, MODEL, user_ids={uid}) == 1
+    # ... so the fold leaves that profile alone instead of adding the same events again.
+    assert fold.flush() == 0
+    assert _profile(catalogue, "u1").event_count == 9
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_two_imports_of_one_user_each_fold_their_own_events(catalogue):  # noqa: F811
+    _, first = _import(catalogue, _records(4, "u1", tag="a"), fold_now=False)
+    _, second = _import(catalogue, _records(5, "u1", minutes=30, tag="b"), fold_now=False)
+    assert first.flush() == 1 and second.flush() == 1
+    assert _profile(catalogue, "u1").event_count == 9
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+@pytest.mark.parametrize("flush_events", [1, 10**6])
+def test_folding_in_several_flushes_equals_one(catalogue, flush_events):  # noqa: F811
+    import_id = new_import_id()
+    fold = ImportFold(catalogue, CONFIG, MODEL, import_id, flush_events=flush_events)
+    import_events(
+        catalogue, _records(12, "u1"), batch_size=5, import_id=import_id, on_commit=fold.add
+    )
+    fold.flush()
+    assert _profile(catalogue, "u1").event_count == 12
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_event_types_without_a_weight_are_rejected(catalogue):  # noqa: F811
+    records = _records(3, "u1") + [
+        EventRecord("odd", "u1", "i1", "no-such-type", None, T0),
+    ]
+    stats = import_events(catalogue, records, event_types=frozenset(CONFIG.event_weights))
+    assert (stats.accepted, stats.rejected) == (3, 1)
