@@ -23,11 +23,10 @@ from store.db import Database
 from store.events import (
     EventColumns,
     clear_stale_marks,
-    get_profile,
     insert_profiles,
-    iter_events_by_user,
     lock_profile_rows,
     lock_users,
+    profile_rows,
     stale_profile_user_ids,
     update_profiles,
     user_event_columns,
@@ -47,11 +46,6 @@ def state_from_events(
     state = ProfileState.empty(config.half_lives, config.dim)
     fold_rows(state, list(events), config, vectors)
     return state
-
-
-def _vectors_for(db: Database, events: list[Any], embedder_model: str) -> dict[int, np.ndarray]:
-    with db.read() as session:
-        return raw_vectors(session, list({e.item_id for e in events}), embedder_model)
 
 
 def rebuild_profiles(
@@ -245,30 +239,41 @@ class VerifyReport:
 
 
 def verify_profiles(
-    db: Database, config: ProfileConfig, embedder_model: str, *, tolerance: float = 1e-5
+    db: Database,
+    config: ProfileConfig,
+    embedder_model: str,
+    *,
+    tolerance: float = 1e-5,
+    batch_users: int = REBUILD_BATCH_USERS,
 ) -> VerifyReport:
-    """Compare every stored profile with the one rebuilt from its events."""
+    """Compare every stored profile with the one rebuilt from its events, a batch of users
+    (their events, profiles and a snapshot of both in one read transaction) at a time."""
     report = VerifyReport()
-    with db.read() as session:
-        batches = list(iter_events_by_user(session))
-    vectors = _vectors_for(db, [e for _, events in batches for e in events], embedder_model)
-    with db.read() as session:
-        for user_id, events in batches:
-            row = get_profile(session, user_id)
-            expected = state_from_events(events, vectors, config)
+    vectors = VectorCache(embedder_model)
+    for users in _user_batches(db, None, batch_users):
+        with db.read() as session:
+            expected = _states(session, users, config, vectors)
+            stored = profile_rows(session, users)
+        for user_id in users:
             report.checked += 1
-            if row is None:
-                if events:
-                    report.drifted.append((user_id, float("inf")))
-                continue
-            stored = state_from_row(row)
-            if stored.accumulators.shape != expected.accumulators.shape:
-                report.drifted.append((user_id, float("inf")))
-                continue
-            error = _relative_error(stored, expected)
-            if error > tolerance or stored.event_count != expected.event_count:
-                report.drifted.append((user_id, error))
+            drift = _drift(stored.get(user_id), expected[user_id], tolerance)
+            if drift is not None:
+                report.drifted.append((user_id, drift))
     return report
+
+
+def _drift(row: Any, expected: ProfileState, tolerance: float) -> float | None:
+    """The stored profile's error against the rebuilt one when beyond ``tolerance`` (or its
+    event count differs), infinite when it is missing or shaped differently; else None."""
+    if row is None:
+        return float("inf") if expected.event_count else None
+    stored = state_from_row(row)
+    if stored.accumulators.shape != expected.accumulators.shape:
+        return float("inf")
+    error = _relative_error(stored, expected)
+    if error > tolerance or stored.event_count != expected.event_count:
+        return error
+    return None
 
 
 def _relative_error(a: ProfileState, b: ProfileState) -> float:

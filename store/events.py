@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
@@ -317,6 +317,15 @@ def lock_profile_rows(
     return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
 
 
+def profile_rows(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
+    """The state columns of these users' profiles (those that exist), without locking them."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    stmt = _lock_profiles_statement(True, False)
+    return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
+
+
 @functools.cache
 def _lock_profiles_statement(state: bool, for_update: bool) -> Select[Any]:
     profiles = Profile.__table__.c
@@ -545,40 +554,6 @@ def user_event_columns(session: Session, user_ids: Sequence[int]) -> EventColumn
         list(values),
         times,
     )
-
-
-def iter_user_batches(
-    session: Session, *, batch_users: int = 500
-) -> Iterator[dict[int, list[Event]]]:
-    """Yield {user id: events in time order} for every user, a batch of users at a time, so
-    memory stays bounded by the batch."""
-    last_user = 0
-    while True:
-        users = list(
-            session.scalars(
-                select(User.id).where(User.id > last_user).order_by(User.id).limit(batch_users)
-            )
-        )
-        if not users:
-            return
-        last_user = users[-1]
-        events = session.scalars(
-            select(Event)
-            .where(Event.user_id.in_(users))
-            .order_by(Event.user_id, Event.timestamp, Event.id)
-        )
-        grouped: dict[int, list[Event]] = {user_id: [] for user_id in users}
-        for event in events:
-            grouped[event.user_id].append(event)
-        yield grouped
-
-
-def iter_events_by_user(
-    session: Session, *, batch_users: int = 500
-) -> Iterator[tuple[int, list[Event]]]:
-    """Yield (user id, events in time order) for every user, a batch of users at a time."""
-    for batch in iter_user_batches(session, batch_users=batch_users):
-        yield from batch.items()
 
 
 def event_log(session: Session) -> list[tuple[int, int, str, float | None, datetime]]:
