@@ -251,7 +251,9 @@ def verify_profiles(
     report = VerifyReport()
     vectors = VectorCache(embedder_model)
     for users in _user_batches(db, None, batch_users):
-        with db.read() as session:
+        # One snapshot for events and profiles: an event ingested between the two reads
+        # would otherwise show as drift.
+        with db.snapshot() as session:
             expected = _states(session, users, config, vectors)
             stored = profile_rows(session, users)
         for user_id in users:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -120,6 +120,16 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read transaction whose statements all see one snapshot of the database: on
+        PostgreSQL REPEATABLE READ (its default READ COMMITTED lets each statement see what
+        committed meanwhile); SQLite's read transactions are snapshots already."""
+        with self.read() as session:
+            if not is_sqlite(self.engine):
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             yield session
 
     @contextmanager

@@ -105,9 +105,7 @@ def export_dump(db: Database, target: Path, data_dir: Path) -> DumpSummary:
     (staging / "files").mkdir(parents=True)
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
-    with db.read() as session:
-        if not is_sqlite(db.engine):  # one snapshot for every table
-            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    with db.snapshot() as session:  # one snapshot for every table
         revision = current_revision_of(session)
         vectors: list[np.ndarray] = []
         for name in TABLES:

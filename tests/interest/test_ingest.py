@@ -10,6 +10,7 @@ from sqlalchemy import event as sql_event
 from interest.ingest import EventInput, ProfileConfig, ingest_events
 from interest.profile import state_from_row
 from interest.rebuild import rebuild_profiles, verify_profiles
+from store.db import Database
 from store.events import ensure_users, get_profile, user_ids
 from store.items import ItemInput, store_vectors, upsert_items
 from store.settings import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIVES
@@ -233,3 +234,27 @@ def test_rebuild_of_a_subset_touches_only_those_users(catalogue):
     assert rebuild_profiles(catalogue, CONFIG, MODEL, user_ids={ids["u1"], 10**9}) == 1
     drifted = {user_id for user_id, _ in verify_profiles(catalogue, CONFIG, MODEL).drifted}
     assert drifted == {ids["u2"]}
+
+
+def test_verify_does_not_report_an_event_ingested_between_its_reads(catalogue):
+    """An event committed after verify read a user's events and before it read the profile
+    is in neither (one snapshot): no false drift. PostgreSQL's READ COMMITTED showed it."""
+    ingest_events(catalogue, [_event(n) for n in range(3)], CONFIG, MODEL)
+    other = Database(catalogue.url)  # another connection, as a server's would be
+    injected = []
+
+    def ingest_once(conn, cursor, statement, parameters, context, executemany):
+        if not injected and "FROM events" in statement:
+            injected.append(True)
+            ingest_events(other, [_event(7)], CONFIG, MODEL)
+
+    sql_event.listen(catalogue.engine, "after_cursor_execute", ingest_once)
+    try:
+        report = verify_profiles(catalogue, CONFIG, MODEL)
+    finally:
+        sql_event.remove(catalogue.engine, "after_cursor_execute", ingest_once)
+        other.dispose()
+    assert injected
+    assert report.checked == 1 and report.drifted == []
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []  # and the event counts
+    assert _profile(catalogue, "u1").event_count == 4
