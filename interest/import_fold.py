@@ -15,8 +15,9 @@ fold stays marked, for `interest.rebuild.rebuild_stale_profiles`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import numpy as np
@@ -35,11 +36,45 @@ from store.events import (
     lock_users,
     marked_users,
 )
+from store.importing import EventRecord, ImportStats, import_events, new_import_id
 
 log = logging.getLogger(__name__)
 
 #: Events held in memory before they are folded (~50 bytes each as columns).
 FLUSH_EVENTS = 1_000_000
+
+
+def import_events_into_profiles(
+    db: Database,
+    records: Iterable[EventRecord],
+    config: ProfileConfig,
+    embedder_model: str,
+    *,
+    progress: bool = False,
+) -> tuple[ImportStats, int]:
+    """Bulk-load events (`store.importing.import_events`, types without a weight rejected) and
+    fold them into their users' profiles; return the import's stats and the profiles updated.
+
+    When the import stops on an error (a malformed line, say), the batches committed before it
+    are folded all the same, so their users' profiles do not wait for a rerun.
+    """
+    import_id = new_import_id()
+    fold = ImportFold(db, config, embedder_model, import_id)
+    try:
+        stats = import_events(
+            db,
+            records,
+            progress=progress,
+            import_id=import_id,
+            event_types=frozenset(config.event_weights),
+            on_commit=fold.add,
+        )
+    except Exception:
+        with contextlib.suppress(Exception):  # the import's own error is the one to report
+            fold.flush()
+        raise
+    fold.flush()
+    return stats, fold.updated
 
 
 class ImportFold:

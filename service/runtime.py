@@ -18,7 +18,7 @@ from indexer.live import LiveIndex
 from indexer.reindex import ReindexResult, build_index
 from interest.calibration import user_query_sample
 from interest.experiments import ExperimentRouter
-from interest.import_fold import ImportFold
+from interest.import_fold import import_events_into_profiles
 from interest.ingest import EventInput, IngestResult, ProfileConfig, ingest_events
 from interest.rebuild import rebuild_profiles, rebuild_stale_profiles
 from interest.recommend import Recommender
@@ -26,7 +26,7 @@ from interest.registry import EncoderRegistry
 from service.session_writer import SessionWriter
 from store.db import Database
 from store.experiments import running_experiment
-from store.importing import EventRecord, ImportStats, import_events, new_import_id
+from store.importing import EventRecord, ImportStats
 from store.items import ItemInput
 from store.models import Item
 from store.settings import Settings
@@ -163,19 +163,14 @@ class Runtime:
         their users up to date: the import's new events are folded into the stored profiles
         as it goes (`interest.import_fold`), and profiles a killed earlier import left stale
         are rebuilt from the log. Events of types without a configured weight are rejected."""
-        config = self.profile_config
-        import_id = new_import_id()
-        fold = ImportFold(self.db, config, self.settings.embedder_model, import_id)
-        stats = import_events(
+        stats, updated = import_events_into_profiles(
             self.db,
             records,
+            self.profile_config,
+            self.settings.embedder_model,
             progress=progress,
-            import_id=import_id,
-            event_types=frozenset(config.event_weights),
-            on_commit=fold.add,
         )
-        fold.flush()
-        return EventImport(stats, fold.updated, self.rebuild_stale_profiles(progress=progress))
+        return EventImport(stats, updated, self.rebuild_stale_profiles(progress=progress))
 
     def rebuild_stale_profiles(self, *, progress: bool = False) -> int:
         """Rebuild the profiles bulk imports left behind their events (this one's and any

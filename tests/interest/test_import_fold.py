@@ -3,15 +3,17 @@ real SQLite and PostgreSQL: the result equals the profile rebuilt from the log, 
 order of events, and no event is counted twice when a rebuild runs in between."""
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from test_ingest import CONFIG, MODEL, T0, _event, _profile, catalogue  # noqa: F401
 
-from interest.import_fold import ImportFold
+from interest.import_fold import ImportFold, import_events_into_profiles
 from interest.ingest import ingest_events
 from interest.rebuild import rebuild_profiles, verify_profiles
+from store.errors import ImportFormatError
 from store.events import stale_profile_user_ids, user_ids
-from store.importing import EventRecord, import_events, new_import_id
+from store.importing import EVENT_BATCH_SIZE, EventRecord, import_events, new_import_id
 
 
 def _records(n: int, user: str, *, minutes: int = 0, tag: str = "bulk") -> list[EventRecord]:
@@ -94,3 +96,16 @@ def test_event_types_without_a_weight_are_rejected(catalogue):  # noqa: F811
     ]
     stats = import_events(catalogue, records, event_types=frozenset(CONFIG.event_weights))
     assert (stats.accepted, stats.rejected) == (3, 1)
+
+
+def test_batches_committed_before_an_import_error_are_folded(catalogue):  # noqa: F811
+    def records():
+        yield from _records(EVENT_BATCH_SIZE, "u1")  # one whole batch, committed
+        raise ImportFormatError(Path("events.csv"), EVENT_BATCH_SIZE + 2, "bad line")
+
+    with pytest.raises(ImportFormatError):
+        import_events_into_profiles(catalogue, records(), CONFIG, MODEL)
+    assert _profile(catalogue, "u1").event_count == EVENT_BATCH_SIZE
+    with catalogue.read() as session:
+        assert stale_profile_user_ids(session) == set()
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
