@@ -653,7 +653,12 @@ def _demo_import(app: App, directory: Path) -> None:
         click.echo(f"events: {events} already imported; rebuilding profiles")
         click.echo(f"profiles rebuilt={runtime.rebuild_profiles(progress=True)}")
     else:
-        click.echo(f"events: {events} already imported, {profiles} profiles")
+        # A killed earlier run may have stored events without folding them in yet.
+        stale = runtime.rebuild_stale_profiles(progress=True)
+        click.echo(
+            f"events: {events} already imported, {profiles} profiles"
+            + (f" ({stale} rebuilt)" if stale else "")
+        )
 
 
 def _demo_model(ctx: click.Context, app: App) -> None:
