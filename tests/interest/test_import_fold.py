@@ -2,14 +2,16 @@
 real SQLite and PostgreSQL: the result equals the profile rebuilt from the log, whatever the
 order of events, and no event is counted twice when a rebuild runs in between."""
 
+import threading
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
 from test_ingest import CONFIG, MODEL, T0, _event, _profile, catalogue  # noqa: F401
 
 from interest.import_fold import ImportFold, import_events_into_profiles
-from interest.ingest import ingest_events
+from interest.ingest import EventInput, ingest_events
 from interest.rebuild import rebuild_profiles, verify_profiles
 from store.errors import ImportFormatError
 from store.events import stale_profile_user_ids, user_ids
@@ -109,3 +111,66 @@ def test_batches_committed_before_an_import_error_are_folded(catalogue):  # noqa
     with catalogue.read() as session:
         assert stale_profile_user_ids(session) == set()
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_imports_api_events_and_rebuilds_at_once_lose_and_double_nothing(catalogue):  # noqa: F811
+    """Two imports (batches of 5, folding every 10 events), API batches and profile rebuilds,
+    all on the same six users at the same time: every event ends up in its profile exactly
+    once. The rebuilds stop first, so no late rebuild can repair an update the others lost."""
+    users = [f"m{u}" for u in range(6)]
+    errors: list[BaseException] = []
+    stop_rebuilds = threading.Event()
+
+    def guarded(work):  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
+                errors.append(exc)
+
+        return threading.Thread(target=run)
+
+    def importer(tag: str) -> None:
+        import_id = new_import_id()
+        fold = ImportFold(catalogue, CONFIG, MODEL, import_id, flush_events=10, batch_users=2)
+        records = [
+            EventRecord(
+                f"{tag}-{n}", users[n % 6], f"i{n % 20}", "view", None, T0 + timedelta(seconds=n)
+            )
+            for n in range(60)
+        ]
+        import_events(catalogue, records, batch_size=5, import_id=import_id, on_commit=fold.add)
+        fold.flush()
+
+    def poster(worker: int) -> None:
+        for n in range(15):
+            batch = [
+                EventInput(
+                    f"api{worker}-{n}-{k}",
+                    users[(n + k + worker) % 6],
+                    f"i{(n * 3 + k) % 20}",
+                    "click",
+                    T0 + timedelta(seconds=500 - n * 7 - k),
+                )
+                for k in range(2)
+            ]
+            assert ingest_events(catalogue, batch, CONFIG, MODEL).accepted == 2
+
+    def rebuilder() -> None:
+        while not stop_rebuilds.is_set():
+            rebuild_profiles(catalogue, CONFIG, MODEL, batch_users=2)
+
+    background = guarded(rebuilder)
+    writers = [guarded(partial(importer, tag)) for tag in ("x", "y")]
+    writers += [guarded(partial(poster, worker)) for worker in range(2)]
+    background.start()
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop_rebuilds.set()
+    background.join()
+    assert not errors, errors
+    assert sum(_profile(catalogue, user).event_count for user in users) == 2 * 60 + 2 * 15 * 2
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == 6 and report.drifted == []
