@@ -9,8 +9,11 @@ Run it with ``gunicorn 'service.app:create_app()'``.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import time
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -118,10 +121,26 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure_logging(level: str) -> None:
-    """Structured logs on stderr, unless the host (CLI, gunicorn, pytest) configured logging."""
+    """Structured logs on stderr, unless the host (CLI, gunicorn, pytest) configured logging.
+
+    A line is formatted by the thread that logs it and written by a thread of its own
+    (`QueueHandler` -> `QueueListener`). A server worker logs a line per request, and a
+    ``write`` to a file-backed stderr can block behind the filesystem's journal while SQLite
+    syncs its WAL: with the log on the database's disk, requests stalled between answers (not
+    inside them) for up to ~100 ms (100k items, 786 recommendations/s open loop with events:
+    p99 10.6-19.2 ms and 176-381 answers over 30 ms a minute, against 6.8-7.2 ms and 26-97
+    with the same log on tmpfs). Lines still queued when a process is killed (-9) are lost; an
+    exit writes them.
+    """
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
+        writer = logging.StreamHandler()
+        writer.setFormatter(logging.Formatter("%(message)s"))  # formatted already
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        handler = QueueHandler(lines)
         handler.setFormatter(KeyValueFormatter())
+        listener = QueueListener(lines, writer)
+        listener.start()
+        atexit.register(listener.stop)
         root.addHandler(handler)
         root.setLevel(level.upper())

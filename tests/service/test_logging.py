@@ -1,0 +1,43 @@
+"""`service.app.configure_logging`: one key=value line per record, formatted by the thread that
+logs and written by a thread of its own; every line is written by the time the process exits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+PROGRAM = """
+import logging, threading
+from service.app import configure_logging
+
+configure_logging("INFO")
+log = logging.getLogger("probe")
+assert threading.active_count() == 2, "the writer thread"
+for n in range(2000):
+    log.info("line %d of %s", n, "many")
+try:
+    raise ValueError("boom")
+except ValueError:
+    log.exception("failed")
+"""
+
+
+def test_lines_are_formatted_and_all_written_before_exit():
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2001
+    assert lines[0].startswith("ts=") and 'logger=probe msg="line 0 of many"' in lines[0]
+    assert 'msg="line 1999 of many"' in lines[1999]
+    # The traceback stays on the record's one line, as `KeyValueFormatter` writes it.
+    assert 'msg="failed"' in lines[2000] and "ValueError: boom" in lines[2000]
+    assert "level=ERROR" in lines[2000]
