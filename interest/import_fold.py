@@ -93,14 +93,15 @@ class ImportFold:
         self.db, self.config, self.import_id = db, config, import_id
         self.flush_events, self.batch_users = flush_events, batch_users
         self.vectors = VectorCache(embedder_model)
-        self.pending: list[EventColumns] = []
+        #: Rows of committed batches not folded yet, as columns, with their batch numbers.
+        self.pending: list[tuple[EventColumns, int]] = []
         self.pending_count = 0
         #: Profiles brought up to date so far.
         self.updated = 0
 
-    def add(self, rows: Sequence[EventRow]) -> None:
-        """Rows a batch inserted, once that batch committed."""
-        self.pending.append(_columns(rows))
+    def add(self, rows: Sequence[EventRow], batch: int) -> None:
+        """Rows batch number ``batch`` inserted, once that batch committed."""
+        self.pending.append((_columns(rows), batch))
         self.pending_count += len(rows)
         if self.pending_count >= self.flush_events:
             self.flush()
@@ -109,7 +110,7 @@ class ImportFold:
         """Fold what was added since the last flush; return the count of profiles updated."""
         if not self.pending:
             return 0
-        events = _by_user_and_time(self.pending)
+        events, batches = _by_user_and_time(self.pending)
         self.pending, self.pending_count = [], 0
         starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
         bounds = np.r_[starts, len(events.user_ids)]
@@ -117,20 +118,23 @@ class ImportFold:
         for first in range(0, len(starts), self.batch_users):
             last = min(first + self.batch_users, len(starts))
             lo, hi = int(bounds[first]), int(bounds[last])
-            work = partial(self._fold_batch, events=_slice(events, lo, hi))
+            work = partial(self._fold_batch, events=_slice(events, lo, hi), batches=batches[lo:hi])
             updated += self.db.run_write(work)
         self.updated += updated
         log.info("imported events folded into profiles=%d", updated)
         return updated
 
-    def _fold_batch(self, session: Session, events: EventColumns) -> int:
+    def _fold_batch(self, session: Session, events: EventColumns, batches: np.ndarray) -> int:
         users = sorted(set(events.user_ids.tolist()))
         live = lock_users(session, users)
         marked = marked_users(session, [uid for uid in users if uid in live], self.import_id)
         if not marked:
             return 0
-        keep = np.isin(events.user_ids, list(marked))
-        mine = sorted(marked)
+        # A user's events from batches before the mark's were read by a rebuild that cleared
+        # an earlier mark (or folded by an earlier flush): only the rest are added.
+        since = np.array([marked.get(uid, -1) for uid in events.user_ids.tolist()])
+        keep = (since >= 0) & (batches >= since)
+        mine = sorted(set(events.user_ids[keep].tolist()))
         deltas = fold_columns(session, _select(events, keep), mine, self.config, self.vectors)
         buffer_size = self.config.buffer_size
         stored = lock_profile_rows(session, mine)
@@ -166,21 +170,29 @@ def _columns(rows: Sequence[EventRow]) -> EventColumns:
     )
 
 
-def _by_user_and_time(parts: Sequence[EventColumns]) -> EventColumns:
-    """The parts as one set of columns ordered by user, then time (what `fold_columns` wants)."""
+def _by_user_and_time(
+    pending: Sequence[tuple[EventColumns, int]],
+) -> tuple[EventColumns, np.ndarray]:
+    """The parts as one set of columns ordered by user, then time (what `fold_columns` wants),
+    and each event's batch number in the same order."""
+    parts = [part for part, _ in pending]
+    batches = np.concatenate(
+        [np.full(len(part.user_ids), batch, dtype=np.int64) for part, batch in pending]
+    )
     user_ids = np.concatenate([part.user_ids for part in parts])
     times = np.concatenate([part.times for part in parts])
     types = [kind for part in parts for kind in part.types]
     values = [value for part in parts for value in part.values]
     order = np.lexsort((times, user_ids))
     positions = order.tolist()
-    return EventColumns(
+    columns = EventColumns(
         user_ids[order],
         np.concatenate([part.item_ids for part in parts])[order],
         [types[i] for i in positions],
         [values[i] for i in positions],
         times[order],
     )
+    return columns, batches[order]
 
 
 def _slice(events: EventColumns, lo: int, hi: int) -> EventColumns:

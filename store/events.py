@@ -398,9 +398,12 @@ def _lock_users_statement(dialect: str) -> Select[Any]:
     return stmt.with_for_update(key_share=True) if dialect == "postgresql" else stmt
 
 
-def mark_profiles_stale(session: Session, user_ids: Iterable[int], import_id: str) -> None:
-    """Record that events import ``import_id`` stored are not in these users' profiles yet (see
-    `store.models.StaleProfile`). The caller holds the users' locks (`lock_users`)."""
+def mark_profiles_stale(
+    session: Session, user_ids: Iterable[int], import_id: str, batch: int = 0
+) -> None:
+    """Record that events import ``import_id`` stored, from its batch ``batch`` on, are not in
+    these users' profiles yet (see `store.models.StaleProfile`); a user marked already keeps
+    the earlier batch. The caller holds the users' locks (`lock_users`)."""
     wanted = sorted(set(user_ids))
     if not wanted:
         return
@@ -410,26 +413,29 @@ def mark_profiles_stale(session: Session, user_ids: Iterable[int], import_id: st
     # than the inserts.
     if connection.dialect.name == "postgresql":
         connection.exec_driver_sql(
-            "INSERT INTO stale_profiles (user_id, import_id) "
-            "SELECT unnest(%s::bigint[]), %s ON CONFLICT DO NOTHING",
-            (wanted, import_id),
+            "INSERT INTO stale_profiles (user_id, import_id, since_batch) "
+            "SELECT unnest(%s::bigint[]), %s, %s ON CONFLICT DO NOTHING",
+            (wanted, import_id, batch),
         )
     else:
         connection.exec_driver_sql(
-            "INSERT INTO stale_profiles (user_id, import_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            [(user_id, import_id) for user_id in wanted],
+            "INSERT INTO stale_profiles (user_id, import_id, since_batch) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(user_id, import_id, batch) for user_id in wanted],
         )
 
 
-def marked_users(session: Session, user_ids: Sequence[int], import_id: str) -> set[int]:
-    """Which of these users import ``import_id`` has marked and nothing has cleared since."""
+def marked_users(session: Session, user_ids: Sequence[int], import_id: str) -> dict[int, int]:
+    """{user: the first batch not in the profile} of these users that import ``import_id``
+    marked and nothing has cleared since."""
     stale = StaleProfile.__table__.c
     connection = session.connection()
-    statement = select(stale.user_id).where(
+    statement = select(stale.user_id, stale.since_batch).where(
         stale.import_id == bindparam("import_id"),
         in_list(stale.user_id, "ids", connection.dialect.name),
     )
-    return set(connection.scalars(statement, {"ids": list(user_ids), "import_id": import_id}))
+    rows = connection.execute(statement, {"ids": list(user_ids), "import_id": import_id})
+    return {user_id: since for user_id, since in rows}
 
 
 def clear_stale_marks(

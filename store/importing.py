@@ -496,12 +496,14 @@ def insert_event_batch(
     records: Sequence[EventRecord],
     *,
     import_id: str,
+    batch: int = 0,
     item_cache: dict[str, int] | None = None,
     event_types: Collection[str] | None = None,
 ) -> ImportStats:
     """Insert one batch of events, skipping stored event ids and rejecting unknown items (and,
     given ``event_types``, events of other types); mark the users who got events as stale
-    under ``import_id`` in the same transaction (`store.events.mark_profiles_stale`).
+    under ``import_id`` from its ``batch`` (the batch's number in the import) in the same
+    transaction (`store.events.mark_profiles_stale`).
 
     Through `store.events.insert_events` (idempotent by event id, ``received_at`` now, one
     set-based statement per batch). ``item_cache`` (external -> internal id of live items)
@@ -547,7 +549,7 @@ def insert_event_batch(
             taken.add(row.event_id)
             fresh.append(row)
     inserted_users = {row.user_id for row in fresh}
-    mark_profiles_stale(session, inserted_users, import_id)
+    mark_profiles_stale(session, inserted_users, import_id, batch)
     return ImportStats(
         accepted=len(inserted),
         duplicates=len(rows) - len(inserted),
@@ -586,8 +588,11 @@ def bulk_insert_events(
     """Insert every event in the caller's transaction (idempotent by event id); the users'
     profiles are left marked stale for `interest.rebuild.rebuild_stale_profiles`."""
     stats, item_cache, import_id = ImportStats(), {}, new_import_id()
-    for batch in batched(_progress(records, progress, "event"), batch_size):
-        stats += insert_event_batch(session, batch, import_id=import_id, item_cache=item_cache)
+    batches = batched(_progress(records, progress, "event"), batch_size)
+    for number, batch in enumerate(batches):
+        stats += insert_event_batch(
+            session, batch, import_id=import_id, batch=number, item_cache=item_cache
+        )
     _log_events(stats)
     return stats
 
@@ -615,26 +620,29 @@ def import_events(
     progress: bool = False,
     import_id: str | None = None,
     event_types: Collection[str] | None = None,
-    on_commit: Callable[[list[EventRow]], None] | None = None,
+    on_commit: Callable[[list[EventRow], int], None] | None = None,
 ) -> ImportStats:
     """Insert events committing once per batch: an interrupted import can be rerun.
 
     Each batch marks its users stale under ``import_id`` (a new one by default); ``on_commit``
-    gets the rows each batch inserted once it committed (to fold them into the profiles).
+    gets the rows each batch inserted and the batch's number once it committed (to fold them
+    into the profiles).
     """
     import_id = import_id or new_import_id()
     stats, item_cache = ImportStats(), {}
-    for batch in batched(_progress(records, progress, "event"), batch_size):
+    batches = batched(_progress(records, progress, "event"), batch_size)
+    for number, batch in enumerate(batches):
         work = partial(
             insert_event_batch,
             records=batch,
             import_id=import_id,
+            batch=number,
             item_cache=item_cache,
             event_types=event_types,
         )
         committed = database.run_write(work)
         if on_commit is not None and committed.rows:
-            on_commit(committed.rows)
+            on_commit(committed.rows, number)
         stats += committed
     _log_events(stats)
     return stats

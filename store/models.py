@@ -167,6 +167,10 @@ class StaleProfile(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
     import_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: The import's first batch (counted from 0) whose events on this user are not in the
+    #: profile: a rebuild may clear the mark between two batches, and the next batch marks
+    #: the user again from its own number, so that the fold skips what the rebuild read.
+    since_batch: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class IndexVersion(Base):

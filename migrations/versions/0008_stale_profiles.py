@@ -24,6 +24,7 @@ def upgrade() -> None:
         "stale_profiles",
         sa.Column("user_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("import_id", sa.String(length=32), nullable=False),
+        sa.Column("since_batch", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["user_id"],
             ["users.id"],

@@ -174,3 +174,22 @@ def test_imports_api_events_and_rebuilds_at_once_lose_and_double_nothing(catalog
     assert sum(_profile(catalogue, user).event_count for user in users) == 2 * 60 + 2 * 15 * 2
     report = verify_profiles(catalogue, CONFIG, MODEL)
     assert report.checked == 6 and report.drifted == []
+
+
+def test_a_rebuild_between_two_batches_of_one_flush_is_not_counted_twice(catalogue):  # noqa: F811
+    """Batch 1 commits, a rebuild reads it and clears the mark, batch 2 marks the user again;
+    the one flush after both adds batch 2's events only."""
+    import_id = new_import_id()
+    fold = ImportFold(catalogue, CONFIG, MODEL, import_id)
+
+    def records():  # type: ignore[no-untyped-def]
+        yield from _records(5, "u1")
+        with catalogue.read() as session:  # batch 1 is committed by now
+            uid = user_ids(session, ["u1"])["u1"]
+        assert rebuild_profiles(catalogue, CONFIG, MODEL, user_ids={uid}) == 1
+        yield from _records(5, "u1", minutes=30, tag="later")
+
+    import_events(catalogue, records(), batch_size=5, import_id=import_id, on_commit=fold.add)
+    assert fold.flush() == 1
+    assert _profile(catalogue, "u1").event_count == 10
+    assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
