@@ -96,8 +96,12 @@ class ImportFold:
         #: Rows of committed batches not folded yet, as columns, with their batch numbers.
         self.pending: list[tuple[EventColumns, int]] = []
         self.pending_count = 0
-        #: Profiles brought up to date so far.
-        self.updated = 0
+        self._updated_users: set[int] = set()
+
+    @property
+    def updated(self) -> int:
+        """Profiles this import's events were folded into so far (each user once)."""
+        return len(self._updated_users)
 
     def add(self, rows: Sequence[EventRow], batch: int) -> None:
         """Rows batch number ``batch`` inserted, once that batch committed."""
@@ -114,22 +118,22 @@ class ImportFold:
         self.pending, self.pending_count = [], 0
         starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
         bounds = np.r_[starts, len(events.user_ids)]
-        updated = 0
+        updated: set[int] = set()
         for first in range(0, len(starts), self.batch_users):
             last = min(first + self.batch_users, len(starts))
             lo, hi = int(bounds[first]), int(bounds[last])
             work = partial(self._fold_batch, events=_slice(events, lo, hi), batches=batches[lo:hi])
-            updated += self.db.run_write(work)
-        self.updated += updated
-        log.info("imported events folded into profiles=%d", updated)
-        return updated
+            updated |= self.db.run_write(work)
+        self._updated_users |= updated
+        log.info("imported events folded into profiles=%d", len(updated))
+        return len(updated)
 
-    def _fold_batch(self, session: Session, events: EventColumns, batches: np.ndarray) -> int:
+    def _fold_batch(self, session: Session, events: EventColumns, batches: np.ndarray) -> set[int]:
         users = sorted(set(events.user_ids.tolist()))
         live = lock_users(session, users)
         marked = marked_users(session, [uid for uid in users if uid in live], self.import_id)
         if not marked:
-            return 0
+            return set()
         # A user's events from batches before the mark's were read by a rebuild that cleared
         # an earlier mark (or folded by an earlier flush): only the rest are added.
         since = np.array([marked.get(uid, -1) for uid in events.user_ids.tolist()])
@@ -157,7 +161,7 @@ class ImportFold:
                 state.absorb(deltas[uid], buffer_size)
             update_states(session, theirs)
         clear_stale_marks(session, mine, self.import_id)
-        return len(mine)
+        return set(mine)
 
 
 def _columns(rows: Sequence[EventRow]) -> EventColumns:

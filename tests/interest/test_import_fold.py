@@ -88,6 +88,7 @@ def test_folding_in_several_flushes_equals_one(catalogue, flush_events):  # noqa
         catalogue, _records(12, "u1"), batch_size=5, import_id=import_id, on_commit=fold.add
     )
     fold.flush()
+    assert fold.updated == 1  # one profile, however many flushes
     assert _profile(catalogue, "u1").event_count == 12
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
 
