@@ -176,6 +176,9 @@ def get_user(session: Session, external_id: str) -> User:
 def delete_user(session: Session, external_id: str) -> None:
     """Remove the user with their events and profile."""
     user = get_user(session, external_id)
+    # The user's row first, as rebuilds and import folds take it (`lock_users`): taking the
+    # profile first deadlocked against them on PostgreSQL.
+    lock_users(session, [user.id])
     session.execute(delete(Event).where(Event.user_id == user.id))
     session.execute(delete(Profile).where(Profile.user_id == user.id))
     session.delete(user)
