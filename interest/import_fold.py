@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from interest.ingest import ProfileConfig, update_states
-from interest.profile import state_from_row, state_values
+from interest.profile import ProfileState, state_from_row, state_values
 from interest.rebuild import REBUILD_BATCH_USERS, VectorCache, fold_columns
 from store.db import Database
 from store.events import (
@@ -140,12 +140,8 @@ class ImportFold:
         keep = (since >= 0) & (batches >= since)
         mine = sorted(set(events.user_ids[keep].tolist()))
         deltas = fold_columns(session, _select(events, keep), mine, self.config, self.vectors)
-        buffer_size = self.config.buffer_size
         stored = lock_profile_rows(session, mine)
         states = {uid: state_from_row(row) for uid, row in stored.items()}
-        for uid, state in states.items():
-            state.absorb(deltas[uid], buffer_size)
-        update_states(session, states)
         new = [uid for uid in mine if uid not in stored]
         if new:
             created = insert_profiles(
@@ -154,14 +150,23 @@ class ImportFold:
             # An event posted to the API created the profile after our lock query
             # (PostgreSQL): add ours to it.
             raced = [uid for uid in new if uid not in created]
-            theirs = {
-                uid: state_from_row(row) for uid, row in lock_profile_rows(session, raced).items()
-            }
-            for uid, state in theirs.items():
-                state.absorb(deltas[uid], buffer_size)
-            update_states(session, theirs)
+            for uid, row in lock_profile_rows(session, raced).items():
+                states[uid] = state_from_row(row)
+        # A profile stored with other half-lives or dimensions (settings changed, profiles not
+        # rebuilt yet) cannot take sums made with these: it keeps its mark and is rebuilt from
+        # the log after the import (`rebuild_stale_profiles`).
+        other = {uid for uid, state in states.items() if not _same_shape(state, deltas[uid])}
+        states = {uid: state for uid, state in states.items() if uid not in other}
+        for uid, state in states.items():
+            state.absorb(deltas[uid], self.config.buffer_size)
+        update_states(session, states)
+        mine = [uid for uid in mine if uid not in other]
         clear_stale_marks(session, mine, self.import_id)
         return set(mine)
+
+
+def _same_shape(stored: ProfileState, delta: ProfileState) -> bool:
+    return stored.half_lives == delta.half_lives and stored.dim == delta.dim
 
 
 def _columns(rows: Sequence[EventRow]) -> EventColumns:

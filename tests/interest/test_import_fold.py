@@ -3,6 +3,7 @@ real SQLite and PostgreSQL: the result equals the profile rebuilt from the log, 
 order of events, and no event is counted twice when a rebuild runs in between."""
 
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -12,7 +13,7 @@ from test_ingest import CONFIG, MODEL, T0, _event, _profile, catalogue  # noqa: 
 
 from interest.import_fold import ImportFold, import_events_into_profiles
 from interest.ingest import EventInput, ingest_events
-from interest.rebuild import rebuild_profiles, verify_profiles
+from interest.rebuild import rebuild_profiles, rebuild_stale_profiles, verify_profiles
 from store.errors import ImportFormatError
 from store.events import stale_profile_user_ids, user_ids
 from store.importing import EVENT_BATCH_SIZE, EventRecord, import_events, new_import_id
@@ -194,3 +195,16 @@ def test_a_rebuild_between_two_batches_of_one_flush_is_not_counted_twice(catalog
     assert fold.flush() == 1
     assert _profile(catalogue, "u1").event_count == 10
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+def test_profiles_stored_with_other_half_lives_are_rebuilt_not_mixed(catalogue):  # noqa: F811
+    """Half-lives changed and profiles not rebuilt yet: an import must not add sums made with
+    the new ones to sums kept with the old ones; it leaves those users to the rebuild."""
+    _import(catalogue, _records(6, "u1"))
+    changed = replace(CONFIG, half_lives=tuple(2 * h for h in CONFIG.half_lives))
+    stats, updated = import_events_into_profiles(
+        catalogue, _records(4, "u1", minutes=60, tag="new"), changed, MODEL
+    )
+    assert (stats.accepted, updated) == (4, 0)
+    assert rebuild_stale_profiles(catalogue, changed, MODEL) == 1
+    assert verify_profiles(catalogue, changed, MODEL).drifted == []
