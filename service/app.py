@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import time
 from logging.handlers import QueueHandler, QueueListener
@@ -123,24 +124,50 @@ class KeyValueFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     """Structured logs on stderr, unless the host (CLI, gunicorn, pytest) configured logging.
 
-    A line is formatted by the thread that logs it and written by a thread of its own
-    (`QueueHandler` -> `QueueListener`). A server worker logs a line per request, and a
-    ``write`` to a file-backed stderr can block behind the filesystem's journal while SQLite
-    syncs its WAL: with the log on the database's disk, requests stalled between answers (not
-    inside them) for up to ~100 ms (100k items, 786 recommendations/s open loop with events:
-    p99 10.6-19.2 ms and 176-381 answers over 30 ms a minute, against 6.8-7.2 ms and 26-97
-    with the same log on tmpfs). Lines still queued when a process is killed (-9) are lost; an
-    exit writes them.
+    Lines are written by a thread of their own (`BackgroundLogHandler`). A server worker logs
+    a line per request, and a ``write`` to a file-backed stderr can block behind the
+    filesystem's journal while SQLite syncs its WAL: with the log on the database's disk,
+    requests stalled between answers (not inside them) for up to ~100 ms (100k items, 786
+    recommendations/s open loop with events: p99 10.6-19.2 ms and 176-381 answers over 30 ms
+    a minute, against 6.8-7.2 ms and 26-97 with the same log on tmpfs).
     """
     root = logging.getLogger()
     if not root.handlers:
         writer = logging.StreamHandler()
         writer.setFormatter(logging.Formatter("%(message)s"))  # formatted already
-        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        handler = QueueHandler(lines)
+        handler = BackgroundLogHandler(writer)
         handler.setFormatter(KeyValueFormatter())
-        listener = QueueListener(lines, writer)
-        listener.start()
-        atexit.register(listener.stop)
         root.addHandler(handler)
         root.setLevel(level.upper())
+
+
+class BackgroundLogHandler(QueueHandler):
+    """Formats a record on the thread that logs it; a thread of the process writes it.
+
+    At most `capacity` lines wait (then logging blocks, as a direct write would: memory stays
+    bounded when the sink stalls). A forked child starts its own queue and writer (threads do
+    not survive a fork), and a normal exit writes what is queued; lines queued when a process
+    is killed (-9) are lost.
+    """
+
+    def __init__(self, target: logging.Handler, capacity: int = 10_000) -> None:
+        super().__init__(queue.Queue(capacity))
+        self.target, self.capacity = target, capacity
+        self._start()
+        os.register_at_fork(after_in_child=self._after_fork)
+        atexit.register(self.stop)
+
+    def _start(self) -> None:
+        self.listener = QueueListener(self.queue, self.target)
+        self.listener.start()
+
+    def _after_fork(self) -> None:
+        # The parent's queue may have been locked by its writer at the fork; nothing drains it.
+        self.queue = queue.Queue(self.capacity)
+        self._start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.put(record)  # blocks only while `capacity` lines wait
+
+    def stop(self) -> None:
+        self.listener.stop()

@@ -41,3 +41,33 @@ def test_lines_are_formatted_and_all_written_before_exit():
     # The traceback stays on the record's one line, as `KeyValueFormatter` writes it.
     assert 'msg="failed"' in lines[2000] and "ValueError: boom" in lines[2000]
     assert "level=ERROR" in lines[2000]
+
+
+FORKING = """
+import logging, os, sys
+from service.app import configure_logging
+
+configure_logging("INFO")
+log = logging.getLogger("probe")
+log.info("parent before")
+child = os.fork()
+if child == 0:  # as a gunicorn worker forked from a preloaded master
+    for n in range(3):
+        log.info("child %d", n)
+    sys.exit(0)
+os.waitpid(child, 0)
+log.info("parent after")
+"""
+
+
+def test_a_forked_child_writes_its_own_lines():
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    messages = [line.split('msg="', 1)[1].rstrip('"') for line in done.stderr.splitlines()]
+    assert sorted(messages) == ["child 0", "child 1", "child 2", "parent after", "parent before"]
