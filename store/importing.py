@@ -524,6 +524,17 @@ def insert_event_batch(
         if record.item_id in items and (event_types is None or record.type in event_types)
     ]
     users = _ensure_users(session, {record.user_id for record in known})
+    if session.get_bind().dialect.name == "postgresql":
+        # Before the insert: a profile rebuild of these users (which takes the same locks)
+        # then either finishes first or starts after this batch committed, never reads it
+        # half-way. (A SQLite write transaction excludes every other writer already.)
+        live = lock_users(session, users.values())
+        # Users deleted (or merged away) while this batch waited for their locks are created
+        # anew, as an event for an unknown user does.
+        gone = {external for external, user_id in users.items() if user_id not in live}
+        if gone:
+            users.update(_ensure_users(session, gone))
+            lock_users(session, [users[external] for external in gone])
     rows = [
         EventRow(
             record.event_id,
@@ -535,11 +546,6 @@ def insert_event_batch(
         )
         for record in known
     ]
-    if session.get_bind().dialect.name == "postgresql":
-        # Before the insert: a profile rebuild of these users (which takes the same locks)
-        # then either finishes first or starts after this batch committed, never reads it
-        # half-way. (A SQLite write transaction excludes every other writer already.)
-        lock_users(session, users.values())
     inserted = insert_events(session, rows)
     # An event id repeated within the batch is inserted once (its first row); the repeats count
     # as duplicates.
