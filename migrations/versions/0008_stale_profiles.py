@@ -33,6 +33,15 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("user_id", "import_id", name=op.f("pk_stale_profiles")),
     )
+    # A killed import before this revision left users with events and no profile behind
+    # (unmarked): mark them, so that the next `driftrec import events` (or `rebuild-profiles`)
+    # rebuilds them.
+    op.execute(
+        "INSERT INTO stale_profiles (user_id, import_id, since_batch) "
+        "SELECT DISTINCT events.user_id, 'migration-0008', 0 FROM events "
+        "LEFT JOIN profiles ON profiles.user_id = events.user_id "
+        "WHERE profiles.user_id IS NULL"
+    )
 
 
 def downgrade() -> None:

@@ -117,3 +117,45 @@ def test_profile_recent_buffer_converts_to_packed_bytes_and_back(empty_url: str)
             restored = dict(connection.execute(text("SELECT user_id, recent FROM profiles")).all())
     as_json = {k: json.loads(v) if isinstance(v, str) else v for k, v in restored.items()}
     assert as_json == buffers
+
+
+def test_users_with_events_and_no_profile_are_marked_for_the_rebuild(empty_url: str) -> None:
+    """0008: what a killed import left before imports marked their users is marked by the
+    migration (a user with events and no profile), so the next import rebuilds it."""
+    upgrade(empty_url, "0007")
+    for engine in _engine(empty_url):
+        with engine.begin() as connection:
+            for user_id in (1, 2):
+                connection.execute(
+                    text("INSERT INTO users (id, external_id, created_at) VALUES (:u, :x, :now)"),
+                    {"u": user_id, "x": f"u{user_id}", "now": T0},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO items (id, external_id, title, categories, properties, "
+                    "available, content_hash, created_at, updated_at, revision) VALUES "
+                    "(1, 'i1', 'Item', '[]', '{}', :yes, 'h', :now, :now, 1)"
+                ),
+                {"yes": True, "now": T0},
+            )
+            for n, user_id in enumerate((1, 1, 2)):
+                connection.execute(
+                    text(
+                        "INSERT INTO events (event_id, user_id, item_id, type, timestamp, "
+                        "received_at) VALUES (:e, :u, 1, 'view', :now, :now)"
+                    ),
+                    {"e": f"e{n}", "u": user_id, "now": T0},
+                )
+            connection.execute(
+                text(
+                    "INSERT INTO profiles (user_id, dim, half_lives, accumulators, weight_sums,"
+                    " ref_time, recent, event_count, version, updated_at) VALUES (2, 2,"
+                    " '[0.0]', :acc, :ws, 0.0, :recent, 1, 1, :now)"
+                ),
+                {"acc": bytes(16), "ws": bytes(8), "recent": b"", "now": T0},
+            )
+    upgrade(empty_url)
+    for engine in _engine(empty_url):
+        with engine.connect() as connection:
+            marked = connection.execute(text("SELECT user_id FROM stale_profiles")).all()
+    assert [user_id for (user_id,) in marked] == [1]
