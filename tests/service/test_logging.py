@@ -25,16 +25,21 @@ except ValueError:
 """
 
 
-def test_lines_are_formatted_and_all_written_before_exit():
+def stderr_of(program: str) -> str:
+    """What ``program`` (run by a fresh interpreter in the repository) wrote to stderr."""
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM],
+        [sys.executable, "-c", program],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    lines = done.stderr.splitlines()
+    return done.stderr
+
+
+def test_lines_are_formatted_and_all_written_before_exit():
+    lines = stderr_of(PROGRAM).splitlines()
     assert len(lines) == 2001
     assert lines[0].startswith("ts=") and 'logger=probe msg="line 0 of many"' in lines[0]
     assert 'msg="line 1999 of many"' in lines[1999]
@@ -61,13 +66,6 @@ log.info("parent after")
 
 
 def test_a_forked_child_writes_its_own_lines():
-    done = subprocess.run(
-        [sys.executable, "-c", FORKING],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    messages = [line.split('msg="', 1)[1].rstrip('"') for line in done.stderr.splitlines()]
+    lines = stderr_of(FORKING).splitlines()
+    messages = [line.split('msg="', 1)[1].rstrip('"') for line in lines]
     assert sorted(messages) == ["child 0", "child 1", "child 2", "parent after", "parent before"]
