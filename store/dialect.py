@@ -14,16 +14,14 @@ def insert_ignoring_conflicts(
     session: Session,
     table: Table,
     rows: Sequence[dict[str, Any]],
-    conflict_column: str | Sequence[str],
+    conflict_column: str,
     returning: Sequence[str] = (),
 ) -> list[Any]:
-    """INSERT ... ON CONFLICT (conflict_column, or columns) DO NOTHING; return the inserted
-    rows' columns."""
+    """INSERT ... ON CONFLICT (conflict_column) DO NOTHING; return the inserted rows' columns."""
     if not rows:
         return []
     module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    columns = [conflict_column] if isinstance(conflict_column, str) else list(conflict_column)
-    stmt = module.insert(table).on_conflict_do_nothing(index_elements=columns)
+    stmt = module.insert(table).on_conflict_do_nothing(index_elements=[conflict_column])
     # executemany, not one multi-VALUES statement: SQLAlchemy's "insertmanyvalues" pages the rows
     # under the driver's bound-parameter limit (65535 on PostgreSQL) and still returns them.
     if returning:

@@ -42,8 +42,8 @@ R = TypeVar("R")
 
 EVENT_BATCH_SIZE = 10_000
 ITEM_BATCH_SIZE = 2_000
-USER_CHUNK = 5_000
-BULK_CACHE_KIB = 16_384  # external ids per ensure_users call: far below bound-parameter limits
+USER_CHUNK = 5_000  # external ids per ensure_users call: far below bound-parameter limits
+BULK_CACHE_KIB = 16_384  # SQLite page cache of an import's connection (see insert_event_batch)
 EVENT_TYPE_LENGTH = 64
 MOVIELENS_EVENT_TYPE = "rating"
 # MovieLens' placeholders for "no genre": ml-latest / ml-25m, and ml-100k's "unknown" flag.
@@ -511,7 +511,8 @@ def insert_event_batch(
     meanwhile is treated as if deleted after the import. ``ImportStats.rows`` holds the rows
     inserted.
     """
-    if session.get_bind().dialect.name == "sqlite":
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
         # 16 MiB of page cache instead of 2 for this (job's) connection: inserts into the events
         # table's indexes stop re-reading pages (200k events: 45-55k -> 60-68k events/s). Not
         # for servers: with two writing processes each transaction starts by dropping the
@@ -524,7 +525,7 @@ def insert_event_batch(
         if record.item_id in items and (event_types is None or record.type in event_types)
     ]
     users = _ensure_users(session, {record.user_id for record in known})
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         # Before the insert: a profile rebuild of these users (which takes the same locks)
         # then either finishes first or starts after this batch committed, never reads it
         # half-way. (A SQLite write transaction excludes every other writer already.)
