@@ -116,13 +116,15 @@ class ImportFold:
             return 0
         events, batches = _by_user_and_time(self.pending)
         self.pending, self.pending_count = [], 0
-        starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
-        bounds = np.r_[starts, len(events.user_ids)]
+        starts = events.user_starts()
+        bounds = np.r_[starts, len(events)]
         updated: set[int] = set()
         for first in range(0, len(starts), self.batch_users):
             last = min(first + self.batch_users, len(starts))
             lo, hi = int(bounds[first]), int(bounds[last])
-            work = partial(self._fold_batch, events=_slice(events, lo, hi), batches=batches[lo:hi])
+            work = partial(
+                self._fold_batch, events=events.take(slice(lo, hi)), batches=batches[lo:hi]
+            )
             updated |= self.db.run_write(work)
         self._updated_users |= updated
         log.info("imported events folded into profiles=%d", len(updated))
@@ -139,7 +141,9 @@ class ImportFold:
         since = np.array([marked.get(uid, -1) for uid in events.user_ids.tolist()])
         keep = (since >= 0) & (batches >= since)
         mine = sorted(set(events.user_ids[keep].tolist()))
-        deltas = fold_columns(session, _select(events, keep), mine, self.config, self.vectors)
+        deltas = fold_columns(
+            session, events.take(np.flatnonzero(keep)), mine, self.config, self.vectors
+        )
         stored = lock_profile_rows(session, mine)
         states = {uid: state_from_row(row) for uid, row in stored.items()}
         new = [uid for uid in mine if uid not in stored]
@@ -184,42 +188,7 @@ def _by_user_and_time(
 ) -> tuple[EventColumns, np.ndarray]:
     """The parts as one set of columns ordered by user, then time (what `fold_columns` wants),
     and each event's batch number in the same order."""
-    parts = [part for part, _ in pending]
-    batches = np.concatenate(
-        [np.full(len(part.user_ids), batch, dtype=np.int64) for part, batch in pending]
-    )
-    user_ids = np.concatenate([part.user_ids for part in parts])
-    times = np.concatenate([part.times for part in parts])
-    types = [kind for part in parts for kind in part.types]
-    values = [value for part in parts for value in part.values]
-    order = np.lexsort((times, user_ids))
-    positions = order.tolist()
-    columns = EventColumns(
-        user_ids[order],
-        np.concatenate([part.item_ids for part in parts])[order],
-        [types[i] for i in positions],
-        [values[i] for i in positions],
-        times[order],
-    )
-    return columns, batches[order]
-
-
-def _slice(events: EventColumns, lo: int, hi: int) -> EventColumns:
-    return EventColumns(
-        events.user_ids[lo:hi],
-        events.item_ids[lo:hi],
-        events.types[lo:hi],
-        events.values[lo:hi],
-        events.times[lo:hi],
-    )
-
-
-def _select(events: EventColumns, keep: np.ndarray) -> EventColumns:
-    picked = np.flatnonzero(keep).tolist()
-    return EventColumns(
-        events.user_ids[keep],
-        events.item_ids[keep],
-        [events.types[i] for i in picked],
-        [events.values[i] for i in picked],
-        events.times[keep],
-    )
+    events = EventColumns.concatenate([part for part, _ in pending])
+    batches = np.concatenate([np.full(len(part), batch, dtype=np.int64) for part, batch in pending])
+    order = np.lexsort((events.times, events.user_ids))
+    return events.take(order), batches[order]

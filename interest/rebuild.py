@@ -163,7 +163,7 @@ def fold_columns(
     """Fresh states of ``users`` holding ``events`` (ordered by user, then time); a user
     without events gets an empty state."""
     states = {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
-    n = len(events.user_ids)
+    n = len(events)
     if n == 0:
         return states
     known = vectors.get(session, events.item_ids)
@@ -175,7 +175,7 @@ def fold_columns(
         dtype=np.float64,
     )
     # Events come ordered by user, then time: each user's events are one group.
-    starts = np.flatnonzero(np.r_[True, events.user_ids[1:] != events.user_ids[:-1]])
+    starts = events.user_starts()
     bounds = np.r_[starts, n]
     half_lives = tuple(float(h) for h in config.half_lives)
     first = 0

@@ -313,19 +313,21 @@ def lock_profile_rows(
 ) -> dict[int, Row[Any]]:
     """Like `lock_profiles`, as plain rows: the state columns (or, with ``state=False``, only
     the user id), no ORM objects. For writers that then call `update_profiles`."""
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    stmt = _lock_profiles_statement(state, session.get_bind().dialect.name == "postgresql")
-    return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
+    return _profile_rows(session, ids, state, session.get_bind().dialect.name == "postgresql")
 
 
 def profile_rows(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
     """The state columns of these users' profiles (those that exist), without locking them."""
+    return _profile_rows(session, ids, True, False)
+
+
+def _profile_rows(
+    session: Session, ids: Iterable[int], state: bool, for_update: bool
+) -> dict[int, Row[Any]]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    stmt = _lock_profiles_statement(True, False)
+    stmt = _lock_profiles_statement(state, for_update)
     return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
 
 
@@ -528,6 +530,42 @@ class EventColumns:
     types: list[str]
     values: list[float | None]
     times: np.ndarray  # float64 epoch seconds, exact to the microsecond
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def user_starts(self) -> np.ndarray:
+        """Where each user's events begin (the columns are grouped by user)."""
+        return np.flatnonzero(np.r_[True, self.user_ids[1:] != self.user_ids[:-1]])
+
+    def take(self, index: np.ndarray | slice) -> EventColumns:
+        """The events at ``index`` (positions or a slice), in that order."""
+        if isinstance(index, slice):
+            return EventColumns(
+                self.user_ids[index],
+                self.item_ids[index],
+                self.types[index],
+                self.values[index],
+                self.times[index],
+            )
+        positions = index.tolist()
+        return EventColumns(
+            self.user_ids[index],
+            self.item_ids[index],
+            [self.types[i] for i in positions],
+            [self.values[i] for i in positions],
+            self.times[index],
+        )
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        return cls(
+            np.concatenate([part.user_ids for part in parts]),
+            np.concatenate([part.item_ids for part in parts]),
+            [kind for part in parts for kind in part.types],
+            [value for part in parts for value in part.values],
+            np.concatenate([part.times for part in parts]),
+        )
 
 
 def user_event_columns(session: Session, user_ids: Sequence[int]) -> EventColumns:
