@@ -126,7 +126,8 @@ class LiveIndex:
         The per-request part is one indexed query (the catalogue revision). A caller that is
         about to read anyway passes its ``session``, so the check costs no transaction of its
         own, and a caller that has just read the revision (`store.items.REVISION_COLUMN`)
-        passes it too, so it costs no query; the active version is looked up at most every
+        passes it too, so it costs no query (and no transaction when the index is up to
+        date with it); the active version is looked up at most every
         ``version_check_interval_s`` (with ``load_in_background``, by the watcher thread
         instead, after the first load).
         """
@@ -148,7 +149,7 @@ class LiveIndex:
                     self._watcher.start()
             if session is not None:
                 self._catch_up(session, revision)
-            else:
+            elif revision is None or revision > self._snapshot.revision:
                 with self._db.read() as own:
                     self._catch_up(own, revision)
 

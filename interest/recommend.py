@@ -130,29 +130,24 @@ class Recommender:
     ) -> Recommendation:
         """Top ``k`` for a user; unknown or empty users get the cold-start list.
 
-        One read transaction serves the whole request: the profile with the index's catalogue
-        check and the seen items (one statement), and the item names.
+        The profile, the index's catalogue check and the seen items are one statement, run
+        past SQLAlchemy's Session (`store.direct_read`); the rest opens a read transaction
+        only when it needs one (a name not cached, categories, a cold start).
         """
         now = time.time() if now is None else now
-        with self.db.read() as session:
-            found = profile_by_external_id(session, user_external_id, with_seen=exclude_seen)
-            self.index.refresh(session=session, revision=found.catalogue_revision)
-            user_id, row = found.user_id, found.profile
-            state = state_from_row(row) if row is not None and row.event_count else None
-            excluded = set(exclude) | found.seen
-            if user_id is not None and not exclude_seen:
+        found = profile_by_external_id(self.db, user_external_id, with_seen=exclude_seen)
+        self.index.refresh(revision=found.catalogue_revision)
+        user_id, row = found.user_id, found.profile
+        state = state_from_row(row) if row is not None and row.event_count else None
+        excluded = set(exclude) | found.seen
+        if user_id is not None and not exclude_seen:
+            with self.db.read() as session:
                 excluded |= item_ids_with_event_types(session, user_id, EXCLUDING_EVENT_TYPES)
-            if state is None:
-                return self._cold_start(k, excluded, categories, now, session, controls=controls)
-            return self.for_state(
-                state,
-                k,
-                exclude=excluded,
-                categories=categories,
-                now=now,
-                session=session,
-                controls=controls,
-            )
+        if state is None:
+            return self._cold_start(k, excluded, categories, now, controls=controls)
+        return self.for_state(
+            state, k, exclude=excluded, categories=categories, now=now, controls=controls
+        )
 
     def for_state(
         self,

@@ -29,7 +29,9 @@ from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from store.db import Database
 from store.dialect import insert_ignoring_conflicts
+from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
 from store.models import Event, Profile, StaleProfile, User
@@ -108,8 +110,8 @@ def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     return {external_id: user_id for external_id, user_id in rows}
 
 
-# The request path's statements are built once (a statement is immutable; reusing one skips
-# building and cache-keying it) and run on the session's connection, past the ORM layer.
+# The request path's statement, built once and run past SQLAlchemy's Session and Connection
+# (`store.direct_read`: every recommendation runs it).
 _PROFILE_BY_EXTERNAL_ID = (
     select(
         User.__table__.c.id.label("uid"),
@@ -127,6 +129,8 @@ _PROFILE_AND_SEEN_BY_EXTERNAL_ID = _PROFILE_BY_EXTERNAL_ID.add_columns(
     .scalar_subquery()
     .label("seen")
 )
+_READ_PROFILE = DirectRead(_PROFILE_BY_EXTERNAL_ID, "external_id")
+_READ_PROFILE_AND_SEEN = DirectRead(_PROFILE_AND_SEEN_BY_EXTERNAL_ID, "external_id")
 _SEEN_ITEM_IDS = (
     select(Event.__table__.c.item_id)
     .where(Event.__table__.c.user_id == bindparam("user_id"))
@@ -150,12 +154,12 @@ class UserProfileRow:
 
 
 def profile_by_external_id(
-    session: Session, external_id: str, *, with_seen: bool = False
+    db: Database, external_id: str, *, with_seen: bool = False
 ) -> UserProfileRow:
     """A user's id, profile and the catalogue revision, with ``with_seen`` the items the
-    user has events on too: one query either way."""
-    statement = _PROFILE_AND_SEEN_BY_EXTERNAL_ID if with_seen else _PROFILE_BY_EXTERNAL_ID
-    row = session.connection().execute(statement, {"external_id": external_id}).first()
+    user has events on too: one statement, its own transaction, either way."""
+    read = _READ_PROFILE_AND_SEEN if with_seen else _READ_PROFILE
+    row = read.first(db, {"external_id": external_id})
     if row is None:
         return UserProfileRow(None, None, None)
     return UserProfileRow(

@@ -78,7 +78,8 @@ def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
 
 def test_the_request_read_carries_profile_revision_and_seen_items(db: Database) -> None:
     """One statement serves a recommendation's reads: the user, the profile, the catalogue
-    revision and (when asked) the items the user has events on, repeats counted once."""
+    revision and (when asked) the items the user has events on, repeats counted once; read
+    past the Session, it gives the columns as the ORM does (JSON decoded, bytes as bytes)."""
     users, items = _setup(db, ["u", "new"], items=3)
     with db.write() as session:
         session.add(_profile(users["u"]))
@@ -90,15 +91,20 @@ def test_the_request_read_carries_profile_revision_and_seen_items(db: Database) 
         insert_events(session, rows)
     with db.read() as session:
         revision = catalogue_revision(session)
-        found = profile_by_external_id(session, "u", with_seen=True)
-        assert found.user_id == users["u"] and found.profile.dim == 2
-        assert found.catalogue_revision == revision > 0
-        assert found.seen == {items[0], items[2]} == seen_item_ids(session, users["u"])
-        assert profile_by_external_id(session, "u").seen == set()  # not asked for
-        no_events = profile_by_external_id(session, "new", with_seen=True)
-        assert (no_events.user_id, no_events.profile, no_events.seen) == (users["new"], None, set())
-        assert no_events.catalogue_revision == revision
-        assert profile_by_external_id(session, "nobody", with_seen=True).user_id is None
+        seen = seen_item_ids(session, users["u"])
+        stored = get_profile(session, users["u"])
+    found = profile_by_external_id(db, "u", with_seen=True)
+    assert found.user_id == users["u"] and found.profile.dim == 2
+    assert found.catalogue_revision == revision > 0
+    assert found.seen == {items[0], items[2]} == seen
+    for name in ("half_lives", "accumulators", "weight_sums", "ref_time", "recent", "event_count"):
+        assert getattr(found.profile, name) == getattr(stored, name), name
+        assert type(getattr(found.profile, name)) is type(getattr(stored, name)), name
+    assert profile_by_external_id(db, "u").seen == set()  # not asked for
+    no_events = profile_by_external_id(db, "new", with_seen=True)
+    assert (no_events.user_id, no_events.profile, no_events.seen) == (users["new"], None, set())
+    assert no_events.catalogue_revision == revision
+    assert profile_by_external_id(db, "nobody", with_seen=True).user_id is None
 
 
 def test_insert_events_keeps_every_column_and_reports_only_new_ids(db: Database) -> None:
