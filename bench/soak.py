@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env
@@ -53,6 +55,8 @@ P99_SPREAD_LIMIT = 3.0
 P99_STEADY_LIMIT_MS = 25.0
 MEMORY_GROWTH_LIMIT = 0.10
 MEMORY_SLACK_MIB = 50.0
+#: Every soak request's (send time, latency, ok), for a closer look at slow windows.
+TIMELINE = RESULTS_DIR / "soak-timeline.npy"
 
 
 def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str, Any]:
@@ -83,10 +87,12 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
     user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
     with Server(env, name=f"soak-{size}") as server:
 
-        def start(mode: str, seconds: float, **kwargs: Any) -> subprocess.Popen[str]:
+        def start(
+            mode: str, seconds: float, *, extra: tuple[str, ...] = (), **kwargs: Any
+        ) -> subprocess.Popen[str]:
             argv = server.loadgen_argv(mode, items=size, duration=seconds, **kwargs)
             return subprocess.Popen(
-                argv, env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+                [*argv, *extra], env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
             )
 
         def start_events(seconds: float, seed: int) -> subprocess.Popen[str]:
@@ -111,7 +117,14 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         result["rate"] = rate
         log.info("soak max qps=%.1f, soaking at %.1f qps for %.0f s", peak["qps"], rate, duration)
 
-        recs = start("recommendations", duration, rate=rate, window=WINDOW_S, seed=2)
+        recs = start(
+            "recommendations",
+            duration,
+            rate=rate,
+            window=WINDOW_S,
+            seed=2,
+            extra=("--timeline", str(TIMELINE)),
+        )
         events = start_events(duration, seed=3)
         began = time.monotonic()
         memory: list[dict[str, float]] = []
@@ -123,11 +136,28 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
                 reindex = {"at_s": round(elapsed, 1), **_reindex(run_env, server)}
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
+        result["slow_seconds"] = slow_seconds(np.load(TIMELINE))
         result["events"] = json.loads(events.communicate()[0].strip().splitlines()[-1])
         result["memory"] = memory
         result["reindex"] = reindex
     result["verdict"] = verdict(result)
     return result
+
+
+def slow_seconds(timeline: np.ndarray) -> list[dict[str, float]]:
+    """The seconds of the run (by send time) whose p99 exceeds `P99_STEADY_LIMIT_MS`: where a
+    slow window's time went (episodes of a second or two, or spread thin). ``timeline`` rows
+    are `bench.loadgen --timeline`'s (send time, latency s, ok)."""
+    if len(timeline) == 0:
+        return []
+    second = (timeline[:, 0] - timeline[0, 0]).astype(int)
+    slow = []
+    for at in np.unique(second):
+        latencies = timeline[second == at, 1] * 1000
+        p99 = float(np.percentile(latencies, 99))
+        if p99 > P99_STEADY_LIMIT_MS:
+            slow.append({"at_s": int(at), "requests": len(latencies), "p99_ms": round(p99, 1)})
+    return slow
 
 
 def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
@@ -227,6 +257,13 @@ def render(result: dict[str, Any]) -> str:
             f"{_seconds(reindex['served_after_s'])} after publishing | "
             f"{_yes(reindex['served_after_s'] is not None)} |"
         )
+    slow = result.get("slow_seconds", [])
+    lines += [
+        "",
+        f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
+        + (": " + ", ".join(f"{s['at_s']} s ({s['p99_ms']:.0f} ms)" for s in slow) if slow else "")
+        + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`).",
+    ]
     lines += ["", "| window | requests | errors | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for w in recs["windows"]:
         p50 = f"{w['p50_ms']:.1f}" if w["p50_ms"] is not None else "-"
