@@ -30,7 +30,7 @@ from store.events import (
     popular_item_ids,
     profile_by_external_id,
 )
-from store.items import get_item
+from store.items import item_vector
 from store.models import Event, Item
 from store.settings import Settings
 
@@ -191,22 +191,19 @@ class Recommender:
     def similar(
         self, item_external_id: str, k: int, *, categories: Sequence[str] = ()
     ) -> Recommendation:
-        with self.db.read() as session:
-            self.index.refresh(session=session)
-            item = get_item(session, item_external_id)
-            item_id, raw = item.id, item.vector
-            if raw is None:
-                raise NotFound(
-                    f"item {item_external_id!r} has no vector yet: run `driftrec reindex`"
-                )
-            vector = self._item_space(np.array([item_id]), np.frombuffer(raw, dtype=np.float32))
-            hits = self._search(vector, k, {item_id}, categories, time.time(), session)
-            return Recommendation(
-                self._describe(hits, session),
-                "similar",
-                self.index.version_id,
-                self.index.model_version_id,
-            )
+        """Items nearest to a catalogue item. The item's vector and the index's catalogue
+        check are one statement past the Session (as for users, `for_user`)."""
+        found = item_vector(self.db, item_external_id)
+        self.index.refresh(revision=found.catalogue_revision)
+        if found.vector is None:
+            raise NotFound(f"item {item_external_id!r} has no vector yet: run `driftrec reindex`")
+        item_id = found.item_id
+        raw = np.frombuffer(found.vector, dtype=np.float32)
+        vector = self._item_space(np.array([item_id]), raw)
+        hits = self._search(vector, k, {item_id}, categories, time.time())
+        return Recommendation(
+            self._describe(hits), "similar", self.index.version_id, self.index.model_version_id
+        )
 
     def search_vector(
         self, raw: np.ndarray, k: int, *, categories: Sequence[str] = ()

@@ -1,4 +1,5 @@
-"""Data access for items. Functions take a `Session` and never commit."""
+"""Data access for items. Functions take a `Session` and never commit (`item_vector`, a
+request-path read, takes the `Database` and runs past the Session)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from store.db import Database
 from store.dialect import insert_ignoring_conflicts
+from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.models import Counter, Item, unservable_condition
 from store.types import utcnow
@@ -122,6 +125,33 @@ def _unchanged(item: Item, data: ItemInput) -> bool:
         and list(item.categories or []) == list(data.categories)
         and dict(item.properties or {}) == dict(data.properties)
     )
+
+
+@dataclass(frozen=True)
+class ItemVectorRow:
+    """A live item's internal id and stored embedder vector (None before its first reindex),
+    with the catalogue revision read in the same statement."""
+
+    item_id: int
+    vector: bytes | None
+    catalogue_revision: int
+
+
+_ITEM_VECTOR = DirectRead(
+    select(Item.__table__.c.id, Item.__table__.c.vector, Item.__table__.c.deleted_at)
+    .add_columns(REVISION_COLUMN)
+    .where(Item.__table__.c.external_id == bindparam("external_id")),
+    "external_id",
+)
+
+
+def item_vector(db: Database, external_id: str) -> ItemVectorRow:
+    """What similar-items requests read: one statement past the Session
+    (`store.direct_read`); `NotFound` for an unknown or deleted item."""
+    row = _ITEM_VECTOR.first(db, {"external_id": external_id})
+    if row is None or row.deleted_at is not None:
+        raise NotFound(f"item {external_id!r} not found")
+    return ItemVectorRow(row.id, row.vector, int(row.catalogue_revision or 0))
 
 
 def get_item(session: Session, external_id: str, *, include_deleted: bool = False) -> Item:

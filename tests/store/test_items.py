@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 
 from store.db import Database
 from store.errors import NotFound
 from store.items import (
     ItemInput,
+    catalogue_revision,
     content_hash,
     count_live_items,
     delete_item,
     get_item,
     ids_by_external,
+    item_vector,
+    store_vectors,
     upsert_items,
 )
 
@@ -129,3 +133,25 @@ def test_unservable_items_are_read_through_their_partial_index(sqlite_url: str) 
         assert "USING INDEX ix_items_unservable" in plan, plan
     finally:
         database.dispose()
+
+
+def test_item_vector_reads_a_live_items_vector_with_the_catalogue_revision(db: Database) -> None:
+    """The similar-items read (past the Session): no vector before the first reindex, the
+    stored bytes after, the revision of the same moment; unknown and deleted items raise."""
+    with db.write() as session:
+        (item,) = upsert_items(session, [ItemInput("a", "Alpha")])
+        item_id, text_hash = item.id, item.content_hash
+    before = item_vector(db, "a")
+    assert (before.item_id, before.vector) == (item_id, None)
+    vector = np.arange(4, dtype=np.float32).tobytes()
+    with db.write() as session:
+        store_vectors(session, "model", 4, [(item_id, text_hash, vector)])
+        revision = catalogue_revision(session)
+    after = item_vector(db, "a")
+    assert (after.item_id, after.vector, after.catalogue_revision) == (item_id, vector, revision)
+    assert revision > before.catalogue_revision
+    with db.write() as session:
+        delete_item(session, "a")
+    for missing in ("a", "nobody"):
+        with pytest.raises(NotFound):
+            item_vector(db, missing)
