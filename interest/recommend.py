@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.live import LiveIndex
@@ -30,7 +30,7 @@ from store.events import (
     popular_item_ids,
     profile_by_external_id,
 )
-from store.items import item_vector
+from store.items import item_names, item_vector
 from store.models import Event, Item
 from store.settings import Settings
 
@@ -39,10 +39,6 @@ COLD_START = "cold_start"
 POPULAR_CACHE_S = 30.0
 #: Event types that keep an item out of a user's recommendations even with exclude_seen=false.
 EXCLUDING_EVENT_TYPES = ("dislike", "hide")
-#: Names of the answered items: built once and run past the ORM layer (every request runs it).
-_NAMES = select(Item.__table__.c.id, Item.__table__.c.external_id, Item.__table__.c.title).where(
-    Item.__table__.c.id.in_(bindparam("ids", expanding=True))
-)
 
 
 #: Items whose external id and title one process keeps for its answers (~200 bytes each).
@@ -172,7 +168,7 @@ class Recommender:
             )
         hits = self._search(query, k, exclude, categories, now, session)
         return Recommendation(
-            self._describe(hits, session), PERSONALIZED, self.index.version_id, model_version
+            self._describe(hits), PERSONALIZED, self.index.version_id, model_version
         )
 
     def _with_text_vectors(
@@ -214,7 +210,7 @@ class Recommender:
             vector = self._item_space(np.array([-1]), raw)
             hits = self._search(vector, k, set(), categories, time.time(), session)
             return Recommendation(
-                self._describe(hits, session),
+                self._describe(hits),
                 "search",
                 self.index.version_id,
                 self.index.model_version_id,
@@ -262,16 +258,16 @@ class Recommender:
             rows = reading.execute(select(Item.id, Item.categories).where(Item.id.in_(item_ids)))
             return {item_id for item_id, cats in rows if wanted & set(cats or ())}
 
-    def _describe(self, hits: Sequence[Hit], session: Session | None = None) -> list[ScoredItem]:
+    def _describe(self, hits: Sequence[Hit]) -> list[ScoredItem]:
+        """The hits with their external ids and titles: from this process's name cache, the
+        rest in one statement of their own (`store.items.item_names`)."""
         if not hits:
             return []
         revision = self.index.revision
         names = self._names.lookup([h.item_id for h in hits], revision)
         missing = [h.item_id for h in hits if h.item_id not in names]
         if missing:
-            with self._reading(session) as reading:
-                rows = reading.connection().execute(_NAMES, {"ids": missing})
-                found = {item_id: (external_id, title) for item_id, external_id, title in rows}
+            found = item_names(self.db, missing)
             names.update(found)
             self._names.store(found, revision)
         return [
@@ -308,7 +304,7 @@ class Recommender:
         best = max(scores.values(), default=1)
         hits = [Hit(item_id, scores[item_id] / best) for item_id in top]
         return Recommendation(
-            self._describe(hits, session),
+            self._describe(hits),
             COLD_START,
             self.index.version_id,
             self.index.model_version_id,
@@ -358,7 +354,7 @@ class Recommender:
                 self._explain(state, encoder, hits, reading) if controls.explain else None
             )
             return Recommendation(
-                self._describe(hits, reading),
+                self._describe(hits),
                 PERSONALIZED,
                 self.index.version_id,
                 encoder.version_id,
@@ -508,7 +504,7 @@ class Recommender:
                 pool = [h for h in pool if h.score >= controls.min_score]
             hits = self._diversify(pool[: controls.pool_size(k)], k, controls, reading)
             return Recommendation(
-                self._describe(hits, reading),
+                self._describe(hits),
                 COLD_START,
                 self.index.version_id,
                 self.index.model_version_id,

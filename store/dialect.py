@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import ColumnElement, Table, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 
@@ -29,3 +30,12 @@ def insert_ignoring_conflicts(
         return list(session.execute(stmt, list(rows)).all())
     session.execute(stmt, list(rows))
     return []
+
+
+def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column IN (:name)``: one array parameter on PostgreSQL (``= ANY``), where thousands of
+    separate parameters cost more to bind and plan than the lookup; SQLAlchemy's expanding
+    parameter on SQLite."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))

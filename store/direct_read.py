@@ -56,6 +56,14 @@ class DirectRead:
 
     def first(self, db: Database, params: Mapping[str, Any]) -> Any | None:
         """The first row (attributes named as the SQL names its columns), or None."""
+        rows = self._run(db, params, one=True)
+        return rows[0] if rows else None
+
+    def all(self, db: Database, params: Mapping[str, Any]) -> list[Any]:
+        """Every row, as `first` gives one."""
+        return self._run(db, params, one=False)
+
+    def _run(self, db: Database, params: Mapping[str, Any], *, one: bool) -> list[Any]:
         compiled = self._compiled.get(db.dialect) or self._compile(db.engine.dialect)
         values = {**compiled.defaults, **params}
         args = (
@@ -67,7 +75,11 @@ class DirectRead:
         try:
             cursor = connection.cursor()
             cursor.execute(compiled.sql, args)
-            raw = cursor.fetchone()
+            if one:
+                first = cursor.fetchone()
+                raw = [] if first is None else [first]
+            else:
+                raw = cursor.fetchall()
             if compiled.row_type is None:
                 self._describe(compiled, cursor.description, db.engine.dialect)
             cursor.close()
@@ -77,17 +89,20 @@ class DirectRead:
             raise
         finally:
             connection.close()  # back to the pool, which rolls back what the read opened
-        if raw is None:
-            return None
-        assert compiled.row_type is not None
+        row_type = compiled.row_type
+        assert row_type is not None
         if not compiled.processors:
-            return compiled.row_type(*raw)
-        return compiled.row_type(
-            *(
-                value if process is None else process(value)
-                for process, value in zip(compiled.processors, raw, strict=True)
+            return [row_type(*row) for row in raw]
+        processors = compiled.processors
+        return [
+            row_type(
+                *(
+                    value if process is None else process(value)
+                    for process, value in zip(processors, row, strict=True)
+                )
             )
-        )
+            for row in raw
+        ]
 
     @staticmethod
     def _describe(compiled: _Compiled, description: Any, dialect: Dialect) -> None:

@@ -15,7 +15,6 @@ from sqlalchemy import (
     String,
     TextClause,
     Update,
-    any_,
     bindparam,
     cast,
     delete,
@@ -27,10 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
 
 from store.db import Database
-from store.dialect import insert_ignoring_conflicts
+from store.dialect import in_list, insert_ignoring_conflicts
 from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
@@ -86,15 +84,6 @@ def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int
 
 # The statements on the per-event path are built once: constructing a select() and its cache
 # key costs more than running it against SQLite. IN lists are "expanding" bind parameters.
-
-
-def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
-    """``column IN (:name)``: one array parameter on PostgreSQL (``= ANY``), where thousands of
-    separate parameters cost more to bind and plan than the lookup; SQLAlchemy's expanding
-    parameter on SQLite."""
-    if dialect == "postgresql":
-        return column == any_(bindparam(name, type_=ARRAY(column.type)))
-    return column.in_(bindparam(name, expanding=True))
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    column,
     func,
     or_,
     select,
@@ -25,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from store.db import Database
-from store.dialect import insert_ignoring_conflicts
+from store.dialect import in_list, insert_ignoring_conflicts
 from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.models import Counter, Item, unservable_condition
@@ -152,6 +154,34 @@ def item_vector(db: Database, external_id: str) -> ItemVectorRow:
     if row is None or row.deleted_at is not None:
         raise NotFound(f"item {external_id!r} not found")
     return ItemVectorRow(row.id, row.vector, int(row.catalogue_revision or 0))
+
+
+def _names_statement(dialect: str) -> Select[Any]:
+    items = Item.__table__.c
+    if dialect == "postgresql":
+        wanted = in_list(items.id, "ids", dialect)
+    else:
+        # The ids as one JSON text parameter: the statement's text is the same whatever their
+        # number, so `DirectRead` compiles it once (an expanding IN changes with the count).
+        wanted = items.id.in_(select(column("value")).select_from(func.json_each(bindparam("ids"))))
+    return select(items.id, items.external_id, items.title).where(wanted)
+
+
+_NAMES = {
+    dialect: DirectRead(_names_statement(dialect), "ids") for dialect in ("postgresql", "sqlite")
+}
+
+
+def item_names(db: Database, item_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """External id and title by internal id (deleted items too: answers name what the index
+    served), in one statement past the Session (`store.direct_read`): what an answer's items
+    are named with when a process's name cache misses them."""
+    ids = [int(i) for i in item_ids]
+    if not ids:
+        return {}
+    param: Any = ids if db.dialect == "postgresql" else json.dumps(ids)
+    rows = _NAMES[db.dialect].all(db, {"ids": param})
+    return {row.id: (row.external_id, row.title) for row in rows}
 
 
 def get_item(session: Session, external_id: str, *, include_deleted: bool = False) -> Item:

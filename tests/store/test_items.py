@@ -17,6 +17,7 @@ from store.items import (
     delete_item,
     get_item,
     ids_by_external,
+    item_names,
     item_vector,
     store_vectors,
     upsert_items,
@@ -155,3 +156,15 @@ def test_item_vector_reads_a_live_items_vector_with_the_catalogue_revision(db: D
     for missing in ("a", "nobody"):
         with pytest.raises(NotFound):
             item_vector(db, missing)
+
+
+def test_item_names_reads_any_number_of_ids_in_one_statement(db: Database) -> None:
+    """Deleted items are named too (an answer names what the index served); unknown ids are
+    absent; the same compiled statement serves 1 id and 50."""
+    with db.write() as session:
+        rows = upsert_items(session, [ItemInput(f"i{n}", f"Title {n}") for n in range(50)])
+        ids = [row.id for row in rows]
+        delete_item(session, "i0")
+    assert item_names(db, []) == {}
+    assert item_names(db, [ids[0]]) == {ids[0]: ("i0", "Title 0")}
+    assert item_names(db, [*ids, 10**9]) == {i: (f"i{n}", f"Title {n}") for n, i in enumerate(ids)}
