@@ -1,5 +1,5 @@
-"""Data access for items. Functions take a `Session` and never commit (`item_vector`, a
-request-path read, takes the `Database` and runs past the Session)."""
+"""Data access for items. Functions take a `Session` and never commit (`item_vector` and
+`item_names`, request-path reads, take the `Database` and run past the Session)."""
 
 from __future__ import annotations
 
