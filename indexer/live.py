@@ -26,7 +26,12 @@ from sqlalchemy.orm import Session
 from indexer.reindex import ItemTransform, identity_transform
 from indexer.vector_index import Hit, VectorIndex
 from store.db import Database
-from store.items import catalogue_revision, changed_since, unservable_rows
+from store.items import (
+    catalogue_revision,
+    changed_since,
+    current_catalogue_revision,
+    unservable_rows,
+)
 from store.models import IndexVersion, Item
 from store.versions import active_index_version
 
@@ -123,13 +128,12 @@ class LiveIndex:
     ) -> None:
         """Load a newly activated version and apply catalogue changes since the last refresh.
 
-        The per-request part is one indexed query (the catalogue revision). A caller that is
-        about to read anyway passes its ``session``, so the check costs no transaction of its
-        own, and a caller that has just read the revision (`store.items.REVISION_COLUMN`)
-        passes it too, so it costs no query (and no transaction when the index is up to
-        date with it); the active version is looked up at most every
-        ``version_check_interval_s`` (with ``load_in_background``, by the watcher thread
-        instead, after the first load).
+        The per-request part is one indexed query (the catalogue revision), run past the
+        Session when the caller passes neither a ``session`` (whose transaction it then uses)
+        nor the ``revision`` it has just read (`store.items.REVISION_COLUMN`; then no query);
+        a read transaction is opened only to catch up with catalogue changes. The active
+        version is looked up at most every ``version_check_interval_s`` (with
+        ``load_in_background``, by the watcher thread instead, after the first load).
         """
         with self._lock:
             now = time.monotonic()
@@ -149,7 +153,10 @@ class LiveIndex:
                     self._watcher.start()
             if session is not None:
                 self._catch_up(session, revision)
-            elif revision is None or revision > self._snapshot.revision:
+                return
+            if revision is None:
+                revision = current_catalogue_revision(self._db)
+            if revision > self._snapshot.revision:
                 with self._db.read() as own:
                     self._catch_up(own, revision)
 

@@ -13,7 +13,8 @@ request walks through, the less it pays for that.
 One statement is its own transaction: SQLite (in autocommit mode, as driftrec's connections
 are) and PostgreSQL both run it on one snapshot. Bound values pass to the driver as they are
 (strings and numbers, which need no conversion); result columns get their types' result
-processors (JSON decoded), as through SQLAlchemy.
+processors (JSON decoded), as through SQLAlchemy, and the driver's errors come as
+SQLAlchemy's exception classes.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Select
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 
 from store.db import Database
 
@@ -71,7 +73,11 @@ class DirectRead:
             if compiled.positions is not None
             else values
         )
-        connection = db.engine.raw_connection()
+        try:
+            connection = db.engine.raw_connection()
+        except Exception as exc:
+            _raise_wrapped(db, exc, compiled.sql, args)
+            raise
         try:
             cursor = connection.cursor()
             cursor.execute(compiled.sql, args)
@@ -83,9 +89,10 @@ class DirectRead:
             if compiled.row_type is None:
                 self._describe(compiled, cursor.description, db.engine.dialect)
             cursor.close()
-        except Exception:
+        except Exception as exc:
             # Its state (an aborted transaction on PostgreSQL) is unknown: not back to the pool.
             connection.invalidate()
+            _raise_wrapped(db, exc, compiled.sql, args)
             raise
         finally:
             connection.close()  # back to the pool, which rolls back what the read opened
@@ -130,3 +137,13 @@ class DirectRead:
         )
         self._compiled[dialect.name] = result
         return result
+
+
+def _raise_wrapped(db: Database, exc: Exception, sql: str, args: Any) -> None:
+    """Raise a driver's exception as SQLAlchemy's class for it (`OperationalError` for a
+    database that cannot be reached), as a Session would: callers and the service's error
+    handlers (503, retries) see one kind of exception either way. Returns for any other."""
+    dialect = db.engine.dialect
+    dbapi = dialect.loaded_dbapi
+    if isinstance(exc, dbapi.Error) and not isinstance(exc, DBAPIError):
+        raise DBAPIError.instance(sql, args, exc, dbapi.Error, dialect=dialect) from exc

@@ -1,5 +1,6 @@
-"""Data access for items. Functions take a `Session` and never commit (`item_vector` and
-`item_names`, request-path reads, take the `Database` and run past the Session)."""
+"""Data access for items. Functions take a `Session` and never commit (`item_vector`,
+`item_names` and `current_catalogue_revision`, request-path reads, take the `Database` and
+run past the Session)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ REVISION_COLUMN = _REVISION.scalar_subquery().label("catalogue_revision")
 def catalogue_revision(session: Session) -> int:
     value = session.connection().scalar(_REVISION)
     return int(value or 0)
+
+
+_CATALOGUE_REVISION = DirectRead(select(REVISION_COLUMN))
+
+
+def current_catalogue_revision(db: Database) -> int:
+    """`catalogue_revision` in a statement of its own, past the Session (`store.direct_read`):
+    the index's per-request catalogue check, for requests that read nothing else first."""
+    row = _CATALOGUE_REVISION.first(db, {})
+    return int(row.catalogue_revision or 0) if row is not None else 0
 
 
 def upsert_items(session: Session, inputs: Sequence[ItemInput]) -> list[Item]:

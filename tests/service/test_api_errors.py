@@ -159,11 +159,23 @@ def test_healthz_and_readyz(client):
     assert ready.status_code == 200 and ready.get_json()["status"] == "ok"
 
 
-def test_healthz_needs_no_database_and_readyz_reports_503(client, runtime, monkeypatch):
+def _database_unreachable(runtime, monkeypatch) -> None:
+    """Sessions raise SQLAlchemy's OperationalError; the request path's direct reads
+    (`store.direct_read`) get the driver's own from their connection checkout, which they
+    must raise as SQLAlchemy's (the 503 handler's class), not as a 500."""
+
     def unreachable():
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
+    def refused():
+        raise runtime.db.engine.dialect.loaded_dbapi.OperationalError("connection refused")
+
     monkeypatch.setattr(runtime.db, "read", unreachable)  # the index reads through it too
+    monkeypatch.setattr(runtime.db.engine, "raw_connection", refused)
+
+
+def test_healthz_needs_no_database_and_readyz_reports_503(client, runtime, monkeypatch):
+    _database_unreachable(runtime, monkeypatch)
     assert client.get("/healthz").status_code == 200
     response = client.get("/readyz")
     assert response.status_code == 503 and response.is_json
@@ -171,13 +183,15 @@ def test_healthz_needs_no_database_and_readyz_reports_503(client, runtime, monke
 
 
 def test_database_outage_answers_503_json(app, client, runtime, monkeypatch):
-    def unreachable():
-        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
-
-    monkeypatch.setattr(runtime.db, "read", unreachable)
-    response = client.get("/v1/users/someone")
-    _error(response, 503, "unavailable")
-    assert response.headers["Retry-After"] == "1"
+    _database_unreachable(runtime, monkeypatch)
+    for path in (
+        "/v1/users/someone",
+        "/v1/users/someone/recommendations",
+        "/v1/items/space-1/similar",
+    ):
+        response = client.get(path)
+        _error(response, 503, "unavailable")
+        assert response.headers["Retry-After"] == "1"
     app.config["SERVER_ERRORS"].clear()  # expected here: an outage, not a bug
 
 

@@ -14,6 +14,7 @@ from store.items import (
     catalogue_revision,
     content_hash,
     count_live_items,
+    current_catalogue_revision,
     delete_item,
     get_item,
     ids_by_external,
@@ -168,3 +169,13 @@ def test_item_names_reads_any_number_of_ids_in_one_statement(db: Database) -> No
     assert item_names(db, []) == {}
     assert item_names(db, [ids[0]]) == {ids[0]: ("i0", "Title 0")}
     assert item_names(db, [*ids, 10**9]) == {i: (f"i{n}", f"Title {n}") for n, i in enumerate(ids)}
+
+
+def test_current_catalogue_revision_follows_catalogue_changes(db: Database) -> None:
+    with db.read() as session:
+        assert current_catalogue_revision(db) == catalogue_revision(session)
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha")])
+    with db.read() as session:
+        after = catalogue_revision(session)
+    assert current_catalogue_revision(db) == after > 0
