@@ -157,18 +157,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def windows(events: list[tuple[float, float, bool]], width: float) -> list[dict[str, object]]:
     """Requests grouped by when they were sent: count, errors, p50 and p99 per window."""
-    if not events:
+    if not len(events):
         return []
-    count = int(max(at for at, _, _ in events) // width) + 1
+    table = np.asarray(events, dtype=float).reshape(-1, 3)
+    number = (table[:, 0] // width).astype(int)
     out = []
-    for number in range(count):
-        part = [(lat, ok) for at, lat, ok in events if number * width <= at < (number + 1) * width]
-        ms = np.array([lat for lat, _ in part]) * 1000
+    for index in range(int(number.max()) + 1):
+        part = table[number == index]
+        ms = part[:, 1] * 1000
         out.append(
             {
-                "start_s": number * width,
+                "start_s": index * width,
                 "requests": len(part),
-                "errors": sum(not ok for _, ok in part),
+                "errors": int((part[:, 2] == 0).sum()),
                 "p50_ms": float(np.percentile(ms, 50)) if len(ms) else None,
                 "p99_ms": float(np.percentile(ms, 99)) if len(ms) else None,
             }

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
+from bench.loadgen import windows
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env
 
@@ -144,20 +145,18 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
     return result
 
 
-def slow_seconds(timeline: np.ndarray) -> list[dict[str, float]]:
+def slow_seconds(timeline: np.ndarray) -> list[dict[str, Any]]:
     """The seconds of the run (by send time) whose p99 exceeds `P99_STEADY_LIMIT_MS`: where a
     slow window's time went (episodes of a second or two, or spread thin). ``timeline`` rows
     are `bench.loadgen --timeline`'s (send time, latency s, ok)."""
     if len(timeline) == 0:
         return []
-    second = (timeline[:, 0] - timeline[0, 0]).astype(int)
-    slow = []
-    for at in np.unique(second):
-        latencies = timeline[second == at, 1] * 1000
-        p99 = float(np.percentile(latencies, 99))
-        if p99 > P99_STEADY_LIMIT_MS:
-            slow.append({"at_s": int(at), "requests": len(latencies), "p99_ms": round(p99, 1)})
-    return slow
+    relative = np.column_stack([timeline[:, 0] - timeline[0, 0], timeline[:, 1:3]])
+    return [
+        second
+        for second in windows(relative, 1.0)
+        if second["requests"] and second["p99_ms"] > P99_STEADY_LIMIT_MS
+    ]
 
 
 def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
@@ -258,10 +257,11 @@ def render(result: dict[str, Any]) -> str:
             f"{_yes(reindex['served_after_s'] is not None)} |"
         )
     slow = result.get("slow_seconds", [])
+    listed = ", ".join(f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms)" for s in slow)
     lines += [
         "",
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
-        + (": " + ", ".join(f"{s['at_s']} s ({s['p99_ms']:.0f} ms)" for s in slow) if slow else "")
+        + (f": {listed}" if slow else "")
         + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`).",
     ]
     lines += ["", "| window | requests | errors | p50 ms | p99 ms |", "|---|---|---|---|---|"]
