@@ -159,9 +159,10 @@ def test_item_vector_reads_a_live_items_vector_with_the_catalogue_revision(db: D
             item_vector(db, missing)
 
 
-def test_item_names_reads_any_number_of_ids_in_one_statement(db: Database) -> None:
+def test_item_names_names_one_or_many_ids_deleted_items_too(db: Database) -> None:
     """Deleted items are named too (an answer names what the index served); unknown ids are
-    absent; the same compiled statement serves 1 id and 50."""
+    absent; one id and 51 go through the same statement (its text does not depend on the
+    count; what is checked here is that both answer right)."""
     with db.write() as session:
         rows = upsert_items(session, [ItemInput(f"i{n}", f"Title {n}") for n in range(50)])
         ids = [row.id for row in rows]
