@@ -204,17 +204,14 @@ class Recommender:
     def search_vector(
         self, raw: np.ndarray, k: int, *, categories: Sequence[str] = ()
     ) -> Recommendation:
-        """Items nearest to a raw embedder vector (semantic search by text)."""
-        with self.db.read() as session:
-            self.index.refresh(session=session)
-            vector = self._item_space(np.array([-1]), raw)
-            hits = self._search(vector, k, set(), categories, time.time(), session)
-            return Recommendation(
-                self._describe(hits),
-                "search",
-                self.index.version_id,
-                self.index.model_version_id,
-            )
+        """Items nearest to a raw embedder vector (semantic search by text). No read
+        transaction unless one is needed (categories, catalogue changes to catch up with)."""
+        self.index.refresh()
+        vector = self._item_space(np.array([-1]), raw)
+        hits = self._search(vector, k, set(), categories, time.time())
+        return Recommendation(
+            self._describe(hits), "search", self.index.version_id, self.index.model_version_id
+        )
 
     def _item_space(self, ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
         transform = self.encoders.transform_for(self.index.model_version_id)
@@ -522,6 +519,5 @@ class Recommender:
     ) -> Recommendation:
         """The cold-start list (for requests with nothing to personalise on)."""
         now = time.time() if now is None else now
-        with self.db.read() as session:
-            self.index.refresh(session=session)
-            return self._cold_start(k, set(exclude), categories, now, session, controls=controls)
+        self.index.refresh()
+        return self._cold_start(k, set(exclude), categories, now, controls=controls)
