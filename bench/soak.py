@@ -85,6 +85,8 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
     subprocess.run([DRIFTREC, "reindex"], env=run_env, check=True, capture_output=True)
     # Events re-view each user's own items, so profiles keep their shape (see loadgen).
     user_items = directory / "user-items.json"
+    # The load generator writes the timeline there at the end: on a fresh clone it is absent.
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
     with Server(env, name=f"soak-{size}") as server:
 
@@ -137,7 +139,16 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
                 reindex = {"at_s": round(elapsed, 1), **_reindex(run_env, server)}
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
-        result["slow_seconds"] = slow_seconds(np.load(TIMELINE))
+        timeline = np.load(TIMELINE)
+        result["slow_seconds"] = slow_seconds(timeline)
+        if reindex is not None:
+            origin = float(timeline[0, 0]) if len(timeline) else 0.0
+            for second in result["slow_seconds"]:
+                second["job_phase"] = phase_at(reindex["phases"], origin + second["start_s"])
+            reindex["phases_s"] = [
+                {**p, "start": p["start"] - origin, "end": p["end"] - origin}
+                for p in reindex.pop("phases")
+            ]
         result["events"] = json.loads(events.communicate()[0].strip().splitlines()[-1])
         result["memory"] = memory
         result["reindex"] = reindex
@@ -161,11 +172,12 @@ def slow_seconds(timeline: np.ndarray) -> list[dict[str, Any]]:
 
 def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
     """A full rebuild published under load, and how long until the server answers from it."""
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     done = subprocess.run(
         [DRIFTREC, "reindex", "--full"], env=env, capture_output=True, text=True, check=True
     )
     seconds = time.monotonic() - started
+    ended_wall = time.time()
     line = next(x for x in done.stdout.splitlines() if x.startswith("reindex "))
     published = int(dict(p.split("=", 1) for p in line.split()[1:] if "=" in p)["index_version"])
     published_at = time.monotonic()
@@ -179,7 +191,39 @@ def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
     log.info(
         "soak reindex version=%d in %.1f s, served after %s s", published, seconds, served_after
     )
-    return {"seconds": seconds, "index_version": published, "served_after_s": served_after}
+    return {
+        "seconds": seconds,
+        "index_version": published,
+        "served_after_s": served_after,
+        "phases": job_phases(done.stderr, started_wall, ended_wall, served_after),
+    }
+
+
+def job_phases(
+    log_text: str, started: float, ended: float, served_after: float | None
+) -> list[dict[str, Any]]:
+    """The job's phases as wall-clock intervals, from the ``timings:`` of its "reindex
+    published" log line: the phases ran one after another and the last ended (give or take
+    the version's commit) as the job exited, so they are laid back from ``ended``; what
+    precedes the first is "start-up" (the interpreter, imports, settings), and what follows
+    until the new version answered is "swap" (the workers verifying and mapping it)."""
+    line = next((x for x in log_text.splitlines() if "timings:" in x), "")
+    timings = line.split("timings:", 1)[1].strip().rstrip('"').split() if line else []
+    phases, end = [], ended
+    for name, value in reversed([item.split("=", 1) for item in timings]):
+        begin = end - float(value.rstrip("s"))
+        phases.append({"phase": name, "start": begin, "end": end})
+        end = begin
+    phases.append({"phase": "start-up", "start": started, "end": end})
+    phases.reverse()
+    if served_after is not None:
+        phases.append({"phase": "swap", "start": ended, "end": ended + served_after})
+    return phases
+
+
+def phase_at(phases: list[dict[str, Any]], when: float) -> str:
+    """The job phase running at wall-clock ``when`` ("" outside the job)."""
+    return next((p["phase"] for p in phases if p["start"] <= when < p["end"]), "")
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
@@ -257,13 +301,26 @@ def render(result: dict[str, Any]) -> str:
             f"{_yes(reindex['served_after_s'] is not None)} |"
         )
     slow = result.get("slow_seconds", [])
-    listed = ", ".join(f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms)" for s in slow)
+    listed = ", ".join(
+        f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms"
+        + (f", job: {s['job_phase']})" if s.get("job_phase") else ")")
+        for s in slow
+    )
     lines += [
         "",
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
         + (f": {listed}" if slow else "")
         + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`).",
     ]
+    if reindex and reindex.get("phases_s"):
+        lines += [
+            "",
+            "The job's phases (s from the start): "
+            + ", ".join(
+                f"{p['phase']} {p['start']:.1f}-{p['end']:.1f}" for p in reindex["phases_s"]
+            )
+            + ".",
+        ]
     lines += ["", "| window | requests | errors | p50 ms | p99 ms |", "|---|---|---|---|---|"]
     for w in recs["windows"]:
         p50 = f"{w['p50_ms']:.1f}" if w["p50_ms"] is not None else "-"
