@@ -8,13 +8,21 @@ machine was since the last boundary and, if other processes used more than `BUSY
 long enough to keep its own work to ``share`` of the time, like PostgreSQL's cost-based vacuum
 delay. On an idle machine it never sleeps. Jobs started by the `driftrec` command are paced at
 ``DRIFTREC_JOB_CPU_SHARE``; library calls (tests, a server's own work) are not.
+
+While the machine is busy, a paced job's math libraries (BLAS, OpenMP, torch) also run on one
+thread: a multi-threaded call takes every core at once, so each of its bursts competed with
+every server worker, not one, and BLAS threads spin for a while after a call before they sleep.
+(`driftrec reindex --full` of the 100k benchmark catalogue on an idle machine: 124% of a core,
+add and calibrate on two threads.) On an idle machine the libraries keep their thread counts.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 #: Other processes using more than this many cores make a paced job sleep.
 BUSY_CORES = 0.5
@@ -24,6 +32,8 @@ PROC_STAT = Path("/proc/stat")
 
 _share = 1.0
 _last: tuple[float, float, float, float] | None = None  # wall, own CPU, machine busy, total
+_one_thread: Any = None  # the thread limits in force while the machine is busy (see module doc)
+_torch_threads = 0  # torch's own thread count before it was limited (0: not limited)
 
 
 def set_share(share: float) -> None:
@@ -31,6 +41,8 @@ def set_share(share: float) -> None:
     global _share, _last
     _share = min(1.0, max(0.01, share))
     _last = None
+    if _share >= 1.0:
+        _single_threaded(False)
 
 
 def pause() -> None:
@@ -50,9 +62,30 @@ def pause() -> None:
     cores = os.cpu_count() or 1
     machine_cores = busy / total * cores if total > 0 else 0.0
     others = machine_cores - own / wall
+    _single_threaded(others > BUSY_CORES)
     if others > BUSY_CORES:
         time.sleep(min(own * (1 / _share - 1), 5.0))
     _last = _sample()
+
+
+def _single_threaded(on: bool) -> None:
+    """Hold the loaded math libraries to one thread (``on``), or give back their counts."""
+    global _one_thread, _torch_threads
+    if on and _one_thread is None:
+        from threadpoolctl import threadpool_limits
+
+        _one_thread = threadpool_limits(limits=1)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() > 1:
+            _torch_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+    elif not on and _one_thread is not None:
+        _one_thread.restore_original_limits()
+        _one_thread = None
+        torch = sys.modules.get("torch")
+        if torch is not None and _torch_threads:
+            torch.set_num_threads(_torch_threads)
+        _torch_threads = 0
 
 
 def _sample() -> tuple[float, float, float, float] | None:

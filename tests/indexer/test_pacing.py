@@ -53,3 +53,21 @@ def test_short_slices_and_unpaced_jobs_never_sleep(clock):
     _work(clock, wall=1.0, own=1.0, machine_cores=2.0)
     pacing.pause()
     assert clock["slept"] == []
+
+
+def test_a_busy_machine_holds_the_math_libraries_to_one_thread_until_it_is_idle(clock):
+    import faiss
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def threads() -> set[int]:
+        return {lib["num_threads"] for lib in threadpool_info()} | {faiss.omp_get_max_threads()}
+
+    with threadpool_limits(limits=2):  # what a job on two cores starts with
+        pacing.set_share(0.25)
+        pacing.pause()
+        _work(clock, wall=0.2, own=0.2, machine_cores=1.9)
+        pacing.pause()
+        assert threads() == {1}
+        _work(clock, wall=0.2, own=0.2, machine_cores=1.1)
+        pacing.pause()
+        assert threads() == {2}
