@@ -54,3 +54,28 @@ def test_a_failed_read_leaves_the_pool_usable_and_no_transaction_open(db: Databa
             assert not connection.dbapi_connection.in_transaction
     finally:
         connection.close()
+
+
+def test_a_failed_read_raises_sqlalchemys_error_and_invalidates_its_connection(
+    db: Database,
+) -> None:
+    """The pool's reset on return would hide a missing ``invalidate()`` from the test above: a
+    connection whose read failed (on PostgreSQL, inside an aborted transaction) must not go
+    back into the pool."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    invalidated: list[object] = []
+
+    def record(dbapi_connection: object, *_: object) -> None:
+        invalidated.append(dbapi_connection)
+
+    event.listen(db.engine, "invalidate", record)
+    try:
+        read = DirectRead(select(text("missing_column")).select_from(text("missing_table")))
+        with pytest.raises(DBAPIError):
+            read.first(db, {})
+        assert len(invalidated) == 1
+        assert DirectRead(select(text("1"))).first(db, {})[0] == 1  # the pool serves on
+    finally:
+        event.remove(db.engine, "invalidate", record)
