@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 
 #: The background watcher's shortest pause between version checks (tests use an interval of 0).
 MIN_WATCH_INTERVAL_S = 0.05
+#: Share of a core the watcher's checksum of a new version may take: every worker verifies the
+#: file at about the same moment, at full speed 0.8 s of CPU each for a 1M-item index, a burst
+#: that took both cores from requests (p99 0.1-1 s around each swap under load, README); at a
+#: tenth it takes ~9 s at 1M (under a second at 100k), beside them.
+BACKGROUND_VERIFY_DUTY = 0.1
 
 
 @dataclass
@@ -182,7 +187,7 @@ class LiveIndex:
             if active is None or active.id in (seen_version_id, self._failed_version_id):
                 continue
             try:
-                snapshot = self._prepared(active)
+                snapshot = self._prepared(active, verify_duty=BACKGROUND_VERIFY_DUTY)
             except Exception:  # noqa: BLE001 - a bad file must not take the server down
                 log.exception(
                     "index load failed version=%d: still serving the current one", active.id
@@ -195,10 +200,12 @@ class LiveIndex:
                 self._snapshot = snapshot
             self._log_loaded(snapshot)
 
-    def _prepared(self, version: IndexVersion) -> _Snapshot:
-        """A snapshot of ``version``: its file (checksum verified), the items not servable now,
-        and the catalogue changes since it was built."""
-        base = VectorIndex.load(Path(version.path), version.checksum, mmap=self._mmap)
+    def _prepared(self, version: IndexVersion, *, verify_duty: float = 1.0) -> _Snapshot:
+        """A snapshot of ``version``: its file (checksum verified at ``verify_duty`` of a core),
+        the items not servable now, and the catalogue changes since it was built."""
+        base = VectorIndex.load(
+            Path(version.path), version.checksum, mmap=self._mmap, verify_duty=verify_duty
+        )
         snapshot = _Snapshot(version=version, base=base, revision=version.catalogue_revision)
         with self._db.read() as session:
             for item in unservable_rows(session):

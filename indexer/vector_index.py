@@ -418,10 +418,19 @@ class VectorIndex:
         return checksum
 
     @classmethod
-    def load(cls, path: Path, checksum: str | None = None, *, mmap: bool = False) -> VectorIndex:
+    def load(
+        cls,
+        path: Path,
+        checksum: str | None = None,
+        *,
+        mmap: bool = False,
+        verify_duty: float = 1.0,
+    ) -> VectorIndex:
+        """Read an index file, after checking its ``checksum`` (at ``verify_duty`` of a core,
+        see `store.files.file_sha256`)."""
         if not path.exists():
             raise IndexCorrupt(f"index file {path} is missing")
-        if checksum is not None and file_sha256(path) != checksum:
+        if checksum is not None and file_sha256(path, duty=verify_duty) != checksum:
             raise IndexCorrupt(f"index file {path} does not match its recorded checksum")
         # IO_FLAG_MMAP_IFC maps the vectors of flat and IVF indexes alike (IO_FLAG_MMAP alone
         # maps only IVF lists and copies a flat index into memory): the pages stay in the page

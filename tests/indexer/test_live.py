@@ -206,7 +206,10 @@ def test_a_version_activated_while_serving_loads_in_the_background(
         release, loading = threading.Event(), threading.Event()
         real_load = live_module.VectorIndex.load
 
+        duties = []
+
         def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+            duties.append(kwargs.get("verify_duty", 1.0))
             loading.set()
             assert release.wait(10)
             return real_load(*args, **kwargs)
@@ -221,6 +224,8 @@ def test_a_version_activated_while_serving_loads_in_the_background(
         assert live.search(query, 1)[0].item_id == _ids(db, ["b1"])["b1"]
         release.set()
         _wait_until(lambda: live.version_id == second.index_version_id)
+        # The watcher verified the file beside the requests, not at a whole core.
+        assert duties == [live_module.BACKGROUND_VERIFY_DUTY]
         live.refresh()
         assert len(live) == 6
         assert live.search(query, 1)[0].item_id == _ids(db, ["b1"])["b1"]
