@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -153,34 +152,31 @@ class Recommender:
         exclude: Collection[int] = (),
         categories: Sequence[str] = (),
         now: float | None = None,
-        session: Session | None = None,
         controls: Controls | None = None,
     ) -> Recommendation:
         """Rank for a profile state (also used for anonymous sessions and offline replay)."""
         now = time.time() if now is None else now
         model_version = self.index.model_version_id
         encoder = self.encoders.get(model_version)
-        state = self._with_text_vectors(state, encoder, session)
+        state = self._with_text_vectors(state, encoder)
         query = encoder.encode([state], now)[0]
         if controls is not None:
             return self._for_state_controlled(
-                state, encoder, query, k, exclude, categories, now, session, controls
+                state, encoder, query, k, exclude, categories, now, controls
             )
-        hits = self._search(query, k, exclude, categories, now, session)
+        hits = self._search(query, k, exclude, categories, now)
         return Recommendation(
             self._describe(hits), PERSONALIZED, self.index.version_id, model_version
         )
 
-    def _with_text_vectors(
-        self, state: ProfileState, encoder: QueryEncoder, session: Session | None
-    ) -> ProfileState:
+    def _with_text_vectors(self, state: ProfileState, encoder: QueryEncoder) -> ProfileState:
         """``state`` with the stored raw vectors of the buffered items the encoder maps from
         text (items newer than the model); one query, and none when there are no such items."""
         wanted = encoder.missing_text_vectors(state)
         if not wanted:
             return state
-        with self._reading(session) as reading:
-            found = raw_vectors(reading, wanted, self.settings.embedder_model)
+        with self.db.read() as session:
+            found = raw_vectors(session, wanted, self.settings.embedder_model)
         return replace(state, text_vectors={**state.text_vectors, **found})
 
     # -- items -----------------------------------------------------------------------------
@@ -218,15 +214,6 @@ class Recommender:
         return normalise(transform(ids, raw.reshape(1, -1)))[0]
 
     # -- shared ----------------------------------------------------------------------------
-    @contextmanager
-    def _reading(self, session: Session | None) -> Iterator[Session]:
-        """The caller's read session, or a new one."""
-        if session is not None:
-            yield session
-        else:
-            with self.db.read() as own:
-                yield own
-
     def _search(
         self,
         query: np.ndarray,
@@ -234,7 +221,6 @@ class Recommender:
         exclude: Collection[int],
         categories: Sequence[str],
         now: float,
-        session: Session | None = None,
     ) -> list[Hit]:
         if not categories:
             return self.index.search(query, k, exclude=exclude, now=now)
@@ -242,17 +228,15 @@ class Recommender:
         fetch = 4 * k
         while True:
             hits = self.index.search(query, fetch, exclude=exclude, now=now)
-            matching = self._with_categories([h.item_id for h in hits], wanted, session)
+            matching = self._with_categories([h.item_id for h in hits], wanted)
             kept = [h for h in hits if h.item_id in matching]
             if len(kept) >= k or len(hits) < fetch:
                 return kept[:k]
             fetch *= 4
 
-    def _with_categories(
-        self, item_ids: list[int], wanted: set[str], session: Session | None = None
-    ) -> set[int]:
-        with self._reading(session) as reading:
-            rows = reading.execute(select(Item.id, Item.categories).where(Item.id.in_(item_ids)))
+    def _with_categories(self, item_ids: list[int], wanted: set[str]) -> set[int]:
+        with self.db.read() as session:
+            rows = session.execute(select(Item.id, Item.categories).where(Item.id.in_(item_ids)))
             return {item_id for item_id, cats in rows if wanted & set(cats or ())}
 
     def _describe(self, hits: Sequence[Hit]) -> list[ScoredItem]:
@@ -279,7 +263,6 @@ class Recommender:
         exclude: Collection[int],
         categories: Sequence[str],
         now: float,
-        session: Session | None = None,
         *,
         controls: Controls | None = None,
     ) -> Recommendation:
@@ -292,9 +275,9 @@ class Recommender:
             if item_id not in exclude and self.index.is_servable(item_id, now)
         ]
         if controls is not None:
-            return self._cold_start_controlled(candidates, popular, k, controls, session)
+            return self._cold_start_controlled(candidates, popular, k, controls)
         if wanted:
-            matching = self._with_categories(candidates, wanted, session)
+            matching = self._with_categories(candidates, wanted)
             candidates = [i for i in candidates if i in matching]
         top = candidates[:k]
         scores = dict(popular)
@@ -337,14 +320,13 @@ class Recommender:
         exclude: Collection[int],
         categories: Sequence[str],
         now: float,
-        session: Session | None,
         controls: Controls,
     ) -> Recommendation:
         if categories and not controls.filter.categories:
             controls = replace(
                 controls, filter=replace(controls.filter, categories=tuple(categories))
             )
-        with self._reading(session) as reading:
+        with self.db.read() as reading:
             pool = self._candidates(query, controls.pool_size(k), exclude, controls, now, reading)
             hits = self._diversify(pool, k, controls, reading)
             explanations = (
@@ -488,11 +470,10 @@ class Recommender:
         popular: list[tuple[int, int]],
         k: int,
         controls: Controls,
-        session: Session | None,
     ) -> Recommendation:
         scores = dict(popular)
         best = max(scores.values(), default=1)
-        with self._reading(session) as reading:
+        with self.db.read() as reading:
             if controls.filter.active:
                 decided = self._filter_decisions(candidates, controls, reading)
                 candidates = [i for i in candidates if decided[i]]
