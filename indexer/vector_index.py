@@ -1,12 +1,14 @@
 """A vector index over FAISS with stable int64 ids (driftrec item ids) and inner-product scores.
 
 Small catalogues use exact search (``IndexIDMap2(IndexFlatIP)``); above a configurable size an
-approximate IVF index is chosen automatically: 1-bit RaBitQ codes in inverted lists
-(``IndexIVFRaBitQ``, lists found by a scan of float16 copies of their centroids) find
-`REFINE_FACTOR` times the requested candidates, and float16 copies of the vectors re-rank them
-exactly (``IndexRefine`` over an ``IndexScalarQuantizer``, one row per item id). Its
-``nprobe`` is calibrated when it is built: the smallest that reaches `TARGET_RECALL` against
-exact search on sample queries, saved in the index file (see `calibrate_nprobe`). The queries
+approximate IVF index is chosen automatically: 4-bit product-quantizer codes of two
+dimensions each in inverted lists scanned with SIMD (``IndexIVFPQFastScan``, lists found by a
+scan of float16 copies of their centroids) find a multiple of the requested candidates,
+and float16 copies of the vectors re-rank them exactly (``IndexRefine`` over an
+``IndexScalarQuantizer``, one row per item id). Its
+``nprobe`` and that multiple are calibrated when it is built: the cheapest pair that reaches
+`TARGET_RECALL` against exact search on sample queries, saved in the index file (see
+`VectorIndex.calibrate`). The queries
 are users' own (their current query vectors, their seen items excluded, as served) when the
 caller has them, else synthetic blends of catalogue vectors.
 Search takes an exclusion set applied inside FAISS through an id selector, so exclusions
@@ -57,15 +59,24 @@ def choose_kind(n_items: int, exact_max_items: int) -> str:
 
 
 #: Recorded in every index fingerprint: a change of build parameters rebuilds published indexes.
-BUILD_SPEC = "ivf:2-4sqrt,sphkm,fp16q,rabitq1+fp16x40,cal@0.97/fine/sel,users"
-#: An approximate search fetches this many times the wanted hits from the 1-bit codes and keeps
-#: the best by their float16 vectors. On the benchmark's 1M catalogue (users' queries, one
-#: thread): x40 at nprobe 96 reached recall@10 0.974 in 1.9-2.2 ms a query, against 4.5 ms for
-#: the float16 IVF scan it replaced at 0.982; x10 and x20 needed more lists for the same recall.
-REFINE_FACTOR = 40
-#: Bits per coordinate of the query in RaBitQ distance estimates (0, float queries, takes a
-#: path ~20 times slower).
+BUILD_SPEC = "ivf:2-4sqrt,sphkm,fp16q,pq2x4fs+fp16,cal@0.97/fine/sel/refine,users"
+#: An approximate search fetches a multiple of the wanted hits from the 4-bit codes and keeps
+#: the best by their float16 vectors. Calibration chooses the multiple with ``nprobe``: how
+#: many candidates a catalogue needs depends on how close its near-duplicates are (the
+#: benchmark's 384-d catalogues reach recall@10 0.97 with x20, the tests' clustered 32-d
+#: vectors need x80).
+REFINE_FACTORS = (10, 20, 40, 80, 160)
+#: Calibration's cost model: one re-ranked candidate (a float16 row read, decoded and
+#: multiplied) costs about as much as scanning this many 4-bit codes. Benchmark catalogues, one
+#: thread: 16 at 100k (0.39 us against 23 ns, the rows in cache), 37 at 1M (0.78 us against
+#: 21 ns, rows read from memory); the larger catalogue is where the choice matters.
+CANDIDATE_COST_IN_CODES = 32
+#: Bits per coordinate of the query in the RaBitQ distance estimates of indexes published
+#: before the fast-scan lists (until the next reindex rebuilds them: their build spec differs).
 RABITQ_QUERY_BITS = 8
+#: The product quantizer is fitted on this many catalogue vectors (FAISS uses at most 256 per
+#: code value: 4,096 for 4-bit codes).
+PQ_TRAIN_SAMPLE = 16_384
 #: recall@10 that the calibrated ``nprobe`` reaches on sample queries; the service wants 0.95 on
 #: real ones. Synthetic queries proved easier than users' (on the benchmark's 1M catalogue 0.97
 #: on them gave 0.936 on users' queries), hence users' own queries whenever there are some.
@@ -115,13 +126,18 @@ class VectorIndex:
         self._index = index
         self.kind = kind
         self.nprobe = 0
-        # Indexes published before the RaBitQ layout (float16 IVF lists) still load and serve.
+        # Indexes published before the re-ranked layouts (float16 IVF lists) and with 1-bit
+        # RaBitQ lists still load and serve.
         self._refined = isinstance(index, faiss.IndexRefine)
+        self._rabitq = False
+        #: Candidates re-ranked per wanted hit (saved in the file as IndexRefine's k_factor).
+        self.refine_factor = int(index.k_factor) if self._refined else 0
         # The inverted lists, looked up once: every search needs their count (and a re-ranked
         # index its item count), and FAISS's lookup walks the wrapper chain each time.
         self._lists: faiss.IndexIVF | None = None
         if kind == IVF:
-            ivf = self._lists = faiss.extract_index_ivf(index)
+            ivf = self._lists = faiss.downcast_index(faiss.extract_index_ivf(index))
+            self._rabitq = isinstance(ivf, faiss.IndexIVFRaBitQ)
             # A calibrated nprobe is saved in the file; older files fall back to 8% of the lists.
             default = max(1, min(ivf.nlist, int(round(ivf.nlist * 0.08)) or 1))
             self.nprobe = int(ivf.nprobe) if ivf.nprobe > 1 else default
@@ -171,7 +187,7 @@ class VectorIndex:
             with timer("add"):
                 built.add(ids, vectors)
         with timer("calibrate"):
-            built.calibrate_nprobe(ids, vectors, calibration=calibration, start=start)
+            built.calibrate(ids, vectors, calibration=calibration, start=start)
         return built
 
     def reusable_centroids(self, n_items: int, dim: int) -> np.ndarray | None:
@@ -192,7 +208,7 @@ class VectorIndex:
             return 1.0
         return float(self._lists.invlists.imbalance_factor())
 
-    def calibrate_nprobe(
+    def calibrate(
         self,
         ids: np.ndarray,
         vectors: np.ndarray,
@@ -203,12 +219,15 @@ class VectorIndex:
         calibration: CalibrationSample | None = None,
         start: int = 0,
     ) -> float:
-        """Set ``nprobe`` to the smallest step reaching ``target`` recall@10 against exact search
-        over ``vectors`` (rows in ``ids`` order, ids ascending); return the recall reached.
-        ``start`` is where the search for that step begins (recall grows with ``nprobe``).
+        """Set ``nprobe`` (and a re-ranked index's refine factor) to the cheapest setting that
+        reaches ``target`` recall@10 against exact search over ``vectors`` (rows in ``ids``
+        order, ids ascending); return the recall reached. ``start`` is where the search for the
+        ``nprobe`` step begins (recall grows with ``nprobe``).
 
         With a ``calibration`` sample, on users' queries with their exclusions, as the service
-        searches. Without one, queries blend two random catalogue vectors and noise.
+        searches. Without one, queries blend two random catalogue vectors and noise. Cost is
+        estimated, not timed (timings on a shared machine are noise): codes scanned plus
+        candidates re-ranked, weighted by `CANDIDATE_COST_IN_CODES`.
         """
         ivf = self._lists
         assert ivf is not None, "only an IVF index has an nprobe"
@@ -220,32 +239,62 @@ class VectorIndex:
             sample = _synthetic_queries(vectors, queries, seed)
             excludes = [set() for _ in range(len(sample))]
         truth = _exact_top_excluding(sample, vectors, ids, excludes, k)
+        steps = [s for s in NPROBE_STEPS if s < ivf.nlist] + [ivf.nlist]
 
-        def recall_at(step: int) -> float:
+        def recall_at(step: int, factor: int) -> float:
             # Query by query with each one's exclusions, exactly as served: the number of
             # candidates re-ranked depends on how many hits are asked for.
             pacing.pause()
             hits = 0
             for query, expected, excluded in zip(sample, truth, excludes, strict=True):
-                found = self.search(query, k, exclude=excluded, nprobe=step)
+                found = self.search(query, k, exclude=excluded, nprobe=step, refine_factor=factor)
                 hits += len(expected & {hit.item_id for hit in found})
             return hits / (k * len(sample))
 
-        steps = [s for s in NPROBE_STEPS if s < ivf.nlist] + [ivf.nlist]
-        # Walk from the step nearest ``start`` (a previous calibration over the same lists is
-        # usually right or one step off): down while the target still holds, else up until it does.
-        at = next((i for i, step in enumerate(steps) if step >= start), len(steps) - 1)
-        recall = recall_at(steps[at])
-        if recall >= target:
-            while at > 0 and (lower := recall_at(steps[at - 1])) >= target:
-                at, recall = at - 1, lower
-        else:
-            while at < len(steps) - 1 and recall < target:
-                at += 1
-                recall = recall_at(steps[at])
-        self.nprobe = steps[at]
-        ivf.nprobe = self.nprobe  # saved with the index
+        def fewest_lists(factor: int, start: int) -> tuple[int, float]:
+            # Walk from the step nearest ``start`` (a previous calibration over the same lists
+            # is usually right or one step off): down while the target still holds, else up
+            # until it does. Returns the step's position and its recall.
+            at = next((i for i, step in enumerate(steps) if step >= start), len(steps) - 1)
+            recall = recall_at(steps[at], factor)
+            if recall >= target:
+                while at > 0 and (lower := recall_at(steps[at - 1], factor)) >= target:
+                    at, recall = at - 1, lower
+            else:
+                while at < len(steps) - 1 and recall < target:
+                    at += 1
+                    recall = recall_at(steps[at], factor)
+            return at, recall
+
+        if not self._refined:
+            at, recall = fewest_lists(0, start)
+            self._set_search(steps[at], 0)
+            return recall
+        per_list = len(self) / ivf.nlist
+        best: tuple[float, int, int, float] | None = None  # cost, nprobe, factor, recall
+        for factor in REFINE_FACTORS:
+            at, recall = fewest_lists(factor, start)
+            if recall < target:
+                continue  # even every list is not enough: more candidates
+            cost = steps[at] * per_list + factor * k * CANDIDATE_COST_IN_CODES
+            if best is not None and cost >= best[0]:
+                break
+            best = (cost, steps[at], factor, recall)
+            if at == 0:
+                break  # no fewer lists to probe: more candidates would only cost more
+            start = steps[at]
+        if best is None:  # the target is out of reach: the most thorough setting
+            best = (0.0, steps[-1], REFINE_FACTORS[-1], recall)
+        _, nprobe, factor, recall = best
+        self._set_search(nprobe, factor)
         return recall
+
+    def _set_search(self, nprobe: int, refine_factor: int) -> None:
+        """Serve with these settings; both are saved with the index."""
+        assert self._lists is not None
+        self.nprobe = self._lists.nprobe = nprobe
+        if refine_factor:
+            self.refine_factor = self._index.k_factor = refine_factor
 
     @classmethod
     def empty(cls, dim: int) -> VectorIndex:
@@ -282,19 +331,38 @@ class VectorIndex:
         self._index.add_with_ids(vectors, ids)
 
     def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add to the inverted lists, assigned with numpy: FAISS assigns vectors to lists with
-        its own BLAS call, ~5x slower here than numpy's (1.8 s against 0.35 s for 100k vectors
-        and 632 lists), so it is handed the list numbers."""
+        """Add to the inverted lists in blocks, pacing between them.
+
+        FAISS assigns vectors to lists with its quantizer, here float16 centroids searched
+        without BLAS (~5x slower than numpy's product: 1.8 s against 0.35 s for 100k vectors
+        and 632 lists). Fast-scan lists pack their codes in blocks that only FAISS's own add
+        writes, so it assigns with a float32 copy of the centroids (a BLAS product); other
+        lists are handed the list numbers computed with numpy."""
         ivf = self._lists
         assert ivf is not None
-        lists = _nearest_centroid(ivf.quantizer.reconstruct_n(0, ivf.nlist), vectors)
-        for start in range(0, len(ids), BULK_ASSIGN_BLOCK):
-            end = min(len(ids), start + BULK_ASSIGN_BLOCK)
+        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+        blocks = [
+            slice(start, min(len(ids), start + BULK_ASSIGN_BLOCK))
+            for start in range(0, len(ids), BULK_ASSIGN_BLOCK)
+        ]
+        if isinstance(ivf, faiss.IndexIVFFastScan):
+            assigner = faiss.IndexFlatIP(ivf.d)
+            assigner.add(centroids)
+            served, ivf.quantizer = ivf.quantizer, assigner
+            try:
+                for block in blocks:
+                    ivf.add_with_ids(vectors[block], ids[block])
+                    pacing.pause()
+            finally:
+                ivf.quantizer = served
+            return
+        lists = _nearest_centroid(centroids, vectors)
+        for block in blocks:
             ivf.add_core(
-                end - start,
-                faiss.swig_ptr(vectors[start:end]),
-                faiss.swig_ptr(ids[start:end]),
-                faiss.swig_ptr(lists[start:end]),
+                block.stop - block.start,
+                faiss.swig_ptr(vectors[block]),
+                faiss.swig_ptr(ids[block]),
+                faiss.swig_ptr(lists[block]),
             )
             pacing.pause()
 
@@ -333,7 +401,9 @@ class VectorIndex:
         except RuntimeError:
             return None
 
-    def _params(self, exclude: Collection[int], nprobe: int = 0) -> faiss.SearchParameters | None:
+    def _params(
+        self, exclude: Collection[int], nprobe: int = 0, refine_factor: int = 0
+    ) -> faiss.SearchParameters | None:
         keep: list[object] = []
         selector = None
         if exclude:
@@ -341,13 +411,16 @@ class VectorIndex:
             selector = faiss.IDSelectorNot(batch)
             keep.append(batch)
         if self._refined:
-            lists = faiss.IVFRaBitQSearchParameters()
+            if self._rabitq:
+                lists = faiss.IVFRaBitQSearchParameters()
+                lists.qb = RABITQ_QUERY_BITS
+            else:
+                lists = faiss.SearchParametersIVF()
             lists.nprobe = nprobe or self.nprobe
-            lists.qb = RABITQ_QUERY_BITS
             if selector is not None:
                 lists.sel = selector
             params = faiss.IndexRefineSearchParameters(
-                k_factor=REFINE_FACTOR, base_index_params=lists
+                k_factor=refine_factor or self.refine_factor, base_index_params=lists
             )
             keep.append(lists)
         elif self.kind == IVF:
@@ -369,12 +442,14 @@ class VectorIndex:
         exclude: Collection[int] = (),
         accept: Callable[[int], bool] | None = None,
         nprobe: int = 0,
+        refine_factor: int = 0,
     ) -> list[Hit]:
         """Top ``k`` by inner product, never returning ``exclude`` and only ids ``accept`` keeps.
 
         Results are never starved by filtering: the post-filter over-fetches and grows the fetch
         size, and an IVF index probes more lists, until ``k`` hits are found or the whole index
-        has been searched. ``nprobe``: lists to probe first (default: the calibrated number).
+        has been searched. ``nprobe``: lists to probe first, ``refine_factor``: candidates re-ranked
+        per hit (defaults: the calibrated settings).
         """
         total = len(self)
         if total == 0 or k <= 0:
@@ -384,7 +459,9 @@ class VectorIndex:
         nprobe = nprobe or self.nprobe
         nlist = self._lists.nlist if self._lists is not None else 0
         while True:
-            scores, ids = self._index.search(query, fetch, params=self._params(exclude, nprobe))
+            scores, ids = self._index.search(
+                query, fetch, params=self._params(exclude, nprobe, refine_factor)
+            )
             hits = [
                 Hit(int(i), float(s))
                 for s, i in zip(scores[0], ids[0], strict=True)
@@ -445,13 +522,17 @@ class VectorIndex:
 
 
 def _ivf_index(centroids: np.ndarray, vectors: np.ndarray) -> faiss.IndexRefine:
-    """An empty approximate index over ``centroids``: RaBitQ lists re-ranked by float16 rows.
+    """An empty approximate index over ``centroids``: fast-scan PQ lists re-ranked by float16
+    rows.
 
-    An IVF scan is what an approximate search spends its time on. 1-bit RaBitQ codes (48 bytes
-    for 384 dimensions, with an unbiased distance estimate) make the scan ~16 times lighter
-    than the float16 lists before them, so the same lists are scanned 2-2.5 times faster with
-    the exact re-ranking included. With a filled quantizer FAISS skips k-means; training only
-    sets up the RaBitQ encoder, on a few of ``vectors``.
+    An IVF scan is what an approximate search spends its time on. 4-bit codes of two
+    dimensions each (96 bytes for 384 dimensions), trained over the whole catalogue rather than
+    per list, are scanned 32 at a time with SIMD table lookups: at 100k items (benchmark
+    catalogue, users' queries, one thread) recall@10 0.972 in 0.35 ms a query against 0.976 in
+    0.70-0.75 ms for the 1-bit RaBitQ lists before them. Fewer, longer sub-vectors lose
+    recall that re-ranking cannot win back on catalogues of near-duplicates (4 dimensions a
+    code: 0.94 at most). With a filled quantizer FAISS skips k-means; training only fits the
+    product quantizer, on a sample of ``vectors``.
     """
     dim = centroids.shape[1]
     # The coarse search scans float16 copies of the centroids: in float32, 4,000 centroids are
@@ -459,22 +540,36 @@ def _ivf_index(centroids: np.ndarray, vectors: np.ndarray) -> faiss.IndexRefine:
     # them was as fast but lost some users entirely (1M benchmark, 500 users: recall@10 min
     # 0.1 against 0.6 with a full scan, mean 0.971 against 0.976): its greedy walk stopped in
     # the wrong region of near-duplicate centroids, and more probes did not help.
-    quantizer = faiss.IndexScalarQuantizer(
-        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    quantizer = _float16_rows(centroids)
+    lists = faiss.IndexIVFPQFastScan(
+        quantizer, dim, len(centroids), _pq_codes(dim), 4, faiss.METRIC_INNER_PRODUCT
     )
-    quantizer.train(np.ascontiguousarray(centroids, dtype=np.float32))
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    lists = faiss.IndexIVFRaBitQ(quantizer, dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
-    lists.qb = RABITQ_QUERY_BITS
-    lists.train(vectors[: max(len(centroids), 1024)])
+    lists.by_residual = False
+    rows = np.random.default_rng(0).choice(len(vectors), min(len(vectors), PQ_TRAIN_SAMPLE), False)
+    lists.train(np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32))
     refine = faiss.IndexScalarQuantizer(
         dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
     )
     index = faiss.IndexRefine(lists, refine)
-    index.k_factor = REFINE_FACTOR
+    index.k_factor = REFINE_FACTORS[0]  # until calibrated
     # IndexRefine keeps Python references to its parts alive only through these attributes.
     index.referenced_objects = [lists, refine, quantizer]
     return index
+
+
+def _float16_rows(rows: np.ndarray) -> faiss.IndexScalarQuantizer:
+    index = faiss.IndexScalarQuantizer(
+        rows.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    index.train(rows)
+    index.add(rows)
+    return index
+
+
+def _pq_codes(dim: int) -> int:
+    """Sub-vectors per code: two dimensions each (one when ``dim`` is odd)."""
+    return dim // 2 if dim % 2 == 0 else dim
 
 
 def _spherical_kmeans(

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from indexer.errors import IndexCorrupt
-from indexer.vector_index import FLAT, IVF, TARGET_RECALL, CalibrationSample, VectorIndex
+from indexer.vector_index import (
+    FLAT,
+    IVF,
+    REFINE_FACTORS,
+    TARGET_RECALL,
+    CalibrationSample,
+    VectorIndex,
+)
 
 
 def _unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
@@ -210,7 +217,7 @@ def test_centroids_are_not_reused_across_sizes_or_dimensions():
 def test_bulk_add_matches_faiss_own_assignment():
     vectors = _unit_vectors(10_000, seed=11)
     ids = np.arange(10_000) * 2 + 1
-    built = VectorIndex.build(ids, vectors, exact_max_items=1000)  # numpy list assignment
+    built = VectorIndex.build(ids, vectors, exact_max_items=1000)  # float32 assignment
     ivf = faiss.extract_index_ivf(built._index)
     reference = faiss.IndexIVFScalarQuantizer(
         ivf.quantizer, 32, ivf.nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
@@ -224,6 +231,22 @@ def test_bulk_add_matches_faiss_own_assignment():
         assert [hit.item_id for hit in built.search(vectors[row], 10)] == expected[0].tolist()
 
 
+def test_the_refine_factor_is_calibrated_and_saved_with_the_index(tmp_path):
+    vectors = _unit_vectors(20_000)
+    ids = np.arange(20_000)
+    queries, excludes = _users(vectors, 100, seed=4)
+    index = VectorIndex.build(
+        ids, vectors, exact_max_items=1000, calibration=CalibrationSample(queries, excludes)
+    )
+    # These clustered 32-d vectors are full of near-ties: re-ranking 20 candidates a hit
+    # reaches recall@10 0.63 even with every list probed, so calibration must fetch more.
+    assert index.refine_factor > REFINE_FACTORS[1]
+    assert _served_recall(index, vectors, queries, excludes) >= TARGET_RECALL
+    path = tmp_path / "calibrated.faiss"
+    loaded = VectorIndex.load(path, index.save(path), mmap=True)
+    assert (loaded.nprobe, loaded.refine_factor) == (index.nprobe, index.refine_factor)
+
+
 def test_calibration_finds_the_same_nprobe_from_any_start():
     vectors = _unit_vectors(20_000, seed=12)
     ids = np.arange(20_000)
@@ -231,5 +254,5 @@ def test_calibration_finds_the_same_nprobe_from_any_start():
     chosen = index.nprobe
     sample = CalibrationSample(*_users(vectors, 60, seed=7))
     for start in (0, 4, chosen, 4 * chosen, 10**6):
-        index.calibrate_nprobe(ids, vectors, calibration=sample, start=start)
+        index.calibrate(ids, vectors, calibration=sample, start=start)
         assert index.nprobe == chosen
