@@ -78,7 +78,7 @@ def test_add_replaces_and_remove_deletes():
 
 
 def test_approximate_scores_are_exact_after_reranking_and_removal_hides_items():
-    """The 1-bit codes only pick candidates: returned scores are the float16 rows' inner
+    """The 4-bit codes only pick candidates: returned scores are the float16 rows' inner
     products, with ids far from positions (rows are addressed by id; gaps stay empty)."""
     vectors = _unit_vectors(3000, seed=5)
     ids = np.arange(3000, dtype=np.int64) * 5 + 1000
@@ -95,6 +95,33 @@ def test_approximate_scores_are_exact_after_reranking_and_removal_hides_items():
     assert not {int(ids[42]), int(ids[43])} & {h.item_id for h in index.search(query, 50)}
     with pytest.raises(ValueError):  # rows are addressed by id: only new, ascending ids
         index.add(np.array([ids[42]]), vectors[[42]])
+
+
+def test_an_index_published_with_rabitq_lists_still_loads_and_serves(tmp_path):
+    """Files of the previous layout (1-bit RaBitQ lists, x40 re-ranking) serve until the next
+    reindex rebuilds them, with the query precision and factor they were calibrated with."""
+    vectors = _unit_vectors(3000, seed=6)
+    ids = np.arange(3000, dtype=np.int64)
+    quantizer = faiss.IndexFlatIP(32)
+    lists = faiss.IndexIVFRaBitQ(quantizer, 32, 20, faiss.METRIC_INNER_PRODUCT)
+    lists.train(vectors)
+    lists.add_with_ids(vectors, ids)
+    lists.nprobe = 20
+    refine = faiss.IndexScalarQuantizer(
+        32, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    refine.train(vectors)
+    refine.add(vectors)
+    old = faiss.IndexRefine(lists, refine)
+    old.k_factor = 40
+    path = tmp_path / "rabitq.faiss"
+    faiss.write_index(old, str(path))
+    loaded = VectorIndex.load(path, mmap=True)
+    assert (loaded.kind, loaded.nprobe, loaded.refine_factor, len(loaded)) == (IVF, 20, 40, 3000)
+    for row in (0, 1234):
+        exact = np.argsort(-(vectors @ vectors[row]))[1:6].tolist()  # itself excluded
+        found = [hit.item_id for hit in loaded.search(vectors[row], 5, exclude={row})]
+        assert found == exact
 
 
 def test_save_load_round_trip_and_checksum(tmp_path):
