@@ -531,8 +531,8 @@ def _ivf_index(centroids: np.ndarray, vectors: np.ndarray) -> faiss.IndexRefine:
     catalogue, users' queries, one thread) recall@10 0.972 in 0.35 ms a query against 0.976 in
     0.70-0.75 ms for the 1-bit RaBitQ lists before them. Fewer, longer sub-vectors lose
     recall that more lists cannot win back on catalogues of near-duplicates (4 dimensions a
-    code: 0.78, 0.88 and 0.94 with x10, x20 and x40 candidates). With a filled quantizer FAISS skips k-means; training only fits the
-    product quantizer, on a sample of ``vectors``.
+    code: 0.78, 0.88 and 0.94 with x10, x20 and x40 candidates). With a filled quantizer FAISS
+    skips k-means; training only fits the product quantizer, on a sample of ``vectors``.
     """
     dim = centroids.shape[1]
     # The coarse search scans float16 copies of the centroids: in float32, 4,000 centroids are

@@ -55,7 +55,12 @@ class Settings:
     half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
     recent_buffer_size: int = 50
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    exact_index_max_items: int = 50_000
+    #: Above this many items the index is approximate. Exact search reads every vector per
+    #: query (memory-bound: ~0.075 ms per 1,000 items at 384 dimensions); with the fast-scan
+    #: index a search costs 0.16-0.28 ms from 10k to 50k items at recall@10 0.97 (benchmark
+    #: catalogues, users' queries, one thread), where exact search took 0.76 ms at 10k and
+    #: 3.6 ms at 50k. Small catalogues keep exact answers at under a millisecond.
+    exact_index_max_items: int = 10_000
     max_batch_size: int = 1_000
     max_k: int = 1_000
     reload_interval_s: float = 2.0
