@@ -294,10 +294,11 @@ def build_index(
         )
         version_id = version.id
     log.info(
-        "reindex published index_version=%d items=%d kind=%s embedded=%d timings: %s",
+        "reindex published index_version=%d items=%d kind=%s %s embedded=%d timings: %s",
         version_id,
         len(index),
         index.kind,
+        index.search_settings,
         embedded,
         timer,
     )

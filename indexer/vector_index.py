@@ -132,6 +132,8 @@ class VectorIndex:
         self._rabitq = False
         #: Candidates re-ranked per wanted hit (saved in the file as IndexRefine's k_factor).
         self.refine_factor = int(index.k_factor) if self._refined else 0
+        #: recall@10 the last calibration reached on its sample (None: not calibrated here).
+        self.calibrated_recall: float | None = None
         # The inverted lists, looked up once: every search needs their count (and a re-ranked
         # index its item count), and FAISS's lookup walks the wrapper chain each time.
         self._lists: faiss.IndexIVF | None = None
@@ -269,6 +271,7 @@ class VectorIndex:
         if not self._refined:
             at, recall = fewest_lists(0, start)
             self._set_search(steps[at], 0)
+            self.calibrated_recall = recall
             return recall
         per_list = len(self) / ivf.nlist
         best: tuple[float, int, int, float] | None = None  # cost, nprobe, factor, recall
@@ -287,7 +290,21 @@ class VectorIndex:
             best = (0.0, steps[-1], REFINE_FACTORS[-1], recall)
         _, nprobe, factor, recall = best
         self._set_search(nprobe, factor)
+        self.calibrated_recall = recall
         return recall
+
+    @property
+    def search_settings(self) -> str:
+        """How a search runs, for logs: ``exact``, or lists probed, candidates re-ranked per
+        hit and the recall@10 calibration reached."""
+        if self.kind != IVF or self._lists is None:
+            return "exact"
+        settings = f"nprobe={self.nprobe}/{self._lists.nlist}"
+        if self.refine_factor:
+            settings += f" refine=x{self.refine_factor}"
+        if self.calibrated_recall is not None:
+            settings += f" calibrated_recall={self.calibrated_recall:.3f}"
+        return settings
 
     def _set_search(self, nprobe: int, refine_factor: int) -> None:
         """Serve with these settings; both are saved with the index."""

@@ -269,6 +269,9 @@ def test_the_refine_factor_is_calibrated_and_saved_with_the_index(tmp_path):
     # reaches recall@10 0.63 even with every list probed, so calibration must fetch more.
     assert index.refine_factor > REFINE_FACTORS[1]
     assert _served_recall(index, vectors, queries, excludes) >= TARGET_RECALL
+    assert index.calibrated_recall is not None and index.calibrated_recall >= TARGET_RECALL
+    assert f"nprobe={index.nprobe}/" in index.search_settings
+    assert f"refine=x{index.refine_factor}" in index.search_settings
     path = tmp_path / "calibrated.faiss"
     loaded = VectorIndex.load(path, index.save(path), mmap=True)
     assert (loaded.nprobe, loaded.refine_factor) == (index.nprobe, index.refine_factor)
