@@ -253,43 +253,51 @@ class VectorIndex:
                 hits += len(expected & {hit.item_id for hit in found})
             return hits / (k * len(sample))
 
-        def fewest_lists(factor: int, start: int) -> tuple[int, float]:
+        def fewest_lists(factor: int, start: int, limit: int) -> tuple[int, float]:
             # Walk from the step nearest ``start`` (a previous calibration over the same lists
             # is usually right or one step off): down while the target still holds, else up
-            # until it does. Returns the step's position and its recall.
-            at = next((i for i, step in enumerate(steps) if step >= start), len(steps) - 1)
+            # until it does, but not past step ``limit``. Returns the step's position and its
+            # recall.
+            at = min(limit, next((i for i, s in enumerate(steps) if s >= start), len(steps) - 1))
             recall = recall_at(steps[at], factor)
             if recall >= target:
                 while at > 0 and (lower := recall_at(steps[at - 1], factor)) >= target:
                     at, recall = at - 1, lower
             else:
-                while at < len(steps) - 1 and recall < target:
+                while at < limit and recall < target:
                     at += 1
                     recall = recall_at(steps[at], factor)
             return at, recall
 
         if not self._refined:
-            at, recall = fewest_lists(0, start)
+            at, recall = fewest_lists(0, start, len(steps) - 1)
             self._set_search(steps[at], 0)
             self.calibrated_recall = recall
             return recall
         per_list = len(self) / ivf.nlist
-        best: tuple[float, int, int, float] | None = None  # cost, nprobe, factor, recall
-        for factor in REFINE_FACTORS:
-            at, recall = fewest_lists(factor, start)
-            if recall < target:
-                continue  # even every list is not enough: more candidates
-            cost = steps[at] * per_list + factor * k * CANDIDATE_COST_IN_CODES
-            if best is not None and cost >= best[0]:
-                break
-            best = (cost, steps[at], factor, recall)
-            if at == 0:
-                break  # no fewer lists to probe: more candidates would only cost more
-            start = steps[at]
+
+        def cost(at: int, factor: int) -> float:
+            return steps[at] * per_list + factor * k * CANDIDATE_COST_IN_CODES
+
+        # The middle factor first, walked as far as it takes; every other factor then only
+        # while it can still be cheaper than the best so far (a small factor may never reach
+        # the target: its walk would otherwise go through every list).
+        middle = len(REFINE_FACTORS) // 2
+        order = sorted(range(len(REFINE_FACTORS)), key=lambda i: (abs(i - middle), i))
+        best: tuple[float, int, int, float] | None = None  # cost, step, factor, recall
+        for factor in (REFINE_FACTORS[i] for i in order):
+            limit = len(steps) - 1
+            if best is not None:
+                limit = max((i for i in range(len(steps)) if cost(i, factor) < best[0]), default=-1)
+                if limit < 0:
+                    continue  # its fewest lists already cost more than the best
+            at, recall = fewest_lists(factor, steps[best[1]] if best else start, limit)
+            if recall >= target and (best is None or cost(at, factor) < best[0]):
+                best = (cost(at, factor), at, factor, recall)
         if best is None:  # the target is out of reach: the most thorough setting
-            best = (0.0, steps[-1], REFINE_FACTORS[-1], recall)
-        _, nprobe, factor, recall = best
-        self._set_search(nprobe, factor)
+            best = (0.0, len(steps) - 1, REFINE_FACTORS[-1], recall)
+        _, at, factor, recall = best
+        self._set_search(steps[at], factor)
         self.calibrated_recall = recall
         return recall
 
