@@ -371,6 +371,8 @@ class VectorIndex:
             for start in range(0, len(ids), BULK_ASSIGN_BLOCK)
         ]
         if isinstance(ivf, faiss.IndexIVFFastScan):
+            # Only an index being built is added to (a served one is memory-mapped read-only):
+            # nothing searches it while its quantizer is swapped.
             assigner = faiss.IndexFlatIP(ivf.d)
             assigner.add(centroids)
             served, ivf.quantizer = ivf.quantizer, assigner
