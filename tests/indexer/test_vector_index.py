@@ -220,16 +220,25 @@ def test_a_rebuild_keeps_centroids_that_still_fit(caplog):
     vectors = _unit_vectors(12_000, seed=8)
     ids = np.arange(12_000)
     first = _calibrated(vectors[:10_000], ids[:10_000])
-    # 20% more items of the same kind: same lists, no k-means, and the target still reached.
+    # 20% more items of the same kind: same lists and codebook, no k-means, no codebook
+    # fitting, and the target still reached.
     second = _calibrated(vectors, ids, previous=first)
     np.testing.assert_array_equal(_centroids(second), _centroids(first))
+    np.testing.assert_array_equal(_codebook(second), _codebook(first))
     queries, excludes = _users(vectors, 60, seed=7)
     assert _served_recall(second, vectors, queries, excludes) >= TARGET_RECALL
     # Items of another kind entirely: the old lists would pile them into few lists.
     other = _unit_vectors(12_000, seed=9)
     third = _calibrated(other, ids, previous=second)
     assert not np.array_equal(_centroids(third), _centroids(second))
+    assert not np.array_equal(_codebook(third), _codebook(second))
     assert "retrained" in caplog.text
+
+
+def _codebook(index: VectorIndex) -> np.ndarray:
+    codebook = index.codebook()
+    assert codebook is not None
+    return faiss.vector_to_array(codebook.centroids)
 
 
 def test_centroids_are_not_reused_across_sizes_or_dimensions():
