@@ -59,7 +59,7 @@ def choose_kind(n_items: int, exact_max_items: int) -> str:
 
 
 #: Recorded in every index fingerprint: a change of build parameters rebuilds published indexes.
-BUILD_SPEC = "ivf:2-4sqrt,sphkm,fp16q,pq2x4fs+fp16,cal@0.97/fine/sel/refine,users"
+BUILD_SPEC = "ivf:2-4sqrt,sphkm,fp16q|pq2x4fsq@2048x3,pq2x4fs+fp16,cal@0.97/fine/sel/refine,users"
 #: An approximate search fetches a multiple of the wanted hits from the 4-bit codes and keeps
 #: the best by their float16 vectors. Calibration chooses the multiple with ``nprobe``: how
 #: many candidates a catalogue needs depends on how close its near-duplicates are (the
@@ -74,6 +74,13 @@ CANDIDATE_COST_IN_CODES = 32
 #: Bits per coordinate of the query in the RaBitQ distance estimates of indexes published
 #: before the fast-scan lists (until the next reindex rebuilds them: their build spec differs).
 RABITQ_QUERY_BITS = 8
+#: From this many lists on, the coarse search scans fast-scan codes of the centroids and re-ranks
+#: `COARSE_REFINE_FACTOR` times the lists it needs by their float16 copies, instead of scanning
+#: every float16 centroid: 1M benchmark catalogue (4,000 lists, 96 probed, one thread) 0.078
+#: against 0.223 ms a query, choosing the same lists for 99.97% of them (x2: 0.065 ms, 99.3%).
+#: Fewer lists cost too little to matter (632 at 100k: 0.04 ms).
+COARSE_FAST_SCAN_MIN_LISTS = 2048
+COARSE_REFINE_FACTOR = 3
 #: The product quantizer is fitted on this many catalogue vectors (FAISS uses at most 256 per
 #: code value: 4,096 for 4-bit codes).
 PQ_TRAIN_SAMPLE = 16_384
@@ -576,7 +583,7 @@ def _ivf_index(
     # them was as fast but lost some users entirely (1M benchmark, 500 users: recall@10 min
     # 0.1 against 0.6 with a full scan, mean 0.971 against 0.976): its greedy walk stopped in
     # the wrong region of near-duplicate centroids, and more probes did not help.
-    quantizer = _float16_rows(centroids)
+    quantizer = _coarse_quantizer(centroids)
     lists = faiss.IndexIVFPQFastScan(
         quantizer, dim, len(centroids), _pq_codes(dim), 4, faiss.METRIC_INNER_PRODUCT
     )
@@ -601,6 +608,25 @@ def _ivf_index(
     # IndexRefine keeps Python references to its parts alive only through these attributes.
     index.referenced_objects = [lists, refine, quantizer]
     return index
+
+
+def _coarse_quantizer(centroids: np.ndarray) -> faiss.Index:
+    """What finds the lists to probe: the float16 centroids, scanned in full below
+    `COARSE_FAST_SCAN_MIN_LISTS`, else through fast-scan codes re-ranked by them."""
+    if len(centroids) < COARSE_FAST_SCAN_MIN_LISTS:
+        return _float16_rows(centroids)
+    rows = np.ascontiguousarray(centroids, dtype=np.float32)
+    dim = rows.shape[1]
+    scan = faiss.IndexPQFastScan(dim, _pq_codes(dim), 4, faiss.METRIC_INNER_PRODUCT)
+    exact = faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    quantizer = faiss.IndexRefine(scan, exact)
+    quantizer.train(rows)
+    quantizer.add(rows)
+    quantizer.k_factor = COARSE_REFINE_FACTOR
+    quantizer.referenced_objects = [scan, exact]
+    return quantizer
 
 
 def _float16_rows(rows: np.ndarray) -> faiss.IndexScalarQuantizer:

@@ -8,12 +8,14 @@ import pytest
 
 from indexer.errors import IndexCorrupt
 from indexer.vector_index import (
+    COARSE_FAST_SCAN_MIN_LISTS,
     FLAT,
     IVF,
     REFINE_FACTORS,
     TARGET_RECALL,
     CalibrationSample,
     VectorIndex,
+    _coarse_quantizer,
 )
 
 
@@ -284,6 +286,23 @@ def test_the_refine_factor_is_calibrated_and_saved_with_the_index(tmp_path):
     path = tmp_path / "calibrated.faiss"
     loaded = VectorIndex.load(path, index.save(path), mmap=True)
     assert (loaded.nprobe, loaded.refine_factor) == (index.nprobe, index.refine_factor)
+
+
+def test_many_lists_are_found_through_fast_scan_codes_of_the_centroids():
+    """From `COARSE_FAST_SCAN_MIN_LISTS` on, the coarse search re-ranks fast-scan candidates by
+    the float16 centroids: it must probe the lists a full scan of them would."""
+    centroids = _unit_vectors(COARSE_FAST_SCAN_MIN_LISTS + 100, seed=13)
+    coarse = _coarse_quantizer(centroids)
+    assert isinstance(faiss.downcast_index(coarse), faiss.IndexRefine)
+    full = faiss.IndexFlatIP(centroids.shape[1])
+    full.add(centroids)
+    queries = _users(centroids, 100, seed=14)[0]
+    _, expected = full.search(queries, 64)
+    found = np.vstack([coarse.search(query.reshape(1, -1), 64)[1] for query in queries])
+    same = np.mean([len(set(a) & set(b)) / 64 for a, b in zip(expected, found, strict=True)])
+    assert same >= 0.99
+    # Fewer lists: all float16 centroids, scanned in full.
+    assert isinstance(_coarse_quantizer(centroids[:500]), faiss.IndexScalarQuantizer)
 
 
 def test_calibration_finds_the_same_nprobe_from_any_start():
