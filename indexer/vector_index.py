@@ -93,8 +93,7 @@ CALIBRATION_QUERIES = 200
 #: overshoots little (1M benchmark catalogue: 56 reached 0.974 where the step above 48 was 64).
 _NPROBE_SMALL = (4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128)
 NPROBE_STEPS = _NPROBE_SMALL + (160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024)
-#: Adds of at least this many vectors to an IVF index assign them to lists with numpy.
-BULK_ASSIGN_MIN = 4096
+#: Vectors added (or assigned to lists by numpy in k-means) per block; jobs pace between them.
 BULK_ASSIGN_BLOCK = 16_384
 #: A rebuild keeps the previous index's coarse centroids (no k-means) while the list count a
 #: fresh build would choose is within this factor range of theirs ...
@@ -284,34 +283,41 @@ class VectorIndex:
                     recall = recall_at(steps[at], factor)
             return at, recall
 
-        if not self._refined:
-            at, recall = fewest_lists(0, start, len(steps) - 1)
-            self._set_search(steps[at], 0)
-            self.calibrated_recall = recall
-            return recall
-        per_list = len(self) / ivf.nlist
+        def cheapest_pair() -> tuple[int, int, float]:
+            # The middle factor first, walked as far as it takes; every other factor then only
+            # while it can still be cheaper than the best so far (a small factor may never
+            # reach the target: its walk would otherwise go through every list).
+            per_list = len(self) / ivf.nlist
 
-        def cost(at: int, factor: int) -> float:
-            return steps[at] * per_list + factor * k * CANDIDATE_COST_IN_CODES
+            def cost(at: int, factor: int) -> float:
+                return steps[at] * per_list + factor * k * CANDIDATE_COST_IN_CODES
 
-        # The middle factor first, walked as far as it takes; every other factor then only
-        # while it can still be cheaper than the best so far (a small factor may never reach
-        # the target: its walk would otherwise go through every list).
-        middle = len(REFINE_FACTORS) // 2
-        order = sorted(range(len(REFINE_FACTORS)), key=lambda i: (abs(i - middle), i))
-        best: tuple[float, int, int, float] | None = None  # cost, step, factor, recall
-        for factor in (REFINE_FACTORS[i] for i in order):
-            limit = len(steps) - 1
-            if best is not None:
-                limit = max((i for i in range(len(steps)) if cost(i, factor) < best[0]), default=-1)
-                if limit < 0:
-                    continue  # its fewest lists already cost more than the best
-            at, recall = fewest_lists(factor, steps[best[1]] if best else start, limit)
-            if recall >= target and (best is None or cost(at, factor) < best[0]):
-                best = (cost(at, factor), at, factor, recall)
-        if best is None:  # the target is out of reach: the most thorough setting
-            best = (0.0, len(steps) - 1, REFINE_FACTORS[-1], recall)
-        _, at, factor, recall = best
+            middle = len(REFINE_FACTORS) // 2
+            order = sorted(range(len(REFINE_FACTORS)), key=lambda i: (abs(i - middle), i))
+            best: tuple[float, int, int, float] | None = None  # cost, step, factor, recall
+            walked: dict[int, tuple[int, float]] = {}
+            for factor in (REFINE_FACTORS[i] for i in order):
+                limit = len(steps) - 1
+                if best is not None:
+                    cheaper = (i for i in range(len(steps)) if cost(i, factor) < best[0])
+                    limit = max(cheaper, default=-1)
+                    if limit < 0:
+                        continue  # its fewest lists already cost more than the best
+                at, recall = walked[factor] = fewest_lists(
+                    factor, steps[best[1]] if best else start, limit
+                )
+                if recall >= target and (best is None or cost(at, factor) < best[0]):
+                    best = (cost(at, factor), at, factor, recall)
+            if best is None:  # the target is out of reach: the most thorough setting, which
+                # every factor's uncapped walk (the largest's too) ended at
+                at, recall = walked[REFINE_FACTORS[-1]]
+                return at, REFINE_FACTORS[-1], recall
+            return best[1], best[2], best[3]
+
+        if self._refined:
+            at, factor, recall = cheapest_pair()
+        else:
+            (at, recall), factor = fewest_lists(0, start, len(steps) - 1), 0
         self._set_search(steps[at], factor)
         self.calibrated_recall = recall
         return recall
@@ -320,7 +326,7 @@ class VectorIndex:
     def search_settings(self) -> str:
         """How a search runs, for logs: ``exact``, or lists probed, candidates re-ranked per
         hit and the recall@10 calibration reached."""
-        if self.kind != IVF or self._lists is None:
+        if self._lists is None:  # only an IVF index has lists
             return "exact"
         settings = f"nprobe={self.nprobe}/{self._lists.nlist}"
         if self.refine_factor:
@@ -365,7 +371,7 @@ class VectorIndex:
             self._add_to_lists(ids, vectors)
             self._add_refine_rows(ids, vectors)
             return
-        if self.kind == IVF and len(ids) >= BULK_ASSIGN_MIN:
+        if self.kind == IVF:
             self._add_to_lists(ids, vectors)
             return
         self._index.add_with_ids(vectors, ids)
@@ -373,40 +379,25 @@ class VectorIndex:
     def _add_to_lists(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add to the inverted lists in blocks, pacing between them.
 
-        FAISS assigns vectors to lists with its quantizer, here float16 centroids searched
-        without BLAS (~5x slower than numpy's product: 1.8 s against 0.35 s for 100k vectors
-        and 632 lists). Fast-scan lists pack their codes in blocks that only FAISS's own add
-        writes, so it assigns with a float32 copy of the centroids (a BLAS product); other
-        lists are handed the list numbers computed with numpy."""
+        FAISS assigns vectors to lists with the index's quantizer: float16 centroids searched
+        without BLAS, or fast-scan codes of them, ~5x slower than a BLAS product (1.8 s against
+        0.35 s for 100k vectors and 632 lists). For the add it gets a float32 copy of the
+        centroids instead (fast-scan lists pack their codes in blocks that only FAISS's own add
+        writes, so the lists cannot be handed list numbers computed elsewhere)."""
         ivf = self._lists
         assert ivf is not None
-        centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
-        blocks = [
-            slice(start, min(len(ids), start + BULK_ASSIGN_BLOCK))
-            for start in range(0, len(ids), BULK_ASSIGN_BLOCK)
-        ]
-        if isinstance(ivf, faiss.IndexIVFFastScan):
-            # Only an index being built is added to (a served one is memory-mapped read-only):
-            # nothing searches it while its quantizer is swapped.
-            assigner = faiss.IndexFlatIP(ivf.d)
-            assigner.add(centroids)
-            served, ivf.quantizer = ivf.quantizer, assigner
-            try:
-                for block in blocks:
-                    ivf.add_with_ids(vectors[block], ids[block])
-                    pacing.pause()
-            finally:
-                ivf.quantizer = served
-            return
-        lists = _nearest_centroid(centroids, vectors)
-        for block in blocks:
-            ivf.add_core(
-                block.stop - block.start,
-                faiss.swig_ptr(vectors[block]),
-                faiss.swig_ptr(ids[block]),
-                faiss.swig_ptr(lists[block]),
-            )
-            pacing.pause()
+        assigner = faiss.IndexFlatIP(ivf.d)
+        assigner.add(ivf.quantizer.reconstruct_n(0, ivf.nlist))
+        # Only an index being built is added to (a served one is memory-mapped read-only):
+        # nothing searches it while its quantizer is swapped.
+        served, ivf.quantizer = ivf.quantizer, assigner
+        try:
+            for start in range(0, len(ids), BULK_ASSIGN_BLOCK):
+                block = slice(start, start + BULK_ASSIGN_BLOCK)
+                ivf.add_with_ids(vectors[block], ids[block])
+                pacing.pause()
+        finally:
+            ivf.quantizer = served
 
     def _add_refine_rows(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """float16 rows from the first free one up to ``ids``' last, row = item id: ``vectors``
@@ -578,11 +569,6 @@ def _ivf_index(
     one is ~0.6 s of CPU at 384 dimensions, in one call that pacing cannot interrupt).
     """
     dim = centroids.shape[1]
-    # The coarse search scans float16 copies of the centroids: in float32, 4,000 centroids are
-    # 6 MB read per query (0.5-0.9 ms at 1M items, a quarter of the search). An HNSW graph of
-    # them was as fast but lost some users entirely (1M benchmark, 500 users: recall@10 min
-    # 0.1 against 0.6 with a full scan, mean 0.971 against 0.976): its greedy walk stopped in
-    # the wrong region of near-duplicate centroids, and more probes did not help.
     quantizer = _coarse_quantizer(centroids)
     lists = faiss.IndexIVFPQFastScan(
         quantizer, dim, len(centroids), _pq_codes(dim), 4, faiss.METRIC_INNER_PRODUCT
@@ -600,9 +586,7 @@ def _ivf_index(
             len(vectors), min(len(vectors), PQ_TRAIN_SAMPLE), False
         )
         lists.train(np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32))
-    refine = faiss.IndexScalarQuantizer(
-        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
+    refine = _float16_index(dim)
     index = faiss.IndexRefine(lists, refine)
     index.k_factor = REFINE_FACTORS[0]  # until calibrated
     # IndexRefine keeps Python references to its parts alive only through these attributes.
@@ -612,15 +596,22 @@ def _ivf_index(
 
 def _coarse_quantizer(centroids: np.ndarray) -> faiss.Index:
     """What finds the lists to probe: the float16 centroids, scanned in full below
-    `COARSE_FAST_SCAN_MIN_LISTS`, else through fast-scan codes re-ranked by them."""
-    if len(centroids) < COARSE_FAST_SCAN_MIN_LISTS:
-        return _float16_rows(centroids)
+    `COARSE_FAST_SCAN_MIN_LISTS`, else through fast-scan codes re-ranked by them.
+
+    float16, not float32: 4,000 float32 centroids are 6 MB read per query (0.5-0.9 ms at 1M
+    items, a quarter of the search then). An HNSW graph of them was as fast but lost some users
+    entirely (1M benchmark, 500 users: recall@10 min 0.1 against 0.6 with a full scan, mean
+    0.971 against 0.976): its greedy walk stopped in the wrong region of near-duplicate
+    centroids, and more probes did not help.
+    """
     rows = np.ascontiguousarray(centroids, dtype=np.float32)
     dim = rows.shape[1]
+    exact = _float16_index(dim)
+    if len(rows) < COARSE_FAST_SCAN_MIN_LISTS:
+        exact.train(rows)
+        exact.add(rows)
+        return exact
     scan = faiss.IndexPQFastScan(dim, _pq_codes(dim), 4, faiss.METRIC_INNER_PRODUCT)
-    exact = faiss.IndexScalarQuantizer(
-        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-    )
     quantizer = faiss.IndexRefine(scan, exact)
     quantizer.train(rows)
     quantizer.add(rows)
@@ -629,14 +620,11 @@ def _coarse_quantizer(centroids: np.ndarray) -> faiss.Index:
     return quantizer
 
 
-def _float16_rows(rows: np.ndarray) -> faiss.IndexScalarQuantizer:
-    index = faiss.IndexScalarQuantizer(
-        rows.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+def _float16_index(dim: int) -> faiss.IndexScalarQuantizer:
+    """float16 copies of vectors scored by inner product: re-ranking rows, coarse centroids."""
+    return faiss.IndexScalarQuantizer(
+        dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
     )
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    index.train(rows)
-    index.add(rows)
-    return index
 
 
 def _pq_codes(dim: int) -> int:
