@@ -15,6 +15,17 @@ foreground group, so Ctrl-C reaches it), forwards SIGINT, SIGTERM and SIGHUP, an
 child's status. The child dies with the parent (``PR_SET_PDEATHSIG``), so ``kill -9`` of the job
 stops the work as before.
 Where autogroups are off or absent, the job only lowers its own nice value.
+
+At the lowest priority (nice 19, the default) the job also runs under the ``SCHED_IDLE``
+policy. A niced autogroup bounds the job's share of the CPU, not how long a server worker
+waits when it wakes up on a core the job is using: the kernel lets the running job finish its
+slice first, and a CPU-bound job took part of every slice. A waking task of any other policy
+preempts a ``SCHED_IDLE`` one at once, and the scheduler places wakeups on a core that runs
+only such tasks as if it were idle. Measured here (100k benchmark server at 200
+recommendations/s, 20 s per case, p99 against 15-16 ms with nothing beside it): two busy
+loops at autogroup nice 19 gave 31.6-33.9 ms, 17.8-25.9 ms with ``SCHED_IDLE`` too; a
+memory-bound numpy loop 39-96 ms, and 19.6-24.0 ms. The job's share of the time left idle
+is unchanged (its autogroup's weight decides that).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
 OWN_AUTOGROUP = Path("/proc/self/autogroup")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
+#: From this nice value on (the lowest), a job also runs under ``SCHED_IDLE`` (module doc).
+IDLE_POLICY_NICE = 19
 
 
 def autogroups_active() -> bool:
@@ -53,13 +66,19 @@ def enter_job_priority(nice: int) -> None:
 
 
 def _lower_priority(nice: int) -> None:
-    """This process's nice value, and its session's autogroup's when autogroups are on."""
+    """This process's nice value, and its session's autogroup's when autogroups are on; at
+    `IDLE_POLICY_NICE` also the ``SCHED_IDLE`` policy (inherited by threads started later)."""
     if autogroups_active():
         try:
             OWN_AUTOGROUP.write_text(str(nice))
         except OSError:
             pass  # some kernels refuse it to unprivileged users: nice alone then
     os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    if nice >= IDLE_POLICY_NICE and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass  # a container's seccomp profile may refuse it: the nice value stays
 
 
 def _rerun_in_own_session(nice: int) -> int:

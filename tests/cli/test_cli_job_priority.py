@@ -29,8 +29,13 @@ nice_at_start = os.nice(0)
 from service.job_priority import enter_job_priority
 enter_job_priority(int(sys.argv[1]))
 autogroup = open("/proc/self/autogroup").read() if os.path.exists("/proc/self/autogroup") else ""
+import threading
+policies = []  # the work's main thread, and a thread it starts (math libraries start some)
+thread = threading.Thread(target=lambda: policies.append(os.sched_getscheduler(0)))
+thread.start(); thread.join()
 print(json.dumps({"pid": os.getpid(), "sid": os.getsid(0), "nice": os.nice(0),
-                  "nice_at_start": nice_at_start, "autogroup": autogroup}), flush=True)
+                  "nice_at_start": nice_at_start, "autogroup": autogroup,
+                  "policies": [os.sched_getscheduler(0), *policies]}), flush=True)
 time.sleep(float(sys.argv[2]))
 sys.exit(int(sys.argv[3]))
 """
@@ -67,6 +72,18 @@ def test_job_works_in_its_own_niced_session():
         assert str(seen["autogroup"]).strip().endswith("nice 7")
         # Niced before its interpreter started, not only once the job code ran.
         assert seen["nice_at_start"] == 7
+    # Above the lowest priority the job keeps the normal policy (see the next test).
+    assert seen["policies"] == [os.SCHED_OTHER, os.SCHED_OTHER]
+
+
+def test_the_lowest_priority_also_takes_the_idle_policy():
+    """At nice 19 a server worker waking up preempts the job at once (SCHED_IDLE), in every
+    thread the job starts."""
+    process = start(nice=19)
+    seen = report(process)
+    assert process.wait(timeout=30) == 0
+    assert seen["nice"] == 19
+    assert seen["policies"] == [os.SCHED_IDLE, os.SCHED_IDLE]
 
 
 def test_nice_zero_changes_nothing():
@@ -74,6 +91,7 @@ def test_nice_zero_changes_nothing():
     seen = report(process)
     assert process.wait(timeout=30) == 0
     assert seen["pid"] == process.pid and seen["nice"] == os.nice(0)
+    assert seen["policies"] == [os.SCHED_OTHER, os.SCHED_OTHER]
 
 
 def test_exit_status_passes_through():
