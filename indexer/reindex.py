@@ -38,9 +38,15 @@ from store.versions import (
     active_index_version,
     add_index_version,
     latest_index_version_for_model,
+    prune_index_versions,
 )
 
 log = logging.getLogger(__name__)
+
+#: Index versions kept per lineage (model version and embedder) after a publish: the new one
+#: and the one it replaces, which servers answer from until they have loaded the new one.
+#: Older files are deleted (an index file is as large as the catalogue's vectors).
+INDEX_VERSIONS_KEPT = 2
 
 #: Maps (item ids, raw embedder vectors) to the vectors the index stores (a model's item side).
 ItemTransform = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -293,13 +299,19 @@ def build_index(
             activate=activate,
         )
         version_id = version.id
+        superseded = prune_index_versions(session, version, INDEX_VERSIONS_KEPT)
+    # After the commit: a killed job leaves a file without a row at worst, never the reverse.
+    for old in superseded:
+        Path(old).unlink(missing_ok=True)
     log.info(
-        "reindex published index_version=%d items=%d kind=%s %s embedded=%d timings: %s",
+        "reindex published index_version=%d items=%d kind=%s %s embedded=%d pruned_versions=%d "
+        "timings: %s",
         version_id,
         len(index),
         index.kind,
         index.search_settings,
         embedded,
+        len(superseded),
         timer,
     )
     return ReindexResult(embedded, version_id, len(index), rebuilt=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from store.errors import NotFound
@@ -40,6 +40,27 @@ def latest_index_version_for_model(
         .where(IndexVersion.embedder_model == embedder_model)
         .order_by(IndexVersion.id.desc())
     )
+
+
+def prune_index_versions(session: Session, newest: IndexVersion, keep: int) -> list[str]:
+    """Delete the rows of ``newest``'s lineage (same model version and embedder) older than its
+    ``keep`` newest, the active one excepted; return their file paths for the caller to remove
+    once this transaction is committed (a file is never gone while its row is there)."""
+    model = IndexVersion.model_version_id
+    lineage = (
+        select(IndexVersion.id, IndexVersion.path)
+        .where(
+            model.is_(None) if newest.model_version_id is None else model == newest.model_version_id
+        )
+        .where(IndexVersion.embedder_model == newest.embedder_model)
+        .where(IndexVersion.id <= newest.id)
+        .where(IndexVersion.active.is_(False) | (IndexVersion.id == newest.id))
+        .order_by(IndexVersion.id.desc())
+    )
+    old = session.execute(lineage.offset(max(keep, 1))).all()  # newest is the first row
+    if old:
+        session.execute(delete(IndexVersion).where(IndexVersion.id.in_([row.id for row in old])))
+    return [row.path for row in old]
 
 
 def list_index_versions(session: Session) -> list[IndexVersion]:

@@ -3,6 +3,7 @@
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from store.items import (
     store_vectors,
     upsert_items,
 )
-from store.models import IndexVersion, Item
-from store.versions import add_index_version
+from store.models import IndexVersion, Item, ModelVersion
+from store.versions import add_index_version, add_model_version, list_index_versions
 
 DIM = 8
 
@@ -108,6 +109,37 @@ def test_a_new_active_version_is_picked_up_without_restart(db, embedder, tmp_pat
     assert live.version_id == second.index_version_id and len(live) == 6
     unchanged = build_index(db, embedder, tmp_path, exact_max_items=1000)
     assert not unchanged.rebuilt and unchanged.embedded == 0
+
+
+def test_a_publish_deletes_the_versions_before_the_one_it_replaces(db, embedder, tmp_path):
+    """Each published build keeps itself and the version it replaces (servers answer from that
+    one until they have loaded the new one); older rows and their files go. Another lineage
+    (an experiment's index for another model) is left alone."""
+    _add(db, embedder, [f"a{n}" for n in range(5)])
+    with db.write() as session:
+        model_id = add_model_version(
+            session,
+            ModelVersion(path="unused", checksum="0" * 64, embedder_model=embedder.model_name),
+            activate=False,
+        ).id
+    experiment = build_index(
+        db, embedder, tmp_path, exact_max_items=1000, model_version_id=model_id, activate=False
+    )
+    builds = [
+        build_index(db, embedder, tmp_path, exact_max_items=1000, full=True) for _ in range(4)
+    ]
+    assert all(build.rebuilt for build in builds)
+    with db.read() as session:
+        versions = {version.id: Path(version.path) for version in list_index_versions(session)}
+    assert set(versions) == {
+        experiment.index_version_id,
+        builds[-2].index_version_id,
+        builds[-1].index_version_id,
+    }
+    assert set(tmp_path.glob("*.faiss")) == set(versions.values())
+    live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
+    live.refresh()
+    assert live.version_id == builds[-1].index_version_id and len(live) == 5
 
 
 def test_items_are_searchable_before_any_index_is_published(db, embedder):
