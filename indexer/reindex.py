@@ -301,8 +301,12 @@ def build_index(
         version_id = version.id
         superseded = prune_index_versions(session, version, INDEX_VERSIONS_KEPT)
     # After the commit: a killed job leaves a file without a row at worst, never the reverse.
-    for old in superseded:
-        Path(old).unlink(missing_ok=True)
+    # Only files in this job's own directory: a database copied with its rows still naming
+    # another data directory's files (a copied deployment) must not delete that one's files.
+    own_dir = index_dir.resolve()
+    for old in map(Path, superseded):
+        if old.parent.resolve() == own_dir:
+            old.unlink(missing_ok=True)
     log.info(
         "reindex published index_version=%d items=%d kind=%s %s embedded=%d pruned_versions=%d "
         "timings: %s",

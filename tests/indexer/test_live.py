@@ -140,6 +140,13 @@ def test_a_publish_deletes_the_versions_before_the_one_it_replaces(db, embedder,
     live = LiveIndex(db, embedder.model_name, version_check_interval_s=0)
     live.refresh()
     assert live.version_id == builds[-1].index_version_id and len(live) == 5
+    # A build into another directory (a copied deployment whose rows still name this one's
+    # files) deletes the rows it supersedes but not this directory's files.
+    elsewhere = tmp_path / "copy"
+    for _ in range(2):
+        build_index(db, embedder, elsewhere, exact_max_items=1000, full=True)
+    assert set(tmp_path.glob("*.faiss")) == set(versions.values())
+    assert len(list(elsewhere.glob("*.faiss"))) == 2
 
 
 def test_items_are_searchable_before_any_index_is_published(db, embedder):
