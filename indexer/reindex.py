@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 #: and the one it replaces, which servers answer from until they have loaded the new one.
 #: Older files are deleted (an index file is as large as the catalogue's vectors).
 INDEX_VERSIONS_KEPT = 2
+#: A partly written index file (``*.faiss.tmp``, left by a job killed while saving) this old is
+#: deleted by the next publish; younger ones may be another job's save in progress.
+ABANDONED_TMP_AGE_S = 3600.0
 
 #: Maps (item ids, raw embedder vectors) to the vectors the index stores (a model's item side).
 ItemTransform = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -201,6 +205,17 @@ def _previous_index(
         return None
 
 
+def _remove_abandoned_saves(index_dir: Path) -> None:
+    """Delete ``*.faiss.tmp`` files older than `ABANDONED_TMP_AGE_S` (killed saves)."""
+    cutoff = time.time() - ABANDONED_TMP_AGE_S
+    for partial in index_dir.glob("*.faiss.tmp"):
+        try:
+            if partial.stat().st_mtime < cutoff:
+                partial.unlink()
+        except FileNotFoundError:
+            pass  # another job removed or finished it meanwhile
+
+
 def build_index(
     db: Database,
     embedder: Embedder,
@@ -307,6 +322,7 @@ def build_index(
     for old in map(Path, superseded):
         if old.parent.resolve() == own_dir:
             old.unlink(missing_ok=True)
+    _remove_abandoned_saves(index_dir)
     log.info(
         "reindex published index_version=%d items=%d kind=%s %s embedded=%d pruned_versions=%d "
         "timings: %s",

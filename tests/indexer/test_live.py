@@ -1,5 +1,6 @@
 """The live index: published versions plus an overlay of later catalogue changes."""
 
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -125,10 +126,19 @@ def test_a_publish_deletes_the_versions_before_the_one_it_replaces(db, embedder,
     experiment = build_index(
         db, embedder, tmp_path, exact_max_items=1000, model_version_id=model_id, activate=False
     )
+    # Saves cut short by a kill: an old one (deleted by the next publish) and one that may be
+    # another job's save in progress (kept).
+    abandoned, in_progress = tmp_path / "index-a.faiss.tmp", tmp_path / "index-b.faiss.tmp"
+    abandoned.write_bytes(b"partial")
+    in_progress.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * reindex.ABANDONED_TMP_AGE_S
+    os.utime(abandoned, (hours_ago, hours_ago))
     builds = [
         build_index(db, embedder, tmp_path, exact_max_items=1000, full=True) for _ in range(4)
     ]
     assert all(build.rebuilt for build in builds)
+    assert not abandoned.exists() and in_progress.exists()
+    in_progress.unlink()
     with db.read() as session:
         versions = {version.id: Path(version.path) for version in list_index_versions(session)}
     assert set(versions) == {
