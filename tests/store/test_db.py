@@ -1,11 +1,15 @@
 """SQLite write transactions: the write lock passes to a waiting writer as soon as it is free."""
 
+import sqlite3
 import statistics
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
+import store.db
 from store.db import SQLITE_BUSY_TIMEOUT_MS, Database
 
 
@@ -42,3 +46,30 @@ def test_a_waiting_writer_gets_the_lock_within_milliseconds_of_its_release(tmp_p
     finally:
         db.dispose()
     assert statistics.median(lateness) < 0.008, lateness
+
+
+def test_a_writer_that_gives_up_waiting_raises_sqlalchemys_error(tmp_path, monkeypatch):
+    """The wait is bounded by the busy timeout; what the caller then gets is SQLAlchemy's
+    OperationalError (what `Database.run_write` retries), with the busy timeout restored."""
+    path = tmp_path / "locked.db"
+    db = Database(f"sqlite:///{path}")
+    with db.write() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(store.db, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="database is locked"):
+            with db.write() as session:
+                session.execute(text("INSERT INTO t VALUES (1)"))
+        assert 0.04 <= time.monotonic() - started < 2
+        holder.execute("COMMIT")
+        with db.write() as session:
+            session.execute(text("INSERT INTO t VALUES (2)"))
+            assert session.execute(text("PRAGMA busy_timeout")).scalar() == 50
+        with db.read() as session:
+            assert session.execute(text("SELECT x FROM t")).scalars().all() == [2]
+    finally:
+        holder.close()
+        db.dispose()
