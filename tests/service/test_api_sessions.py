@@ -280,11 +280,12 @@ def test_a_just_given_answer_is_waited_for_by_another_worker(
         _insert(database, rows)
 
     monkeypatch.setattr(runtime.sessions, "_write", held_insert)
+    # The other worker is built first: the wait is bounded from the moment the answer was
+    # given, and building an app (its index load) took most of that second on a slow machine.
+    other = app_builder(runtime.settings.database_url, tmp_path / "other-worker", embedder)
     user = new_user_id()
     _like(client, user, ["nature-1"])
     first = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))  # answered, row held back
-    url = runtime.settings.database_url
-    other = app_builder(url, tmp_path / "other-worker", embedder)
     try:
         timer = threading.Timer(0.3, release.set)
         timer.start()
