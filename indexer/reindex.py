@@ -205,8 +205,17 @@ def _previous_index(
         return None
 
 
-def _remove_abandoned_saves(index_dir: Path) -> None:
-    """Delete ``*.faiss.tmp`` files older than `ABANDONED_TMP_AGE_S` (killed saves)."""
+def _remove_unused_files(index_dir: Path, superseded: list[str]) -> None:
+    """Delete the files of ``superseded`` versions (after their rows' commit: a killed job
+    leaves a file without a row at worst, never the reverse) and ``*.faiss.tmp`` files older
+    than `ABANDONED_TMP_AGE_S` (killed saves).
+
+    Only files in ``index_dir``: a database copied with its rows still naming another data
+    directory's files (a copied deployment) must not delete that one's files."""
+    own_dir = index_dir.resolve()
+    for old in map(Path, superseded):
+        if old.parent.resolve() == own_dir:
+            old.unlink(missing_ok=True)
     cutoff = time.time() - ABANDONED_TMP_AGE_S
     for partial in index_dir.glob("*.faiss.tmp"):
         try:
@@ -315,14 +324,7 @@ def build_index(
         )
         version_id = version.id
         superseded = prune_index_versions(session, version, INDEX_VERSIONS_KEPT)
-    # After the commit: a killed job leaves a file without a row at worst, never the reverse.
-    # Only files in this job's own directory: a database copied with its rows still naming
-    # another data directory's files (a copied deployment) must not delete that one's files.
-    own_dir = index_dir.resolve()
-    for old in map(Path, superseded):
-        if old.parent.resolve() == own_dir:
-            old.unlink(missing_ok=True)
-    _remove_abandoned_saves(index_dir)
+    _remove_unused_files(index_dir, superseded)
     log.info(
         "reindex published index_version=%d items=%d kind=%s %s embedded=%d pruned_versions=%d "
         "timings: %s",

@@ -295,7 +295,7 @@ class VectorIndex:
             middle = len(REFINE_FACTORS) // 2
             order = sorted(range(len(REFINE_FACTORS)), key=lambda i: (abs(i - middle), i))
             best: tuple[float, int, int, float] | None = None  # cost, step, factor, recall
-            walked: dict[int, tuple[int, float]] = {}
+            most_thorough = (len(steps) - 1, 0.0)  # the largest factor's walk (step, recall)
             for factor in (REFINE_FACTORS[i] for i in order):
                 limit = len(steps) - 1
                 if best is not None:
@@ -303,15 +303,14 @@ class VectorIndex:
                     limit = max(cheaper, default=-1)
                     if limit < 0:
                         continue  # its fewest lists already cost more than the best
-                at, recall = walked[factor] = fewest_lists(
-                    factor, steps[best[1]] if best else start, limit
-                )
+                at, recall = fewest_lists(factor, steps[best[1]] if best else start, limit)
+                if factor == REFINE_FACTORS[-1]:
+                    most_thorough = (at, recall)
                 if recall >= target and (best is None or cost(at, factor) < best[0]):
                     best = (cost(at, factor), at, factor, recall)
             if best is None:  # the target is out of reach: the most thorough setting, which
                 # every factor's uncapped walk (the largest's too) ended at
-                at, recall = walked[REFINE_FACTORS[-1]]
-                return at, REFINE_FACTORS[-1], recall
+                return most_thorough[0], REFINE_FACTORS[-1], most_thorough[1]
             return best[1], best[2], best[3]
 
         if self._refined:
