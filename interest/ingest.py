@@ -181,8 +181,7 @@ def apply_to_profiles(
         for uid in sorted(by_user)
         if uid not in stored
     }
-    for user_id, events in by_user.items():
-        fold_rows(states.get(user_id) or new[user_id], events, config, vectors)
+    fold_users({**states, **new}, by_user, config, vectors)
     update_states(session, states)
     if new:
         created = insert_profiles(
@@ -195,8 +194,7 @@ def apply_to_profiles(
             theirs = {
                 uid: state_from_row(row) for uid, row in lock_profile_rows(session, raced).items()
             }
-            for user_id, state in theirs.items():
-                fold_rows(state, by_user[user_id], config, vectors)
+            fold_users(theirs, by_user, config, vectors)
             update_states(session, theirs)
 
 
@@ -215,6 +213,37 @@ def update_states(session: Session, states: Mapping[int, ProfileState]) -> None:
 
 def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     return {name: value for name, value in values.items() if name not in names}
+
+
+def fold_users(
+    states: Mapping[int, ProfileState],
+    events_by_user: Mapping[int, Sequence[Any]],
+    config: ProfileConfig,
+    vectors: Mapping[int, np.ndarray],
+) -> None:
+    """Fold each user's events into their state (`fold_rows` on each), the states of the
+    configured shape together (`ProfileState.fold_groups`); a state stored with other
+    half-lives or another dimension (settings changed, profiles not rebuilt yet) on its own."""
+    shape = (tuple(float(h) for h in config.half_lives), config.dim)
+    together = [uid for uid, s in states.items() if (s.half_lives, s.dim) == shape]
+    if len(together) < 2:  # one state: `fold` takes fewer numpy calls
+        together = []
+    for user_id in states.keys() - set(together):
+        fold_rows(states[user_id], events_by_user[user_id], config, vectors)
+    if not together:
+        return
+    events = [event for uid in together for event in events_by_user[uid]]
+    zero = np.zeros(config.dim, dtype=np.float32)
+    weights = config.event_weights
+    ProfileState.fold_groups(
+        [states[uid] for uid in together],
+        np.stack([vectors.get(e.item_id, zero) for e in events]).astype(np.float64),
+        np.array([event_weight(weights, e.type, e.value) for e in events], dtype=np.float64),
+        np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
+        [e.item_id for e in events],
+        np.cumsum([0, *(len(events_by_user[uid]) for uid in together)]),
+        config.buffer_size,
+    )
 
 
 def fold_rows(

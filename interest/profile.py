@@ -165,6 +165,63 @@ class ProfileState:
             )
         return states
 
+    @staticmethod
+    def fold_groups(
+        states: Sequence[ProfileState],
+        vectors: np.ndarray,
+        weights: np.ndarray,
+        times: np.ndarray,
+        item_ids: Sequence[int],
+        bounds: np.ndarray,
+        buffer_size: int,
+    ) -> None:
+        """Fold consecutive groups of events into ``states``, group ``g`` (events
+        ``bounds[g]:bounds[g + 1]``, none empty, any time order) into ``states[g]``: what
+        `fold` on each state gives, up to float rounding, in a fixed number of numpy calls.
+
+        Every state has the same half-lives and dimension. For a batch of events on many
+        users (an API batch of 100 events on ~100 users), where a numpy round trip per user
+        cost more than its arithmetic. ``vectors`` (n, dim), ``weights`` and ``times`` as in
+        `fold`.
+        """
+        if not states:
+            return
+        rates = _decay_rates(states[0].half_lives)
+        starts, counts = bounds[:-1], np.diff(bounds)
+        newest = np.maximum.reduceat(times, starts)
+        old_refs = np.array([state.ref_time for state in states], dtype=np.float64)
+        started = np.array([state.event_count > 0 for state in states])
+        # A state with events moves its reference time forward only (`_advance`); an empty
+        # one takes its newest event's (its accumulators are zero, any scale keeps them so).
+        refs = np.where(started, np.maximum(old_refs, newest), newest)
+        scales = np.exp(-rates[None, :] * (refs - old_refs)[:, None])  # (states, half-lives)
+        factors = weights[None, :] * np.exp(
+            -rates[:, None] * (np.repeat(refs, counts) - times)[None, :]
+        )  # (half-lives, events)
+        accumulators = np.stack([state.accumulators for state in states])
+        accumulators *= scales[:, :, None]
+        for slot in range(len(rates)):  # (events, dim) at a time, not (events, slots, dim)
+            accumulators[:, slot, :] += np.add.reduceat(
+                factors[slot][:, None] * vectors, starts, axis=0
+            )
+        weight_sums = np.stack([state.weight_sums for state in states]) * scales
+        weight_sums += np.add.reduceat(np.abs(factors), starts, axis=1).T
+        times_list, weights_list = times.tolist(), weights.tolist()
+        for group, state in enumerate(states):
+            state.accumulators = accumulators[group]
+            state.weight_sums = weight_sums[group]
+            state.ref_time = float(refs[group])
+            start, end = int(bounds[group]), int(bounds[group + 1])
+            state.event_count += end - start
+            if buffer_size > 0:
+                new = zip(
+                    times_list[start:end],
+                    (int(i) for i in item_ids[start:end]),
+                    weights_list[start:end],
+                    strict=True,
+                )
+                state.recent = sorted([*state.recent, *new])[-buffer_size:]
+
     def absorb(self, other: ProfileState, buffer_size: int) -> None:
         """Add the events ``other`` holds (same half-lives and dimension): what folding those
         events into this state gives, up to float rounding, without the events themselves."""

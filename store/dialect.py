@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam
+from sqlalchemy import ColumnElement, Table, any_, bindparam, column, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -39,3 +40,19 @@ def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElemen
     if dialect == "postgresql":
         return column == any_(bindparam(name, type_=ARRAY(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def in_bound_list(column_: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """``column IN`` a list bound as one parameter whatever its length (pass the value
+    through `bound_list`): an array on PostgreSQL (``= ANY``), JSON text on SQLite
+    (``json_each``). The statement's text does not change with the count, so a
+    `store.direct_read` statement compiles it once (an expanding IN changes with it)."""
+    if dialect == "postgresql":
+        return in_list(column_, name, dialect)
+    return column_.in_(select(column("value")).select_from(func.json_each(bindparam(name))))
+
+
+def bound_list(values: Iterable[Any], dialect: str) -> Any:
+    """The parameter value of an `in_bound_list` condition."""
+    values = list(values)
+    return values if dialect == "postgresql" else json.dumps(values)

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from functools import partial
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from sqlalchemy import (
     Select,
     String,
-    TextClause,
-    Update,
     bindparam,
     cast,
     delete,
@@ -24,12 +21,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Dialect, Row
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from store.db import Database
-from store.dialect import in_list, insert_ignoring_conflicts
-from store.direct_read import DirectRead
+from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_conflicts
+from store.direct_read import DirectRead, DirectWrite
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
 from store.models import Event, Profile, StaleProfile, User
@@ -86,16 +84,21 @@ def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int
 # key costs more than running it against SQLite. IN lists are "expanding" bind parameters.
 
 
-@functools.cache
-def _user_ids_statement(dialect: str) -> Select[Any]:
-    users = User.__table__.c
-    return select(users.external_id, users.id).where(in_list(users.external_id, "ids", dialect))
+_USER_IDS = {
+    dialect: DirectRead(
+        select(User.__table__.c.external_id, User.__table__.c.id).where(
+            in_bound_list(User.__table__.c.external_id, "ids", dialect)
+        ),
+        "ids",
+    )
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
-    wanted = list(set(external_ids))
-    connection = session.connection()
-    rows = connection.execute(_user_ids_statement(connection.dialect.name), {"ids": wanted})
+    """Internal ids of the known users among ``external_ids``, by external id."""
+    dialect = session.get_bind().dialect.name
+    rows = _USER_IDS[dialect].all_in(session, {"ids": bound_list(set(external_ids), dialect)})
     return {external_id: user_id for external_id, user_id in rows}
 
 
@@ -215,17 +218,29 @@ _POSTGRESQL_INSERT = (
 def _insert_postgresql(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
     """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
     arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
-    stmt = _postgresql_insert_statement()
-    return set(session.connection().execute(stmt, {**arrays, "received_at": now}).scalars())
+    inserted = _POSTGRESQL_INSERT_EVENTS.execute(session, {**arrays, "received_at": now})
+    return {event_id for (event_id,) in inserted}
 
 
-@functools.cache
-def _postgresql_insert_statement() -> TextClause:
-    columns = Event.__table__.c
-    return text(_POSTGRESQL_INSERT).bindparams(
-        *(bindparam(name, type_=ARRAY(columns[name].type)) for name in _EVENT_COLUMNS),
-        bindparam("received_at", type_=columns.received_at.type),
-    )
+_POSTGRESQL_INSERT_EVENTS = DirectWrite(
+    text(_POSTGRESQL_INSERT).bindparams(
+        *(bindparam(name, type_=ARRAY(Event.__table__.c[name].type)) for name in _EVENT_COLUMNS),
+        bindparam("received_at", type_=Event.__table__.c.received_at.type),
+    ),
+    *_EVENT_COLUMNS,
+    "received_at",
+)
+_SQLITE_INSERT_EVENTS = DirectWrite(
+    sqlite_insert(Event.__table__)
+    .values({name: bindparam(name) for name in (*_EVENT_COLUMNS, "received_at")})
+    .on_conflict_do_nothing(index_elements=["event_id"]),
+    *_EVENT_COLUMNS,
+    "received_at",
+)
+_MAX_EVENT_ID = DirectRead(select(func.max(Event.__table__.c.id).label("id")))
+_EVENT_IDS_AFTER = DirectRead(
+    select(Event.__table__.c.event_id).where(Event.__table__.c.id > bindparam("after")), "after"
+)
 
 
 def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
@@ -235,59 +250,19 @@ def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) ->
     snapshot went stale fails instead of writing), so every row past the largest id seen just
     before the insert is one of ours.
     """
-    connection = session.connection()
-    to_db = _sqlite_timestamps(connection.dialect)
-    received_at = to_db(now)
-    before = connection.execute(_max_event_id_statement()).scalar() or 0
-    result = connection.exec_driver_sql(
-        f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (event_id) DO NOTHING",
+    before = _MAX_EVENT_ID.all_in(session, {})[0].id or 0
+    inserted = _SQLITE_INSERT_EVENTS.executemany(
+        session,
         [
-            (
-                row.event_id,
-                row.user_id,
-                row.item_id,
-                row.type,
-                row.value,
-                to_db(row.timestamp),
-                row.recomm_id,
-                received_at,
-            )
+            {**{name: getattr(row, name) for name in _EVENT_COLUMNS}, "received_at": now}
             for row in rows
         ],
     )
-    if result.rowcount == len(rows):
+    if inserted == len(rows):
         return {row.event_id for row in rows}
-    if result.rowcount == 0:
+    if inserted == 0:
         return set()
-    events = Event.__table__.c
-    return set(connection.execute(select(events.event_id).where(events.id > before)).scalars())
-
-
-@functools.cache
-def _max_event_id_statement() -> Select[Any]:
-    return select(func.max(Event.__table__.c.id))
-
-
-@functools.cache  # one probe per dialect instance
-def _sqlite_timestamps(dialect: Dialect) -> Callable[[datetime], Any]:
-    """The timestamp column's bind processing, through a faster path when it gives the same text.
-
-    SQLAlchemy formats SQLite datetimes field by field; ``isoformat`` writes the same text in C.
-    A probe compares both, so a changed storage format falls back to the column's own processing.
-    """
-    column_type = Event.__table__.c.timestamp.type
-    official = column_type.dialect_impl(dialect).bind_processor(dialect)
-    if official is None:
-        return partial(column_type.process_bind_param, dialect=dialect)
-
-    def fast(value: datetime) -> Any:
-        if value.tzinfo is None:
-            return official(value)  # raises the column type's own error
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
-    return fast if fast(probe) == official(probe) else official
+    return {row.event_id for row in _EVENT_IDS_AFTER.all_in(session, {"after": before})}
 
 
 def lock_profiles(session: Session, ids: Iterable[int]) -> dict[int, Profile]:
@@ -316,24 +291,25 @@ def profile_rows(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
 
 def _profile_rows(
     session: Session, ids: Iterable[int], state: bool, for_update: bool
-) -> dict[int, Row[Any]]:
+) -> dict[int, Any]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    stmt = _lock_profiles_statement(state, for_update)
-    return {row.user_id: row for row in session.connection().execute(stmt, {"ids": wanted})}
+    dialect = session.get_bind().dialect.name
+    read = _profiles_read(dialect, state, for_update)
+    return {row.user_id: row for row in read.all_in(session, {"ids": bound_list(wanted, dialect)})}
 
 
 @functools.cache
-def _lock_profiles_statement(state: bool, for_update: bool) -> Select[Any]:
+def _profiles_read(dialect: str, state: bool, for_update: bool) -> DirectRead:
     profiles = Profile.__table__.c
     columns = [profiles[name] for name in PROFILE_STATE_COLUMNS] if state else [profiles.user_id]
     stmt = (
         select(*columns)
-        .where(profiles.user_id.in_(bindparam("ids", expanding=True)))
+        .where(in_bound_list(profiles.user_id, "ids", dialect))
         .order_by(profiles.user_id)
     )
-    return stmt.with_for_update() if for_update else stmt
+    return DirectRead(stmt.with_for_update() if for_update else stmt, "ids")
 
 
 def insert_profiles(session: Session, values: Sequence[dict[str, Any]]) -> set[int]:
@@ -363,17 +339,28 @@ def update_profiles(session: Session, values: Sequence[dict[str, Any]]) -> None:
     for param, row in zip(params, values, strict=True):
         param["profile_user_id"] = row["user_id"]
         param["profile_updated_at"] = now
-    session.connection().execute(_update_profiles_statement(), params)
+    columns = tuple(name for name in values[0] if name != "user_id")
+    _update_profiles_statement(columns).executemany(session, params)
 
 
 @functools.cache
-def _update_profiles_statement() -> Update:
-    # The other SET columns come from the keys of the parameters (SQLAlchemy's executemany).
+def _update_profiles_statement(columns: tuple[str, ...]) -> DirectWrite:
+    """SET ``columns`` (bound by their names), the version bumped, of the row of
+    ``profile_user_id``."""
     table = Profile.__table__
-    return (
+    return DirectWrite(
         update(table)
         .where(table.c.user_id == bindparam("profile_user_id"))
-        .values(version=table.c.version + 1, updated_at=bindparam("profile_updated_at"))
+        .values(
+            {
+                **{name: bindparam(name) for name in columns},
+                "version": table.c.version + 1,
+                "updated_at": bindparam("profile_updated_at"),
+            }
+        ),
+        *columns,
+        "profile_user_id",
+        "profile_updated_at",
     )
 
 
@@ -582,7 +569,7 @@ def user_event_columns(session: Session, user_ids: Sequence[int]) -> EventColumn
         return EventColumns(empty, empty, [], [], np.empty(0, dtype=np.float64))
     users, items, types, values, stamps = zip(*rows, strict=True)
     if sqlite:
-        # "YYYY-MM-DD HH:MM:SS.ffffff" UTC (`_sqlite_timestamps`); one correctly rounded
+        # "YYYY-MM-DD HH:MM:SS.ffffff" UTC (`store.types.utc_bind_processor`); one correctly rounded
         # division per value, as datetime.timestamp() does.
         times = np.array(stamps, dtype="datetime64[us]").astype(np.int64) / 1e6
     else:

@@ -4,9 +4,7 @@ run past the Session)."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,7 +17,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
     func,
     or_,
     select,
@@ -28,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from store.db import Database
-from store.dialect import in_list, insert_ignoring_conflicts
+from store.dialect import bound_list, in_bound_list, insert_ignoring_conflicts
 from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.models import Counter, Item, unservable_condition
@@ -169,12 +166,7 @@ def item_vector(db: Database, external_id: str) -> ItemVectorRow:
 
 def _names_statement(dialect: str) -> Select[Any]:
     items = Item.__table__.c
-    if dialect == "postgresql":
-        wanted = in_list(items.id, "ids", dialect)
-    else:
-        # The ids as one JSON text parameter: the statement's text is the same whatever their
-        # number, so `DirectRead` compiles it once (an expanding IN changes with the count).
-        wanted = items.id.in_(select(column("value")).select_from(func.json_each(bindparam("ids"))))
+    wanted = in_bound_list(items.id, "ids", dialect)
     return select(items.id, items.external_id, items.title).where(wanted)
 
 
@@ -190,8 +182,7 @@ def item_names(db: Database, item_ids: Sequence[int]) -> dict[int, tuple[str, st
     ids = [int(i) for i in item_ids]
     if not ids:
         return {}
-    param: Any = ids if db.dialect == "postgresql" else json.dumps(ids)
-    rows = _NAMES[db.dialect].all(db, {"ids": param})
+    rows = _NAMES[db.dialect].all(db, {"ids": bound_list(ids, db.dialect)})
     return {row.id: (row.external_id, row.title) for row in rows}
 
 
@@ -234,30 +225,32 @@ def _has_current_vector(model: Any) -> ColumnElement[bool]:
     )
 
 
-@functools.cache
-def _live_items_statement() -> Select[Any]:
+def _live_items_statement(dialect: str) -> Select[Any]:
     """External id, id and the vector where it is current (made by the model from the current
     text), else NULL (a stale vector must not count), of live items."""
     items = Item.__table__.c
     current = _has_current_vector(bindparam("model"))
     return select(items.external_id, items.id, case((current, items.vector), else_=None)).where(
-        items.external_id.in_(bindparam("ids", expanding=True)), items.deleted_at.is_(None)
+        in_bound_list(items.external_id, "ids", dialect), items.deleted_at.is_(None)
     )
+
+
+_LIVE_ITEMS = {
+    dialect: DirectRead(_live_items_statement(dialect), "ids", "model")
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def live_items_with_vectors(
     session: Session, external_ids: Iterable[str], model: str
 ) -> dict[str, tuple[int, bytes | None]]:
     """(internal id, current float32 vector bytes or None) of live items, by external id; one
-    Core query per 5,000 ids (event ingestion needs both, for every batch)."""
-    wanted = list(set(external_ids))
-    result: dict[str, tuple[int, bytes | None]] = {}
-    for start in range(0, len(wanted), 5_000):
-        rows = session.connection().execute(
-            _live_items_statement(), {"ids": wanted[start : start + 5_000], "model": model}
-        )
-        result.update({external_id: (item_id, vector) for external_id, item_id, vector in rows})
-    return result
+    statement in the session's transaction, past its per-statement work (event ingestion
+    needs both, for every batch)."""
+    dialect = session.get_bind().dialect.name
+    params = {"ids": bound_list(set(external_ids), dialect), "model": model}
+    rows = _LIVE_ITEMS[dialect].all_in(session, params)
+    return {external_id: (item_id, vector) for external_id, item_id, vector in rows}
 
 
 def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[int, bytes]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
@@ -37,3 +40,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@functools.cache  # one probe per dialect instance
+def utc_bind_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
+    """`UTCDateTime`'s bind processing on ``dialect``, through a faster path when it gives the
+    same value: SQLAlchemy formats SQLite datetimes field by field, ``isoformat`` writes the
+    same text in C. A probe compares both, so a changed storage format falls back to the
+    column type's own processing."""
+    column_type = UTCDateTime()
+    official = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if official is None:
+        return functools.partial(column_type.process_bind_param, dialect=dialect)
+    if dialect.name != "sqlite":
+        return official
+
+    def fast(value: datetime | None) -> Any:
+        if value is None or value.tzinfo is None:
+            return official(value)  # raises the column type's own error for a naive one
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
+    return fast if fast(probe) == official(probe) else official

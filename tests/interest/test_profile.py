@@ -151,3 +151,35 @@ def test_absorbing_another_state_equals_applying_its_events():
     np.testing.assert_allclose(stored.accumulators, expected.accumulators, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(stored.weight_sums, expected.weight_sums, rtol=1e-9)
     assert stored.recent == expected.recent
+
+
+def test_folding_groups_into_many_states_equals_applying_each_event():
+    """`ProfileState.fold_groups` (an API batch on many users) against `apply` per event, user
+    by user: stored states with history and empty ones, groups of 1 to 9 events in any time
+    order, some older than the state's reference time and some newer."""
+    events = _events(120, seed=4)
+    histories = [events[0:10], [], events[10:13], events[13:40], [], events[40:41]]
+    sizes = [1, 3, 9, 2, 1, 5]
+    batch, start = [], 41
+    for size in sizes:
+        batch.append(events[start : start + size])
+        start += size
+    states = [_apply(history) for history in histories]
+    flat = [event for group in batch for event in group]
+    vectors, weights, times, items = zip(*flat, strict=True)
+    ProfileState.fold_groups(
+        states,
+        np.stack(vectors).astype(np.float64),
+        np.array(weights),
+        np.array(times),
+        list(items),
+        np.r_[0, np.cumsum(sizes)],
+        buffer_size=5,
+    )
+    for state, history, group in zip(states, histories, batch, strict=True):
+        expected = _apply(history + group)
+        assert state.ref_time == expected.ref_time
+        assert state.event_count == expected.event_count == len(history) + len(group)
+        np.testing.assert_allclose(state.accumulators, expected.accumulators, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(state.weight_sums, expected.weight_sums, rtol=1e-9)
+        assert state.recent == expected.recent

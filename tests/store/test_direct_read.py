@@ -1,12 +1,15 @@
-"""`store.direct_read`: a prebuilt SELECT on a pooled DBAPI connection, on both databases."""
+"""`store.direct_read`: prebuilt statements on a pooled DBAPI connection or a Session's own, on
+both databases."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, select, text, update
 
 from store.db import Database
-from store.direct_read import DirectRead
+from store.direct_read import DirectRead, DirectWrite
 from store.items import ItemInput, upsert_items
 from store.models import Item
 
@@ -79,3 +82,84 @@ def test_a_failed_read_raises_sqlalchemys_error_and_invalidates_its_connection(
         assert DirectRead(select(text("1"))).first(db, {})[0] == 1  # the pool serves on
     finally:
         event.remove(db.engine, "invalidate", record)
+
+
+_TOUCH = DirectWrite(
+    update(Item.__table__)
+    .where(Item.__table__.c.external_id == bindparam("item"))
+    .values(
+        deleted_at=bindparam("deleted_at"),
+        updated_at=bindparam("deleted_at"),
+        revision=Item.__table__.c.revision + 1,
+    ),
+    "item",
+    "deleted_at",
+)
+_NAMED = DirectRead(
+    select(Item.__table__.c.external_id, Item.__table__.c.deleted_at).where(
+        Item.__table__.c.external_id.like(bindparam("pattern"))
+    ),
+    "pattern",
+)
+
+
+def test_writes_in_a_transaction_store_what_sqlalchemy_would(db: Database) -> None:
+    """`DirectWrite.executemany` and `DirectRead.all_in` on a write Session's connection: the
+    rows changed, a datetime bound as the column stores it (SQLite's text, read back by
+    SQLAlchemy as the same aware value), the transaction's own writes visible to its reads,
+    and nothing kept when the transaction rolls back."""
+    with db.write() as session:
+        upsert_items(session, [ItemInput(f"w{n}", f"T{n}") for n in range(3)])
+    when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    with db.write() as session:
+        changed = _TOUCH.executemany(
+            session, [{"item": "w0", "deleted_at": when}, {"item": "w2", "deleted_at": when}]
+        )
+        assert changed == 2
+        seen = {
+            row.external_id: row.deleted_at for row in _NAMED.all_in(session, {"pattern": "w%"})
+        }
+        assert seen["w0"] is not None and seen["w1"] is None
+    with db.read() as session:
+        stored = {i.external_id: i for i in session.scalars(select(Item))}
+    assert stored["w0"].deleted_at == when == stored["w2"].deleted_at
+    assert stored["w1"].deleted_at is None
+    assert stored["w0"].revision == stored["w1"].revision + 1
+    with pytest.raises(RuntimeError), db.write() as session:
+        _TOUCH.executemany(session, [{"item": "w1", "deleted_at": when}])
+        raise RuntimeError("roll back")
+    with db.read() as session:
+        assert session.scalar(select(Item.deleted_at).where(Item.external_id == "w1")) is None
+
+
+def test_a_failed_write_raises_sqlalchemys_error(db: Database) -> None:
+    """A driver error (here a unique violation) comes as SQLAlchemy's class, which run_write's
+    retries and the service's error handlers know."""
+    from sqlalchemy.exc import IntegrityError
+
+    with db.write() as session:
+        upsert_items(session, [ItemInput("x", "X"), ItemInput("y", "Y")])
+    rename = DirectWrite(
+        update(Item.__table__)
+        .where(Item.__table__.c.external_id == bindparam("old"))
+        .values(external_id=bindparam("new"), updated_at=bindparam("at")),
+        "old",
+        "new",
+        "at",
+    )
+    with pytest.raises(IntegrityError), db.write() as session:
+        rename.execute(session, {"old": "x", "new": "y", "at": datetime.now(UTC)})
+
+
+def test_a_write_leaving_a_python_side_default_to_sqlalchemy_is_refused(db: Database) -> None:
+    """`Item.updated_at` has ``onupdate=``, which SQLAlchemy computes at execution: a
+    statement that does not bind it would store NULL past SQLAlchemy, so it is refused."""
+    retitle = DirectWrite(
+        update(Item.__table__)
+        .where(Item.__table__.c.external_id == bindparam("item"))
+        .values(title=bindparam("title")),
+        "item",
+        "title",
+    )
+    with pytest.raises(ValueError, match="updated_at"), db.write() as session:
+        retitle.execute(session, {"item": "x", "title": "X"})
