@@ -21,17 +21,16 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from store.db import Database
 from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_conflicts
-from store.direct_read import DirectRead, DirectWrite
+from store.direct_read import DirectRead, DirectWrite, executemany_driver_sql
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
 from store.models import Event, Profile, StaleProfile, User
-from store.types import utcnow
+from store.types import utc_bind_processor, utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads.
 PROFILE_STATE_COLUMNS = (
@@ -230,13 +229,6 @@ _POSTGRESQL_INSERT_EVENTS = DirectWrite(
     *_EVENT_COLUMNS,
     "received_at",
 )
-_SQLITE_INSERT_EVENTS = DirectWrite(
-    sqlite_insert(Event.__table__)
-    .values({name: bindparam(name) for name in (*_EVENT_COLUMNS, "received_at")})
-    .on_conflict_do_nothing(index_elements=["event_id"]),
-    *_EVENT_COLUMNS,
-    "received_at",
-)
 _MAX_EVENT_ID = DirectRead(select(func.max(Event.__table__.c.id).label("id")))
 _EVENT_IDS_AFTER = DirectRead(
     select(Event.__table__.c.event_id).where(Event.__table__.c.id > bindparam("after")), "after"
@@ -251,10 +243,23 @@ def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) ->
     before the insert is one of ours.
     """
     before = _MAX_EVENT_ID.all_in(session, {})[0].id or 0
-    inserted = _SQLITE_INSERT_EVENTS.executemany(
+    to_db = utc_bind_processor(session.get_bind().dialect)
+    received_at = to_db(now)
+    inserted = executemany_driver_sql(
         session,
+        f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (event_id) DO NOTHING",
         [
-            {**{name: getattr(row, name) for name in _EVENT_COLUMNS}, "received_at": now}
+            (
+                row.event_id,
+                row.user_id,
+                row.item_id,
+                row.type,
+                row.value,
+                to_db(row.timestamp),
+                row.recomm_id,
+                received_at,
+            )
             for row in rows
         ],
     )

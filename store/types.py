@@ -58,7 +58,12 @@ def utc_bind_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
     def fast(value: datetime | None) -> Any:
         if value is None or value.tzinfo is None:
             return official(value)  # raises the column type's own error for a naive one
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC)
+        return value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
 
-    probe = datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3)))
-    return fast if fast(probe) == official(probe) else official
+    probes = (
+        datetime(2001, 2, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=-3))),
+        datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
+    )
+    return fast if all(fast(probe) == official(probe) for probe in probes) else official
