@@ -125,10 +125,12 @@ class DirectRead:
     @staticmethod
     def _describe(compiled: _Compiled, description: Any, dialect: Dialect) -> None:
         if len(compiled.types) == len(description):
-            compiled.processors = tuple(
+            processors = tuple(
                 kind.result_processor(dialect, column[1])
                 for kind, column in zip(compiled.types, description, strict=True)
             )
+            # None of them (ids and strings): rows are made without a loop per value.
+            compiled.processors = processors if any(processors) else ()
         compiled.row_type = namedtuple(  # type: ignore[misc]
             "DirectRow", [column[0] for column in description], rename=True
         )

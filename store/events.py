@@ -6,7 +6,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
@@ -45,8 +45,10 @@ PROFILE_STATE_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class EventRow:
+class EventRow(NamedTuple):
+    """An event as stored (internal user and item ids). A named tuple: bulk imports make one
+    per event, and a frozen dataclass cost 1.8 us to build against 0.5."""
+
     event_id: str
     user_id: int
     item_id: int
