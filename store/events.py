@@ -81,8 +81,10 @@ def ensure_users(session: Session, external_ids: Iterable[str]) -> dict[str, int
     return found
 
 
-# The statements on the per-event path are built once: constructing a select() and its cache
-# key costs more than running it against SQLite. IN lists are "expanding" bind parameters.
+# The statements on the per-event path are built and compiled once and run on the Session's
+# DBAPI connection (`store.direct_read`): building a select() and its cache key, or SQLAlchemy's
+# per-execution work, cost more than running it against SQLite. IN lists are one bound value
+# (`store.dialect.in_bound_list`), so the statement's text does not change with their length.
 
 
 _USER_IDS = {
@@ -285,13 +287,13 @@ def lock_profiles(session: Session, ids: Iterable[int]) -> dict[int, Profile]:
 
 def lock_profile_rows(
     session: Session, ids: Iterable[int], *, state: bool = True
-) -> dict[int, Row[Any]]:
+) -> dict[int, Any]:
     """Like `lock_profiles`, as plain rows: the state columns (or, with ``state=False``, only
     the user id), no ORM objects. For writers that then call `update_profiles`."""
     return _profile_rows(session, ids, state, session.get_bind().dialect.name == "postgresql")
 
 
-def profile_rows(session: Session, ids: Iterable[int]) -> dict[int, Row[Any]]:
+def profile_rows(session: Session, ids: Iterable[int]) -> dict[int, Any]:
     """The state columns of these users' profiles (those that exist), without locking them."""
     return _profile_rows(session, ids, True, False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
 from store.db import Database
 from store.errors import NotFound
@@ -282,3 +282,17 @@ def test_delete_user_removes_events_and_profile(db: Database) -> None:
             get_user(session, "u")
     with db.write() as session, pytest.raises(NotFound):
         delete_user(session, "u")
+
+
+def test_users_with_any_text_as_id_are_found_again(db: Database) -> None:
+    """User lookups bind their ids as one JSON text on SQLite (`store.dialect.bound_list`): ids
+    outside ASCII (an emoji's surrogate pair in JSON), with quotes, backslashes or control
+    characters must come back as the same strings."""
+    names = ["u\U0001f600", "é", 'a"b', "back\\slash", "line\u2028sep", "ctl\x01", "[1]"]
+    with db.write() as session:
+        created = ensure_users(session, names)
+    with db.write() as session:
+        again = ensure_users(session, names)
+    assert set(created) == set(names) and again == created
+    with db.read() as session:
+        assert session.scalar(select(func.count()).select_from(User)) == len(names)
