@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -10,6 +11,8 @@ from sqlalchemy import ColumnElement, Table, any_, bindparam, column, func, sele
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+
+from store.direct_read import DirectWrite
 
 
 def insert_ignoring_conflicts(
@@ -22,7 +25,17 @@ def insert_ignoring_conflicts(
     """INSERT ... ON CONFLICT (conflict_column) DO NOTHING; return the inserted rows' columns."""
     if not rows:
         return []
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite" or len(rows) == 1:
+        # On the Session's DBAPI connection (`store.direct_read`): a user's or profile's first
+        # event inserts one row of each, and SQLAlchemy's per-execution work cost more than
+        # the insert. Row by row where rows come back (sqlite3's executemany returns none).
+        write = _direct_insert(dialect, table, tuple(rows[0]), conflict_column, tuple(returning))
+        if returning:
+            return [back for row in rows for back in write.execute(session, row)]
+        write.executemany(session, rows)
+        return []
+    module = postgresql if dialect == "postgresql" else sqlite
     stmt = module.insert(table).on_conflict_do_nothing(index_elements=[conflict_column])
     # executemany, not one multi-VALUES statement: SQLAlchemy's "insertmanyvalues" pages the rows
     # under the driver's bound-parameter limit (65535 on PostgreSQL) and still returns them.
@@ -56,3 +69,22 @@ def bound_list(values: Iterable[Any], dialect: str) -> Any:
     """The parameter value of an `in_bound_list` condition."""
     values = list(values)
     return values if dialect == "postgresql" else json.dumps(values)
+
+
+@functools.cache
+def _direct_insert(
+    dialect: str,
+    table: Table,
+    columns: tuple[str, ...],
+    conflict_column: str,
+    returning: tuple[str, ...],
+) -> DirectWrite:
+    module = postgresql if dialect == "postgresql" else sqlite
+    stmt = (
+        module.insert(table)
+        .values({name: bindparam(name) for name in columns})
+        .on_conflict_do_nothing(index_elements=[conflict_column])
+    )
+    if returning:
+        stmt = stmt.returning(*(table.c[name] for name in returning))
+    return DirectWrite(stmt, *columns)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event as sql_event
 
+import interest.ingest as ingest_module
 from interest.ingest import EventInput, ProfileConfig, ingest_events
 from interest.profile import state_from_row
 from interest.rebuild import rebuild_profiles, verify_profiles
@@ -129,31 +130,30 @@ def test_concurrent_writers_lose_no_update(catalogue):
     assert report.checked == 3 and report.drifted == []
 
 
-def test_a_profile_created_meanwhile_is_folded_into_not_overwritten(catalogue):
+def test_a_profile_created_meanwhile_is_folded_into_not_overwritten(catalogue, monkeypatch):
     """A writer finds no profile, and another creates it before the first inserts its own:
-    the first folds its events into the other's profile (PostgreSQL; SQLite writers queue)."""
+    the first folds its events into the other's profile (PostgreSQL; SQLite writers queue).
+    The other writer runs to its commit just before the first one's profile insert."""
     if catalogue.dialect != "postgresql":
         pytest.skip("a SQLite write transaction holds the database lock from its start")
     with catalogue.write() as session:
         ensure_users(session, ["race"])
     main = threading.current_thread()
     interleaved: list[bool] = []
+    real_insert_profiles = ingest_module.insert_profiles
 
-    def other_writer_first(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        if statement.startswith("INSERT INTO profiles") and threading.current_thread() is main:
-            if not interleaved:
-                interleaved.append(True)
-                other = threading.Thread(
-                    target=ingest_events, args=(catalogue, [_event(1, "race")], CONFIG, MODEL)
-                )
-                other.start()
-                other.join()
+    def other_writer_first(session, values):  # type: ignore[no-untyped-def]
+        if threading.current_thread() is main and not interleaved:
+            interleaved.append(True)
+            other = threading.Thread(
+                target=ingest_events, args=(catalogue, [_event(1, "race")], CONFIG, MODEL)
+            )
+            other.start()
+            other.join()
+        return real_insert_profiles(session, values)
 
-    sql_event.listen(catalogue.engine, "before_cursor_execute", other_writer_first)
-    try:
-        result = ingest_events(catalogue, [_event(2, "race")], CONFIG, MODEL)
-    finally:
-        sql_event.remove(catalogue.engine, "before_cursor_execute", other_writer_first)
+    monkeypatch.setattr(ingest_module, "insert_profiles", other_writer_first)
+    result = ingest_events(catalogue, [_event(2, "race")], CONFIG, MODEL)
     assert interleaved and result.accepted == 1
     assert _profile(catalogue, "race").event_count == 2
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []

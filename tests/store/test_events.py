@@ -296,3 +296,20 @@ def test_users_with_any_text_as_id_are_found_again(db: Database) -> None:
     assert set(created) == set(names) and again == created
     with db.read() as session:
         assert session.scalar(select(func.count()).select_from(User)) == len(names)
+
+
+def test_one_profile_inserted_alone_reports_whether_it_was_created(db: Database) -> None:
+    """A user's first event inserts one profile row (on the Session's DBAPI connection, both
+    databases): created when new, left alone and not reported when another writer's exists."""
+    users, _ = _setup(db, ["a", "b"])
+    first, second = sorted(users.values())
+    with db.write() as session:
+        assert insert_profiles(session, [{**_columns(first), "user_id": first}]) == {first}
+    with db.write() as session:
+        again = {**_columns(first), "user_id": first, "event_count": 99}
+        assert insert_profiles(session, [again]) == set()
+        assert insert_profiles(session, [{**_columns(second), "user_id": second}]) == {second}
+    with db.read() as session:
+        stored = {p.user_id: p for p in session.scalars(select(Profile))}
+    assert stored[first].event_count != 99 and stored[first].version == 1
+    assert set(stored) == {first, second}
