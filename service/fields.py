@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 from store.models import EXTERNAL_ID_LENGTH
+from store.types import unstorable_text
 
 #: The JSON-schema key a settings-bound limit leaves in a schema; `service.contract` replaces it
 #: with ``maximum``/``maxItems`` from the app's settings.
@@ -93,12 +94,9 @@ class Entries:
 def _storable(value: str) -> str:
     """Text every database can store: no NUL characters, no lone surrogates. (Pydantic refuses
     a surrogate in a plain ``str`` field but lets one through inside a list, so check here.)"""
-    if "\x00" in value:
-        raise PydanticCustomError("nul_character", "must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError("not_unicode", "is not valid Unicode text") from None
+    problem = unstorable_text(value)
+    if problem is not None:
+        raise PydanticCustomError(*problem)
     return value
 
 

@@ -33,7 +33,7 @@ from store.errors import ImportFormatError
 from store.events import EventRow, ensure_users, insert_events, lock_users, mark_profiles_stale
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
-from store.types import utcnow
+from store.types import unstorable_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,9 @@ def _identifier(value: object, name: str, max_length: int = EXTERNAL_ID_LENGTH) 
         raise ValueError(f"{name} must not be empty")
     if len(text) > max_length:
         raise ValueError(f"{name} is longer than {max_length} characters")
+    problem = unstorable_text(text)
+    if problem is not None:
+        raise ValueError(f"{name} {problem[1]}")
     return text
 
 

@@ -67,3 +67,16 @@ def utc_bind_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
         datetime(999, 12, 31, 23, 59, 59, tzinfo=UTC),
     )
     return fast if all(fast(probe) == official(probe) for probe in probes) else official
+
+
+def unstorable_text(value: str) -> tuple[str, str] | None:
+    """Why every database cannot store ``value`` as text, as (code, message), or None: a NUL
+    character (PostgreSQL refuses it; SQLite's JSON functions, which bound id lists go
+    through, end the string there) or a lone surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        return "nul_character", "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not_unicode", "is not valid Unicode text"
+    return None

@@ -207,6 +207,9 @@ def test_events_csv_and_jsonl(tmp_path: Path) -> None:
         ("e3,u1,i1,view,high,2024-03-01", "could not convert"),
         ("e3,u1,,view,,2024-03-01", "missing field.*item_id"),
         ("e3,u1,i1,view,2024-03-01", "expected 6 fields"),
+        # Ids every database can store: bound id lists go through SQLite's JSON functions,
+        # which end a string at a NUL; PostgreSQL refuses NUL outright.
+        ("e3,u\x001,i1,view,,2024-03-01", "user_id must not contain NUL"),
     ],
 )
 def test_bad_events_csv_line_names_the_line(tmp_path: Path, row: str, message: str) -> None:
