@@ -22,28 +22,24 @@ def insert_ignoring_conflicts(
     conflict_column: str,
     returning: Sequence[str] = (),
 ) -> list[Any]:
-    """INSERT ... ON CONFLICT (conflict_column) DO NOTHING; return the inserted rows' columns."""
+    """INSERT ... ON CONFLICT (conflict_column) DO NOTHING; return the inserted rows' columns.
+
+    On the Session's DBAPI connection (`store.direct_read`): a user's first event inserts a user
+    and a profile row, and SQLAlchemy's per-execution work cost more than the insert; bulk
+    imports insert thousands, which SQLAlchemy sent as multi-VALUES statements that psycopg then
+    parsed in Python. Rows come back from one execute per row on SQLite (sqlite3's executemany
+    returns none) and from psycopg's pipelined executemany on PostgreSQL.
+    """
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    if dialect == "sqlite" or len(rows) == 1:
-        # On the Session's DBAPI connection (`store.direct_read`): a user's or profile's first
-        # event inserts one row of each, and SQLAlchemy's per-execution work cost more than
-        # the insert. Row by row where rows come back (sqlite3's executemany returns none).
-        write = _direct_insert(dialect, table, tuple(rows[0]), conflict_column, tuple(returning))
-        if returning:
-            return [back for row in rows for back in write.execute(session, row)]
+    write = _direct_insert(dialect, table, tuple(rows[0]), conflict_column, tuple(returning))
+    if not returning:
         write.executemany(session, rows)
         return []
-    module = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(table).on_conflict_do_nothing(index_elements=[conflict_column])
-    # executemany, not one multi-VALUES statement: SQLAlchemy's "insertmanyvalues" pages the rows
-    # under the driver's bound-parameter limit (65535 on PostgreSQL) and still returns them.
-    if returning:
-        stmt = stmt.returning(*(table.c[name] for name in returning))
-        return list(session.execute(stmt, list(rows)).all())
-    session.execute(stmt, list(rows))
-    return []
+    if dialect == "postgresql" and len(rows) > 1:
+        return write.executemany_returning(session, rows)
+    return [back for row in rows for back in write.execute(session, row)]
 
 
 def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:

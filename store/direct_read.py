@@ -206,6 +206,27 @@ class DirectWrite:
         finally:
             cursor.close()
 
+    def executemany_returning(
+        self, session: Session, rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]]:
+        """`executemany` with the rows a RETURNING clause gives, all rows' together (psycopg
+        only: its pipelined executemany keeps each row's result)."""
+        if not rows:
+            return []
+        cursor, plan, args = self._cursor(session, rows)
+        try:
+            cursor.executemany(plan.sql, args, returning=True)
+            returned: list[tuple[Any, ...]] = []
+            while True:
+                returned.extend(cursor.fetchall())
+                if not cursor.nextset():
+                    return returned
+        except Exception as exc:
+            _raise_wrapped(session.get_bind().dialect, exc, plan.sql, args)
+            raise
+        finally:
+            cursor.close()
+
     def _cursor(
         self, session: Session, rows: Sequence[Mapping[str, Any]]
     ) -> tuple[Any, _WritePlan, list[Any]]:
