@@ -295,6 +295,23 @@ class DirectWrite:
         return plan
 
 
+def execute_driver_sql(
+    session: Session, sql: str, params: Mapping[str, Any] | Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """``Connection.exec_driver_sql`` on a write Session's DBAPI connection: SQL in the
+    driver's own parameter style (psycopg's binary ``%b`` included), values the driver takes as
+    they are. Returns the rows a RETURNING clause gives; errors come as SQLAlchemy's classes."""
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+    except Exception as exc:
+        _raise_wrapped(session.get_bind().dialect, exc, sql, params)
+        raise
+    finally:
+        cursor.close()
+
+
 def executemany_driver_sql(session: Session, sql: str, rows: Sequence[Sequence[Any]]) -> int:
     """``Connection.exec_driver_sql`` with many rows, on a write Session's DBAPI connection:
     SQL in the driver's parameter style and rows of values the driver takes as they are. For

@@ -17,20 +17,18 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from store.db import Database
 from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_conflicts
-from store.direct_read import DirectRead, DirectWrite, executemany_driver_sql
+from store.direct_read import DirectRead, DirectWrite, execute_driver_sql, executemany_driver_sql
 from store.errors import NotFound
 from store.items import REVISION_COLUMN
 from store.models import Event, Profile, StaleProfile, User
-from store.types import utc_bind_processor, utcnow
+from store.types import UTCDateTime, utc_bind_processor, utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads.
 PROFILE_STATE_COLUMNS = (
@@ -208,10 +206,13 @@ _POSTGRESQL_ARRAYS = (
     "timestamptz[]",
     "text[]",
 )
+# psycopg's own parameter style; the arrays in its binary format (``%b``): dumping a batch of
+# 10,000 rows' seven arrays as text took 70-78 ms of CPU, as binary 15-21 ms.
 _POSTGRESQL_INSERT = (
-    f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT *, :received_at FROM unnest("
+    f"INSERT INTO events ({_INSERT_COLUMNS}) SELECT *, CAST(%(received_at)s AS timestamptz) "
+    "FROM unnest("
     + ", ".join(
-        f"CAST(:{name} AS {array})"
+        f"CAST(%({name})b AS {array})"
         for name, array in zip(_EVENT_COLUMNS, _POSTGRESQL_ARRAYS, strict=True)
     )
     + ") ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
@@ -219,20 +220,17 @@ _POSTGRESQL_INSERT = (
 
 
 def _insert_postgresql(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
-    """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit."""
+    """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit.
+    Timestamps go as they are, aware datetimes, which psycopg sends with their offset; a naive
+    one is refused as the column type refuses it (PostgreSQL would read it in its own zone)."""
+    naive = next((row.timestamp for row in rows if row.timestamp.tzinfo is None), None)
+    if naive is not None:
+        UTCDateTime().process_bind_param(naive, session.get_bind().dialect)  # raises
     arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
-    inserted = _POSTGRESQL_INSERT_EVENTS.execute(session, {**arrays, "received_at": now})
+    inserted = execute_driver_sql(session, _POSTGRESQL_INSERT, {**arrays, "received_at": now})
     return {event_id for (event_id,) in inserted}
 
 
-_POSTGRESQL_INSERT_EVENTS = DirectWrite(
-    text(_POSTGRESQL_INSERT).bindparams(
-        *(bindparam(name, type_=ARRAY(Event.__table__.c[name].type)) for name in _EVENT_COLUMNS),
-        bindparam("received_at", type_=Event.__table__.c.received_at.type),
-    ),
-    *_EVENT_COLUMNS,
-    "received_at",
-)
 _MAX_EVENT_ID = DirectRead(select(func.max(Event.__table__.c.id).label("id")))
 _EVENT_IDS_AFTER = DirectRead(
     select(Event.__table__.c.event_id).where(Event.__table__.c.id > bindparam("after")), "after"
