@@ -233,14 +233,9 @@ def fold_users(
     if not together:
         return
     events = [event for uid in together for event in events_by_user[uid]]
-    zero = np.zeros(config.dim, dtype=np.float32)
-    weights = config.event_weights
     ProfileState.fold_groups(
         [states[uid] for uid in together],
-        np.stack([vectors.get(e.item_id, zero) for e in events]).astype(np.float64),
-        np.array([event_weight(weights, e.type, e.value) for e in events], dtype=np.float64),
-        np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
-        [e.item_id for e in events],
+        *_event_arrays(events, config, vectors),
         np.cumsum([0, *(len(events_by_user[uid]) for uid in together)]),
         config.buffer_size,
     )
@@ -255,12 +250,19 @@ def fold_rows(
     """Fold events (anything with item_id, type, value and an aware timestamp) into ``state``."""
     if not events:
         return
+    state.fold(*_event_arrays(events, config, vectors), config.buffer_size)
+
+
+def _event_arrays(
+    events: Sequence[Any], config: ProfileConfig, vectors: Mapping[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """What `ProfileState.fold` takes of events: their items' vectors (zero for an item
+    without one, as the rebuild from the log counts it), weights, epoch times and item ids."""
     zero = np.zeros(config.dim, dtype=np.float32)
     weights = config.event_weights
-    state.fold(
+    return (
         np.stack([vectors.get(e.item_id, zero) for e in events]).astype(np.float64),
         np.array([event_weight(weights, e.type, e.value) for e in events], dtype=np.float64),
         np.array([e.timestamp.timestamp() for e in events], dtype=np.float64),
         [e.item_id for e in events],
-        config.buffer_size,
     )

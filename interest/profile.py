@@ -119,9 +119,9 @@ class ProfileState:
         self.accumulators += factors @ vectors
         self.weight_sums += np.abs(factors).sum(axis=1)
         self.event_count += len(times)
-        if buffer_size > 0:
-            new = zip(times.tolist(), (int(i) for i in item_ids), weights.tolist(), strict=True)
-            self.recent = sorted([*self.recent, *new])[-buffer_size:]
+        self.recent = _with_events(
+            self.recent, times.tolist(), item_ids, weights.tolist(), buffer_size
+        )
 
     @classmethod
     def from_groups(
@@ -213,14 +213,13 @@ class ProfileState:
             state.ref_time = float(refs[group])
             start, end = int(bounds[group]), int(bounds[group + 1])
             state.event_count += end - start
-            if buffer_size > 0:
-                new = zip(
-                    times_list[start:end],
-                    (int(i) for i in item_ids[start:end]),
-                    weights_list[start:end],
-                    strict=True,
-                )
-                state.recent = sorted([*state.recent, *new])[-buffer_size:]
+            state.recent = _with_events(
+                state.recent,
+                times_list[start:end],
+                item_ids[start:end],
+                weights_list[start:end],
+                buffer_size,
+            )
 
     def absorb(self, other: ProfileState, buffer_size: int) -> None:
         """Add the events ``other`` holds (same half-lives and dimension): what folding those
@@ -252,6 +251,21 @@ class ProfileState:
             return self.accumulators
         scale = np.exp(-_decay_rates(self.half_lives) * (t - self.ref_time))
         return self.accumulators * scale[:, None]
+
+
+def _with_events(
+    recent: list[tuple[float, int, float]],
+    times: Sequence[float],
+    item_ids: Sequence[int],
+    weights: Sequence[float],
+    buffer_size: int,
+) -> list[tuple[float, int, float]]:
+    """The recent buffer ``recent`` with these events added: the newest ``buffer_size`` as
+    sorted (time, item id, weight) tuples (``recent`` itself when the buffer is off)."""
+    if buffer_size <= 0:
+        return recent
+    new = zip(times, (int(i) for i in item_ids), weights, strict=True)
+    return sorted([*recent, *new])[-buffer_size:]
 
 
 def _latest(

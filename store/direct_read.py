@@ -26,7 +26,8 @@ through SQLAlchemy's Connection against ~0.4 ms on the cursor (cProfile, SQLite)
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -77,21 +78,14 @@ class DirectRead:
     def all_in(self, session: Session, params: Mapping[str, Any]) -> list[Any]:
         """Every row, as `all` gives them, read inside the Session's transaction on its own
         connection (a write transaction's reads: ``FOR UPDATE`` locks, its own writes)."""
-        connection = session.connection()
-        dialect = connection.dialect
+        dialect = session.get_bind().dialect
         compiled = self._compiled.get(dialect.name) or self._compile(dialect)
         args = _arguments(compiled, params)
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
+        with _session_cursor(session, compiled.sql, args) as cursor:
             cursor.execute(compiled.sql, args)
             raw = cursor.fetchall()
             if compiled.row_type is None:
                 self._describe(compiled, cursor.description, dialect)
-        except Exception as exc:
-            _raise_wrapped(dialect, exc, compiled.sql, args)
-            raise
-        finally:
-            cursor.close()
         return _convert(compiled, raw)
 
     def _run(self, db: Database, params: Mapping[str, Any], *, one: bool) -> list[Any]:
@@ -152,9 +146,6 @@ class DirectRead:
         return result
 
 
-_NOTHING = object()
-
-
 @dataclass
 class _WritePlan:
     sql: str
@@ -182,29 +173,12 @@ class DirectWrite:
 
     def execute(self, session: Session, row: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run once; the rows a RETURNING clause gives (none without one)."""
-        cursor, plan, args = self._cursor(session, [row])
-        try:
-            cursor.execute(plan.sql, args[0])
-            return cursor.fetchall() if cursor.description else []
-        except Exception as exc:
-            _raise_wrapped(session.get_bind().dialect, exc, plan.sql, args[0])
-            raise
-        finally:
-            cursor.close()
+        sql, [args] = self._driver_arguments(session, [row])
+        return execute_driver_sql(session, sql, args)
 
     def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         """Run once per row in one driver call; the rows changed."""
-        if not rows:
-            return 0
-        cursor, plan, args = self._cursor(session, rows)
-        try:
-            cursor.executemany(plan.sql, args)
-            return int(cursor.rowcount)
-        except Exception as exc:
-            _raise_wrapped(session.get_bind().dialect, exc, plan.sql, args)
-            raise
-        finally:
-            cursor.close()
+        return executemany_driver_sql(session, *self._driver_arguments(session, rows))
 
     def executemany_returning(
         self, session: Session, rows: Sequence[Mapping[str, Any]]
@@ -213,45 +187,33 @@ class DirectWrite:
         only: its pipelined executemany keeps each row's result)."""
         if not rows:
             return []
-        cursor, plan, args = self._cursor(session, rows)
-        try:
-            cursor.executemany(plan.sql, args, returning=True)
-            returned: list[tuple[Any, ...]] = []
-            while True:
+        sql, args = self._driver_arguments(session, rows)
+        returned: list[tuple[Any, ...]] = []
+        with _session_cursor(session, sql, args) as cursor:
+            cursor.executemany(sql, args, returning=True)
+            returned.extend(cursor.fetchall())
+            while cursor.nextset():
                 returned.extend(cursor.fetchall())
-                if not cursor.nextset():
-                    return returned
-        except Exception as exc:
-            _raise_wrapped(session.get_bind().dialect, exc, plan.sql, args)
-            raise
-        finally:
-            cursor.close()
+        return returned
 
-    def _cursor(
+    def _driver_arguments(
         self, session: Session, rows: Sequence[Mapping[str, Any]]
-    ) -> tuple[Any, _WritePlan, list[Any]]:
-        connection = session.connection()
-        plan = self._plans.get(connection.dialect.name) or self._compile(connection.dialect)
+    ) -> tuple[str, list[Any]]:
+        """The compiled SQL and each row's parameters as the driver takes them."""
+        dialect = session.get_bind().dialect
+        plan = self._plans.get(dialect.name) or self._compile(dialect)
         names, constants, pick, processed = self._names, plan.constants, plan.pick, plan.processed
-        # Per processed parameter, the previous row's value and its processed form: a value
-        # every row shares (a batch's ``received_at``) is processed once.
-        previous: list[tuple[Any, Any]] = [(_NOTHING, None)] * len(processed)
         args: list[Any] = []
         for row in rows:
             ordered: Any = pick(tuple(row[name] for name in names) + constants)
             if processed:
                 ordered = list(ordered)
-                for k, (position, process) in enumerate(processed):
-                    value = ordered[position]
-                    seen, done = previous[k]
-                    if value is not seen:
-                        done = process(value)
-                        previous[k] = (value, done)
-                    ordered[position] = done
+                for position, process in processed:
+                    ordered[position] = process(ordered[position])
             args.append(
                 ordered if plan.keys is None else dict(zip(plan.keys, ordered, strict=True))
             )
-        return connection.connection.dbapi_connection.cursor(), plan, args  # type: ignore[union-attr]
+        return plan.sql, args
 
     def _compile(self, dialect: Dialect) -> _WritePlan:
         compiled = self._statement.compile(dialect=dialect)
@@ -301,30 +263,32 @@ def execute_driver_sql(
     """``Connection.exec_driver_sql`` on a write Session's DBAPI connection: SQL in the
     driver's own parameter style (psycopg's binary ``%b`` included), values the driver takes as
     they are. Returns the rows a RETURNING clause gives; errors come as SQLAlchemy's classes."""
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _session_cursor(session, sql, params) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
-    except Exception as exc:
-        _raise_wrapped(session.get_bind().dialect, exc, sql, params)
-        raise
-    finally:
-        cursor.close()
 
 
-def executemany_driver_sql(session: Session, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+def executemany_driver_sql(session: Session, sql: str, rows: Sequence[Any]) -> int:
     """``Connection.exec_driver_sql`` with many rows, on a write Session's DBAPI connection:
     SQL in the driver's parameter style and rows of values the driver takes as they are. For
     bulk inserts, where building each row once, in its final form, is what a row costs in
     Python. Returns the rows changed; errors come as SQLAlchemy's classes."""
     if not rows:
         return 0
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
+    with _session_cursor(session, sql, rows) as cursor:
         cursor.executemany(sql, rows)
         return int(cursor.rowcount)
+
+
+@contextmanager
+def _session_cursor(session: Session, sql: str, args: Any) -> Iterator[Any]:
+    """A cursor on the DBAPI connection under the Session's transaction (begun if it was
+    not), closed after use; a driver error in the block is raised as SQLAlchemy's class."""
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        yield cursor
     except Exception as exc:
-        _raise_wrapped(session.get_bind().dialect, exc, sql, rows)
+        _raise_wrapped(session.get_bind().dialect, exc, sql, args)
         raise
     finally:
         cursor.close()

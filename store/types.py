@@ -48,10 +48,9 @@ def utc_bind_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
     same value: SQLAlchemy formats SQLite datetimes field by field, ``isoformat`` writes the
     same text in C. A probe compares both, so a changed storage format falls back to the
     column type's own processing."""
-    column_type = UTCDateTime()
-    official = column_type.dialect_impl(dialect).bind_processor(dialect)
-    if official is None:
-        return functools.partial(column_type.process_bind_param, dialect=dialect)
+    # A TypeDecorator with process_bind_param always has a processor.
+    official = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert official is not None
     if dialect.name != "sqlite":
         return official
 
