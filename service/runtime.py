@@ -55,7 +55,7 @@ class Runtime:
         the background (`indexer.live.LiveIndex`) instead of in a request."""
         self.settings = settings
         self._serving = serving
-        self.db = db or Database(settings.database_url)
+        self.db = db or Database(settings.database_url, background_checkpoints=serving)
         self.encoders = EncoderRegistry(self.db, settings)
         self.index = LiveIndex(
             self.db,

@@ -73,3 +73,57 @@ def test_a_writer_that_gives_up_waiting_raises_sqlalchemys_error(tmp_path, monke
     finally:
         holder.close()
         db.dispose()
+
+
+def _wal_autocheckpoint(db: Database) -> int:
+    with db.engine.connect() as connection:
+        return connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+
+
+def _wal_frames(path) -> int:
+    """Frames in the WAL file (its 32-byte header, then a 24-byte header and a page each)."""
+    wal = path.with_name(path.name + "-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    return max(0, size - 32) // (24 + 4096)
+
+
+def test_a_server_database_checkpoints_the_wal_off_the_committing_transaction(tmp_path):
+    path = tmp_path / "server.db"
+    db = Database(f"sqlite:///{path}", background_checkpoints=True)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    try:
+        # Commits no longer checkpoint at SQLite's 1,000 pages, only past the fallback bound.
+        assert _wal_autocheckpoint(db) == store.db.FALLBACK_CHECKPOINT
+        with db.write() as session:
+            session.execute(text("CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB)"))
+        for batch in range(3):
+            with db.write() as session:
+                session.execute(
+                    text("INSERT INTO blobs (data) VALUES (:data)"),
+                    [{"data": bytes([batch]) * 18_000} for _ in range(100)],
+                )
+        # ~1,500 pages committed; the thread copies them into the database file.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            last = checkpointer.last
+            if last is not None and last[0] == 0 and last[1] > 1_000 and last[2] == last[1]:
+                break
+            time.sleep(0.05)
+        assert checkpointer.last is not None
+        busy, frames, copied = checkpointer.last
+        assert busy == 0 and frames > 1_000 and copied == frames
+        assert _wal_frames(path) >= frames  # the commits wrote the WAL; nobody truncated it
+        assert path.stat().st_size > 3 * 100 * 18_000  # ... and the rows reached the file
+    finally:
+        db.dispose()
+    assert not checkpointer._thread.is_alive()
+
+
+def test_other_databases_keep_sqlites_own_checkpoints(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'job.db'}")
+    try:
+        assert db._checkpointer is None
+        assert _wal_autocheckpoint(db) == 1000
+    finally:
+        db.dispose()
