@@ -226,7 +226,10 @@ class WalCheckpointer:
         while not self._stopped.wait(self._interval_s):
             try:
                 if connection is None:
-                    connection = sqlite3.connect(self._path, isolation_level=None)
+                    # mode=rw: never create the file (a database removed under a running
+                    # server is not recreated empty by its checkpointer).
+                    uri = Path(self._path).resolve().as_uri() + "?mode=rw"
+                    connection = sqlite3.connect(uri, uri=True, isolation_level=None)
                     connection.execute("PRAGMA busy_timeout=0")
                 self.last = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 self.runs += 1

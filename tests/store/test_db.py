@@ -127,3 +127,14 @@ def test_other_databases_keep_sqlites_own_checkpoints(tmp_path):
         assert _wal_autocheckpoint(db) == 1000
     finally:
         db.dispose()
+
+
+def test_the_checkpointer_never_creates_a_database_file(tmp_path):
+    path = tmp_path / "absent.db"
+    checkpointer = store.db.WalCheckpointer(str(path), interval_s=0.01)
+    try:
+        time.sleep(0.2)
+        assert checkpointer.runs == 0
+        assert not path.exists()
+    finally:
+        checkpointer.stop()
