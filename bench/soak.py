@@ -45,6 +45,7 @@ from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
 from bench.loadgen import windows
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env
+from indexer.pacing import machine_cpu_ticks
 
 log = logging.getLogger("bench.soak")
 
@@ -172,21 +173,10 @@ class MachineCpu:
     previous call, from /proc/stat (None where it cannot be read)."""
 
     def __init__(self) -> None:
-        self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[int, int] | None:
-        try:
-            line = Path("/proc/stat").read_text().split("\n", 1)[0]
-            # user nice system idle iowait irq softirq steal (guest time is counted in user)
-            fields = [int(x) for x in line.split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields) - idle, sum(fields)
+        self._last = machine_cpu_ticks()
 
     def busy_share(self) -> float | None:
-        now, last = self._read(), self._last
+        now, last = machine_cpu_ticks(), self._last
         self._last = now
         if now is None or last is None or now[1] <= last[1]:
             return None
@@ -216,8 +206,12 @@ def handler_p99_by_window(log_text: str, origin: float) -> dict[int, float]:
     not the wait for a free worker) per 30 s window from wall-clock ``origin``. Tells a slow
     window whose requests were slow inside the server from one whose requests waited for it."""
     durations: dict[int, list[float]] = {}
+    seconds: dict[str, float] = {}  # hundreds of lines share each stamp: parse it once
     for match in _REQUEST_LINE.finditer(log_text):
-        at = time.mktime(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S"))
+        stamp = match.group(1)
+        at = seconds.get(stamp)
+        if at is None:
+            at = seconds[stamp] = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
         if at + 1 < origin:  # the warm-up and the closed-loop maximum before the soak
             continue
         index = max(0, int((at - origin) // WINDOW_S))

@@ -88,12 +88,23 @@ def _single_threaded(on: bool) -> None:
         _torch_threads = 0
 
 
-def _sample() -> tuple[float, float, float, float] | None:
-    """(wall clock, this process's CPU seconds, machine busy ticks, machine total ticks)."""
+def machine_cpu_ticks() -> tuple[int, int] | None:
+    """The whole machine's (busy, total) CPU ticks since boot, from /proc/stat (None where it
+    cannot be read): user, nice, system, idle, iowait, irq, softirq, steal; idle and iowait
+    are not busy, guest time is counted in user already."""
     try:
-        fields = [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:]]
+        fields = [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    total = sum(fields[:8])
-    return time.monotonic(), time.process_time(), float(total - idle), float(total)
+    total = sum(fields)
+    return total - idle, total
+
+
+def _sample() -> tuple[float, float, float, float] | None:
+    """(wall clock, this process's CPU seconds, machine busy ticks, machine total ticks)."""
+    ticks = machine_cpu_ticks()
+    if ticks is None:
+        return None
+    busy, total = ticks
+    return time.monotonic(), time.process_time(), float(busy), float(total)

@@ -33,17 +33,25 @@ WRITE_LOCK_POLL_MAX_S = 0.002
 T = TypeVar("T")
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of an SQLite ``url``; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return parsed.database
+
+
 def make_engine(url: str, *, pool_size: int = 5, wal_autocheckpoint: int | None = None) -> Engine:
     """Create an engine for ``url`` with driftrec's connection settings (``wal_autocheckpoint``:
     SQLite's threshold in pages, default SQLite's 1,000)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if make_url(url).get_backend_name() == "sqlite":
+        path = sqlite_file(url)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+            poolclass=NullPool if path is None else None,
         )
         _configure_sqlite(engine, wal_autocheckpoint)
         return engine
@@ -121,13 +129,9 @@ class Database:
 
     def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = url
-        database = make_url(url).database
+        path = sqlite_file(url)
         self._checkpointer = (
-            WalCheckpointer(database)
-            if background_checkpoints
-            and make_url(url).get_backend_name() == "sqlite"
-            and database not in (None, "", ":memory:")
-            else None
+            WalCheckpointer(path) if background_checkpoints and path is not None else None
         )
         self.engine = make_engine(
             url, wal_autocheckpoint=None if self._checkpointer is None else FALLBACK_CHECKPOINT
@@ -207,8 +211,8 @@ class WalCheckpointer:
     twenty carried a checkpoint and held its worker 18-20 ms instead of 4-8 (batches of 10;
     the 100k soak's load: recommendations waited for a free worker meanwhile). A passive
     checkpoint takes no lock that writers or readers wait for; the WAL still restarts from its
-    beginning once every frame is copied. Started on first use in each process (gunicorn's
-    workers build their own `Database` after the fork).
+    beginning once every frame is copied. Started with its `Database`: in a server, each
+    gunicorn worker builds its own after the fork.
     """
 
     def __init__(self, path: str, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
