@@ -1,5 +1,6 @@
 """Embedding throughput: float32 sentence-transformers (torch) against the faster backends,
-bfloat16 autocast (`bf16`, the default on CPUs with AMX) and ONNX Runtime (`onnx`).
+OpenVINO (`openvino`, the default: bfloat16 products where the CPU has them natively),
+bfloat16 autocast (`bf16`) and ONNX Runtime (`onnx`).
 
 All on one thread (as each server worker runs them), on the ml-latest-small titles. Rounds
 alternate between the backends and the best round of each is kept, so a burst of load from
@@ -34,15 +35,23 @@ def _agreement(reference: np.ndarray, vectors: np.ndarray) -> tuple[float, float
 
 
 def run_embedding(*, quick: bool) -> dict[str, Any]:
-    from indexer.embedder import AUTO, BF16, ONNX, TORCH, load_embedder, resolve_backend
+    from indexer.embedder import (
+        AUTO,
+        BF16,
+        ONNX,
+        OPENVINO,
+        TORCH,
+        load_embedder,
+        resolve_backend,
+    )
     from store.importing import movielens_items
     from store.items import embedding_text
 
     texts = [embedding_text(m.title, m.text) for m in movielens_items(MOVIELENS)]
     rounds, per_round = (2, 1000) if quick else (3, 3000)
     embedders = {
-        name: load_embedder(MODEL, backend=name, threads=1, cache_dir=BENCH_DIR / "onnx")
-        for name in (TORCH, BF16, ONNX)
+        name: load_embedder(MODEL, backend=name, threads=1, cache_dir=BENCH_DIR / "embedders")
+        for name in (TORCH, OPENVINO, BF16, ONNX)
     }
     for embedder in embedders.values():
         embedder.embed(texts[:64])  # warm up
@@ -63,12 +72,14 @@ def run_embedding(*, quick: bool) -> dict[str, Any]:
         "items_per_s": best,
         "rows": [],
     }
-    for name in (BF16, ONNX):
+    for name in (OPENVINO, BF16, ONNX):
         cosine, overlap = _agreement(reference, embedders[name].embed(agreement_texts))
         speedup = best[name] / best[TORCH]
         ok = speedup >= 2 and cosine >= 0.99 and overlap >= 0.9
         result[name] = {"speedup": speedup, "mean_cosine": cosine, "top10_overlap": overlap}
         role = ", the default here" if name == default else ""
+        precision = getattr(embedders[name], "precision", None)  # openvino's, by the CPU
+        role = f", {precision} products{role}" if precision else role
         result["rows"].append(
             (
                 "embedding",

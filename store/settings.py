@@ -46,9 +46,10 @@ class Settings:
     database_url: str = ""
     data_dir: Path = Path("var")
     embedder_model: str = "bundled:all-MiniLM-L6-v2"
-    #: "auto" (bf16 on CPUs with AMX or AVX-512 BF16, else torch), "bf16", "torch"
-    #: (sentence-transformers, float32) or "onnx" (ONNX Runtime on a local export): see
-    #: indexer.embedder.
+    #: "auto" (openvino where installed, else bf16 on CPUs with AMX or AVX-512 BF16, else
+    #: torch), "openvino" (OpenVINO on a local conversion, bfloat16 products where native),
+    #: "bf16", "torch" (sentence-transformers, float32) or "onnx" (ONNX Runtime on a local
+    #: export): see indexer.embedder.
     embedder_backend: str = "auto"
     embed_batch_size: int = 64
     torch_threads: int = 1

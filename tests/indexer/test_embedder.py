@@ -1,5 +1,5 @@
-"""Embedder backends: the ONNX Runtime export and bfloat16 autocast agree with float32
-sentence-transformers (real MiniLM)."""
+"""Embedder backends: the ONNX Runtime export, the OpenVINO conversion and bfloat16 autocast
+agree with float32 sentence-transformers (real MiniLM)."""
 
 import numpy as np
 import pytest
@@ -8,9 +8,11 @@ from indexer.embedder import (
     AUTO,
     BF16,
     ONNX,
+    OPENVINO,
     TORCH,
     EmbedderUnavailable,
     LazyEmbedder,
+    OpenVinoEmbedder,
     has_native_bf16,
     load_embedder,
     resolve_backend,
@@ -28,20 +30,40 @@ TEXTS = [
 ]
 
 
+def _check_runtime_backend(embedder, *, min_cosine: float, same_alone_atol: float) -> None:
+    """What an inference-runtime backend owes: the model's name and shape, normalised float32
+    vectors within ``min_cosine`` of float32 sentence-transformers, and for each text in a
+    batch of mixed lengths the vector it gets alone."""
+    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
+    vectors = embedder.embed(TEXTS)
+    assert embedder.model_name == MODEL and embedder.dim == 384
+    assert vectors.shape == torch_vectors.shape and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.min(np.sum(vectors * torch_vectors, axis=1)) > min_cosine
+    assert np.allclose(embedder.embed(TEXTS[2:3])[0], vectors[2], atol=same_alone_atol)
+    assert embedder.embed([]).shape == (0, 384)
+
+
 @pytest.mark.slow
 def test_onnx_backend_matches_sentence_transformers(tmp_path):
-    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
     onnx = load_embedder(MODEL, backend=ONNX, cache_dir=tmp_path, batch_size=7)
-    onnx_vectors = onnx.embed(TEXTS)
-    assert onnx.model_name == MODEL and onnx.dim == 384
-    assert onnx_vectors.shape == torch_vectors.shape and onnx_vectors.dtype == np.float32
-    assert np.allclose(np.linalg.norm(onnx_vectors, axis=1), 1.0, atol=1e-5)
-    assert np.min(np.sum(onnx_vectors * torch_vectors, axis=1)) > 0.9999
-    # Batches of mixed lengths give each text the vector it gets alone.
-    assert np.allclose(onnx.embed(TEXTS[2:3])[0], onnx_vectors[2], atol=1e-5)
+    _check_runtime_backend(onnx, min_cosine=0.9999, same_alone_atol=1e-5)
     exported = list(tmp_path.glob("*.onnx"))
     assert len(exported) == 1  # exported once, then reused from the cache directory
-    assert onnx.embed([]).shape == (0, 384)
+
+
+def test_openvino_backend_matches_sentence_transformers(tmp_path):
+    openvino = load_embedder(MODEL, backend=OPENVINO, cache_dir=tmp_path, batch_size=5)
+    # bfloat16 products where the CPU has them natively (as the bf16 backend), else float32.
+    bf16 = openvino.precision == "bf16"
+    _check_runtime_backend(openvino, min_cosine=0.999 if bf16 else 0.9999, same_alone_atol=1e-4)
+    # Converted once, then reused from the cache directory; float32 on request.
+    (converted,) = tmp_path.glob("openvino-*/model.xml")
+    written = converted.stat().st_mtime_ns
+    float32 = OpenVinoEmbedder(MODEL, cache_dir=tmp_path, precision="f32")
+    assert converted.stat().st_mtime_ns == written
+    assert list(tmp_path.iterdir()) == [converted.parent]  # no staging directory left behind
+    _check_runtime_backend(float32, min_cosine=0.9999, same_alone_atol=1e-5)
 
 
 def test_bf16_backend_stays_close_to_float32():
@@ -60,9 +82,12 @@ def test_bf16_backend_stays_close_to_float32():
     assert np.array_equal(load_embedder(MODEL, backend=TORCH).embed(TEXTS), torch_vectors)
 
 
-def test_auto_backend_picks_bf16_only_with_native_support():
-    assert resolve_backend(AUTO) == (BF16 if has_native_bf16() else TORCH)
+def test_auto_backend_picks_openvino_else_bf16_only_with_native_support(monkeypatch):
+    assert resolve_backend(AUTO) == OPENVINO  # a dependency: installed
     assert resolve_backend(TORCH) == TORCH and resolve_backend(ONNX) == ONNX
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # as if not installed
+    assert resolve_backend(AUTO) == (BF16 if has_native_bf16() else TORCH)
+    monkeypatch.undo()
     assert load_embedder(MODEL) is load_embedder(MODEL, backend=resolve_backend(AUTO))
 
 
