@@ -400,6 +400,9 @@ _CONVERT = (
 
 def convert_openvino(model_dir: str, graph: str) -> None:
     """Convert the transformer at ``model_dir`` and save it at ``graph`` (float32 weights)."""
+    # OpenVINO's converter sends usage statistics to Google Analytics unless the user opted
+    # out, and keeps a client id under ~/intel; without its telemetry package it uses a stub.
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     import openvino as ov
     import torch
 

@@ -15,7 +15,8 @@ wsgi_app = "service.app:create_app()"
 worker_class = "sync"
 # Not preloaded: each worker opens its own database connections; none cross a fork.
 preload_app = False
-# The first search in a worker loads the embedding model (~10 s on one thread).
+# The first search in a worker loads the embedding model: under a second from the cached
+# OpenVINO conversion, 5-10 s when it converts first (the torch backends: ~10 s on one thread).
 timeout = 60
 graceful_timeout = 30
 # No access log: paths carry user ids. The app logs method, route and status per request.

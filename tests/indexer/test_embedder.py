@@ -1,6 +1,7 @@
 """Embedder backends: the ONNX Runtime export, the OpenVINO conversion and bfloat16 autocast
 agree with float32 sentence-transformers (real MiniLM)."""
 
+import os
 import subprocess
 import sys
 
@@ -63,20 +64,26 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
         "resolve_model_path; export_openvino(Path(resolve_model_path(sys.argv[1])), "
         "Path(sys.argv[2])); print('transformers' in sys.modules)"
     )
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
     converting = subprocess.run(
-        [sys.executable, "-c", probe, MODEL, str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-c", probe, MODEL, str(cache)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(home)},
     )
     assert converting.returncode == 0, converting.stderr
     assert converting.stdout.strip() == "False"
-    (converted,) = tmp_path.glob("openvino-*/model.xml")
-    assert list(tmp_path.iterdir()) == [converted.parent]  # no staging directory left behind
+    assert list(home.iterdir()) == []  # no telemetry client id (OpenVINO keeps it in ~/intel)
+    (converted,) = cache.glob("openvino-*/model.xml")
+    assert list(cache.iterdir()) == [converted.parent]  # no staging directory left behind
     written = converted.stat().st_mtime_ns
 
-    openvino = load_embedder(MODEL, backend=OPENVINO, cache_dir=tmp_path, batch_size=5)
+    openvino = load_embedder(MODEL, backend=OPENVINO, cache_dir=cache, batch_size=5)
     # bfloat16 products where the CPU has them natively (as the bf16 backend), else float32.
     bf16 = openvino.precision == "bf16"
     _check_runtime_backend(openvino, min_cosine=0.999 if bf16 else 0.9999, same_alone_atol=1e-4)
-    float32 = OpenVinoEmbedder(MODEL, cache_dir=tmp_path, precision="f32")
+    float32 = OpenVinoEmbedder(MODEL, cache_dir=cache, precision="f32")
     _check_runtime_backend(float32, min_cosine=0.9999, same_alone_atol=1e-5)
     assert converted.stat().st_mtime_ns == written  # converted once, then reused
 
