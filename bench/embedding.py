@@ -65,7 +65,7 @@ def run_embedding(*, quick: bool) -> dict[str, Any]:
             best[name] = max(best[name], per_round / (time.perf_counter() - started))
     agreement_texts = texts[:2000] if quick else texts
     reference = embedders[TORCH].embed(agreement_texts)
-    default = resolve_backend(AUTO)
+    default = resolve_backend(AUTO, MODEL)
     result: dict[str, Any] = {
         "titles": len(agreement_texts),
         "default_backend": default,

@@ -91,18 +91,52 @@ def has_native_bf16() -> bool:
     return False
 
 
-def resolve_backend(backend: str) -> str:
-    """The concrete backend ``backend`` names: ``auto`` is OpenVINO where it is installed,
-    else picks between bfloat16 and float32 torch by the CPU."""
+def resolve_backend(backend: str, model_name: str | None = None) -> str:
+    """The concrete backend ``backend`` names: ``auto`` is OpenVINO where it is installed and
+    can run ``model_name`` (`runtime_unsupported`), else picks between bfloat16 and float32
+    torch by the CPU."""
     if backend not in BACKENDS:
         raise EmbedderUnavailable(
             f"unknown embedder backend {backend!r}: use auto, bf16, onnx, openvino or torch"
         )
     if backend == AUTO:
-        if importlib.util.find_spec("openvino") is not None:
+        runnable = model_name is None or runtime_unsupported(model_name) is None
+        if runnable and importlib.util.find_spec("openvino") is not None:
             return OPENVINO
         return BF16 if has_native_bf16() else TORCH
     return backend
+
+
+#: The sentence-transformers modules the runtime backends reproduce (mean pooling only).
+_RUNTIME_MODULES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+)
+
+
+def runtime_unsupported(model_name: str) -> str | None:
+    """Why the ONNX Runtime and OpenVINO backends cannot compute ``model_name``'s function
+    (None when they can): they run the transformer, mean-pool its tokens and normalise, which
+    is what the bundled model does; a model with CLS or max pooling, or a Dense layer after the
+    pooling, needs sentence-transformers itself (`torch` or `bf16`)."""
+    model_dir = Path(resolve_model_path(model_name))
+    if not (model_dir / "modules.json").is_file():
+        return None  # a plain transformer: sentence-transformers mean-pools it too
+    try:
+        for module in json.loads((model_dir / "modules.json").read_text()):
+            kind = module.get("type", "")
+            if kind not in _RUNTIME_MODULES:
+                return f"its module {kind!r} is not reproduced"
+            if kind.endswith(".Pooling"):
+                config = model_dir / module.get("path", "") / "config.json"
+                pooling = json.loads(config.read_text())
+                modes = sorted(k for k, v in pooling.items() if k.startswith("pooling_mode") and v)
+                if modes != ["pooling_mode_mean_tokens"]:
+                    return f"it pools with {', '.join(modes) or 'nothing'}, not the tokens' mean"
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"cannot read its sentence-transformers modules: {exc}"
+    return None
 
 
 class SentenceTransformerEmbedder:
@@ -171,6 +205,12 @@ class _RuntimeEmbedder:
 
     def __init__(self, model_name: str, model_dir: Path) -> None:
         from tokenizers import Tokenizer
+
+        reason = runtime_unsupported(model_name)
+        if reason is not None:
+            raise EmbedderUnavailable(
+                f"embedding model {model_name!r} needs the torch or bf16 backend: {reason}"
+            )
 
         try:
             tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -455,7 +495,7 @@ def load_embedder(
     ``cache_dir`` holds the ONNX export and the OpenVINO conversion (default: the user's cache
     directory).
     """
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, model_name)
     key = (model_name, backend, batch_size, threads)
     if key not in _cache:
         log.info("embedder loading model=%s backend=%s", model_name, backend)

@@ -1,9 +1,12 @@
 """Embedder backends: the ONNX Runtime export, the OpenVINO conversion and bfloat16 autocast
 agree with float32 sentence-transformers (real MiniLM)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,8 @@ from indexer.embedder import (
     has_native_bf16,
     load_embedder,
     resolve_backend,
+    resolve_model_path,
+    runtime_unsupported,
 )
 from store.settings import load_settings
 
@@ -111,6 +116,32 @@ def test_auto_backend_picks_openvino_else_bf16_only_with_native_support(monkeypa
     assert resolve_backend(AUTO) == (BF16 if has_native_bf16() else TORCH)
     monkeypatch.undo()
     assert load_embedder(MODEL) is load_embedder(MODEL, backend=resolve_backend(AUTO))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"pooling": {"pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}},
+        {"module": {"idx": 3, "name": "3", "path": "3_Dense", "type": "x.models.Dense"}},
+    ],
+)
+def test_runtime_backends_refuse_models_they_would_compute_differently(tmp_path, change):
+    bundled = Path(resolve_model_path(MODEL))
+    model = tmp_path / "model"
+    shutil.copytree(bundled, model)
+    if "pooling" in change:
+        config = model / "1_Pooling" / "config.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | change["pooling"]))
+    else:
+        modules = json.loads((model / "modules.json").read_text())
+        (model / "modules.json").write_text(json.dumps([*modules, change["module"]]))
+    assert runtime_unsupported(MODEL) is None
+    assert runtime_unsupported(str(model)) is not None
+    # auto falls back to sentence-transformers; asked for by name, the backends refuse it.
+    assert resolve_backend(AUTO, str(model)) == (BF16 if has_native_bf16() else TORCH)
+    for backend in (OPENVINO, ONNX):
+        with pytest.raises(EmbedderUnavailable, match="needs the torch or bf16 backend"):
+            load_embedder(str(model), backend=backend, cache_dir=tmp_path / "cache")
 
 
 def test_unknown_backend_is_refused():
