@@ -316,7 +316,6 @@ class OpenVinoEmbedder(_RuntimeEmbedder):
         self._request = compiled.create_infer_request()
 
     def _hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        # The request's output tensor is reused by the next call: pooling reads it first.
         return self._request.infer({"input_ids": ids, "attention_mask": mask})[0]
 
 
