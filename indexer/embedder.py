@@ -497,17 +497,38 @@ def load_embedder(
     ``cache_dir`` holds the ONNX export and the OpenVINO conversion (default: the user's cache
     directory).
     """
-    backend = resolve_backend(backend, model_name)
+    requested, backend = backend, resolve_backend(backend, model_name)
     key = (model_name, backend, batch_size, threads)
     if key not in _cache:
+        if requested == AUTO and key in _unavailable:
+            return _fallback(model_name, batch_size, threads)
         log.info("embedder loading model=%s backend=%s", model_name, backend)
         directory = cache_dir or Path.home() / ".cache" / "driftrec" / backend
-        if backend == ONNX:
-            _cache[key] = OnnxEmbedder(model_name, cache_dir=directory, threads=threads)
-        elif backend == OPENVINO:
-            _cache[key] = OpenVinoEmbedder(model_name, cache_dir=directory, threads=threads)
-        else:
-            _cache[key] = SentenceTransformerEmbedder(
-                model_name, batch_size=batch_size, threads=threads, bfloat16=backend == BF16
-            )
+        try:
+            if backend == ONNX:
+                embedder: Embedder = OnnxEmbedder(model_name, cache_dir=directory, threads=threads)
+            elif backend == OPENVINO:
+                embedder = OpenVinoEmbedder(model_name, cache_dir=directory, threads=threads)
+            else:
+                embedder = SentenceTransformerEmbedder(
+                    model_name, batch_size=batch_size, threads=threads, bfloat16=backend == BF16
+                )
+        except EmbedderUnavailable as exc:
+            # `auto` keeps embedding where OpenVINO cannot (a data directory it may not write
+            # its conversion to, a converter that fails on this model): slower, not down.
+            if requested != AUTO or backend != OPENVINO:
+                raise
+            log.warning("embedder openvino unavailable, using sentence-transformers: %s", exc)
+            _unavailable.add(key)
+            return _fallback(model_name, batch_size, threads)
+        _cache[key] = embedder
     return _cache[key]
+
+
+#: (model, backend, batch size, threads) that failed to load under `auto`: not retried.
+_unavailable: set[tuple[str, str, int, int]] = set()
+
+
+def _fallback(model_name: str, batch_size: int, threads: int) -> Embedder:
+    backend = BF16 if has_native_bf16() else TORCH
+    return load_embedder(model_name, batch_size=batch_size, threads=threads, backend=backend)

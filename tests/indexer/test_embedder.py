@@ -144,6 +144,17 @@ def test_runtime_backends_refuse_models_they_would_compute_differently(tmp_path,
             load_embedder(str(model), backend=backend, cache_dir=tmp_path / "cache")
 
 
+def test_auto_falls_back_to_sentence_transformers_where_openvino_cannot_load(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # the conversion's directory cannot be made under a file
+    fallback = BF16 if has_native_bf16() else TORCH
+    embedder = load_embedder(MODEL, batch_size=3, cache_dir=blocked / "cache")
+    assert embedder is load_embedder(MODEL, batch_size=3, backend=fallback)
+    assert embedder is load_embedder(MODEL, batch_size=3, cache_dir=blocked / "cache")  # no retry
+    with pytest.raises(EmbedderUnavailable):  # asked for by name: no fallback
+        load_embedder(MODEL, batch_size=3, backend=OPENVINO, cache_dir=blocked / "cache")
+
+
 def test_unknown_backend_is_refused():
     with pytest.raises(EmbedderUnavailable):
         load_embedder(MODEL, backend="tensorflow")
