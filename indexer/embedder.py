@@ -329,6 +329,11 @@ def _max_length(model_dir: Path) -> int:
     return 256
 
 
+#: Exports are caches a job may write and a server running as another user read.
+_SHARED_FILE_MODE = 0o644
+_SHARED_DIR_MODE = 0o755
+
+
 def _weights_tag(model_dir: Path) -> str:
     """A short hash of the model's configuration and weights: exports are cached by it."""
     digest = hashlib.sha256()
@@ -392,6 +397,7 @@ def export_onnx(model_dir: Path, cache_dir: Path) -> Path:
                 dynamo=False,
             )
         _fuse_bert(Path(tmp), model.model.config)
+        os.chmod(tmp, _SHARED_FILE_MODE)  # mkstemp's 0600 would keep it from other users
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -424,6 +430,7 @@ def export_openvino(model_dir: Path, cache_dir: Path) -> Path:
         )
         if done.returncode != 0:
             raise RuntimeError(f"openvino conversion failed: {done.stderr.strip()[-2000:]}")
+        os.chmod(staging, _SHARED_DIR_MODE)  # mkdtemp's 0700 would keep it from other users
         try:
             os.replace(staging, target)  # whole directories: a reader never sees half of one
         except OSError:

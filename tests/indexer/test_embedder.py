@@ -59,6 +59,7 @@ def test_onnx_backend_matches_sentence_transformers(tmp_path):
     _check_runtime_backend(onnx, min_cosine=0.9999, same_alone_atol=1e-5)
     exported = list(tmp_path.glob("*.onnx"))
     assert len(exported) == 1  # exported once, then reused from the cache directory
+    assert exported[0].stat().st_mode & 0o777 == 0o644  # readable by a server's user
 
 
 def test_openvino_backend_matches_sentence_transformers(tmp_path):
@@ -82,6 +83,7 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
     assert list(home.iterdir()) == []  # no telemetry client id (OpenVINO keeps it in ~/intel)
     (converted,) = cache.glob("openvino-*/model.xml")
     assert list(cache.iterdir()) == [converted.parent]  # no staging directory left behind
+    assert converted.parent.stat().st_mode & 0o777 == 0o755  # readable by a server's user
     written = converted.stat().st_mtime_ns
 
     openvino = load_embedder(MODEL, backend=OPENVINO, cache_dir=cache, batch_size=5)
