@@ -34,6 +34,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,13 +46,15 @@ from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
 from bench.loadgen import windows
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env
-from indexer.pacing import machine_cpu_ticks
+from indexer.pacing import PROC_STAT, machine_cpu_ticks
 
 log = logging.getLogger("bench.soak")
 
 WINDOW_S = 30.0
 PEAK_S = 20.0
 MEMORY_EVERY_S = 10.0
+#: How often steal time is sampled (attributed to the slow seconds).
+STEAL_EVERY_S = 0.25
 P99_SPREAD_LIMIT = 3.0
 #: The steady state itself must be within the service's recommendation p99 target: a run whose
 #: every window is slow would otherwise pass the spread check (one did, at 37 ms steady).
@@ -134,6 +137,7 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         began = time.monotonic()
         memory: list[dict[str, float]] = []
         cpu = MachineCpu()
+        steal = StealSampler()
         reindex: dict[str, Any] | None = None
         while recs.poll() is None:
             elapsed = time.monotonic() - began
@@ -144,8 +148,15 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
                 reindex = {"at_s": round(elapsed, 1), **_reindex(run_env, server)}
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
+        steal.stop()
         timeline = np.load(TIMELINE)
         result["slow_seconds"] = slow_seconds(timeline)
+        if len(timeline):
+            start = float(timeline[0, 0])
+            for second in result["slow_seconds"]:
+                at = start + second["start_s"]
+                second["steal_ms"] = steal.steal_ms(at, at + 1.0)
+            result["steal_ms_total"] = steal.steal_ms(start, float(timeline[-1, 0]))
         if reindex is not None:
             origin = float(timeline[0, 0]) if len(timeline) else 0.0
             for second in result["slow_seconds"]:
@@ -181,6 +192,49 @@ class MachineCpu:
         if now is None or last is None or now[1] <= last[1]:
             return None
         return (now[0] - last[0]) / (now[1] - last[1])
+
+
+class StealSampler:
+    """The hypervisor's steal time (/proc/stat: time this VM's CPUs were ready to run but the
+    host ran something else), sampled every `STEAL_EVERY_S` on a thread: a slow second with
+    steal in it is the host's, not ours."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            ticks = machine_steal_ticks()
+            if ticks is not None:
+                self.samples.append((time.time(), ticks))
+            if self._stopped.wait(STEAL_EVERY_S):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def steal_ms(self, start: float, end: float) -> float | None:
+        """CPU milliseconds stolen (all CPUs together) between wall-clock ``start`` and
+        ``end``, from the samples nearest to each (None without two distinct ones)."""
+        if not self.samples:
+            return None
+        first = min(self.samples, key=lambda sample: abs(sample[0] - start))
+        last = min(self.samples, key=lambda sample: abs(sample[0] - end))
+        if last[0] <= first[0]:
+            return None
+        return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def machine_steal_ticks() -> int | None:
+    """Steal ticks of all CPUs since boot (the eighth value of /proc/stat's cpu line)."""
+    try:
+        return int(PROC_STAT.read_text().split("\n", 1)[0].split()[8])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def cpu_busy_by_window(memory: list[dict[str, Any]]) -> dict[int, float]:
@@ -366,14 +420,22 @@ def render(result: dict[str, Any]) -> str:
     slow = result.get("slow_seconds", [])
     listed = ", ".join(
         f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms"
-        + (f", job: {s['job_phase']})" if s.get("job_phase") else ")")
+        + (f", job: {s['job_phase']}" if s.get("job_phase") else "")
+        + (f", steal {s['steal_ms']:.0f} ms" if s.get("steal_ms") else "")
+        + ")"
         for s in slow
     )
     lines += [
         "",
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
         + (f": {listed}" if slow else "")
-        + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`).",
+        + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`;"
+        " steal: CPU time the host took from this VM in that second, from /proc/stat)."
+        + (
+            f" Steal over the whole run: {result['steal_ms_total']:.0f} ms."
+            if result.get("steal_ms_total") is not None
+            else ""
+        ),
     ]
     if reindex and reindex.get("phases_s"):
         lines += [
