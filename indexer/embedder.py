@@ -278,6 +278,20 @@ class OnnxEmbedder(_RuntimeEmbedder):
         return self._session.run(None, feeds)[0]
 
 
+def import_openvino():  # type: ignore[no-untyped-def]
+    """``import openvino``, without its telemetry.
+
+    Importing openvino imports its converter, which sends usage statistics to Google
+    Analytics unless the user opted out and keeps a client id and counters under ~/intel;
+    without its telemetry package it uses its own stub, so that package is blocked first. (A
+    process that imported openvino before this has its telemetry on already.)
+    """
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
+
+
 class OpenVinoEmbedder(_RuntimeEmbedder):
     """The same model in OpenVINO, converted from its own weights (`export_openvino`).
 
@@ -291,7 +305,7 @@ class OpenVinoEmbedder(_RuntimeEmbedder):
         self, model_name: str, *, cache_dir: Path, threads: int = 1, precision: str | None = None
     ) -> None:
         try:
-            import openvino as ov
+            ov = import_openvino()
         except ImportError as exc:
             raise EmbedderUnavailable(f"the openvino embedder backend needs {exc.name}") from exc
         model_dir = Path(resolve_model_path(model_name))
@@ -449,11 +463,9 @@ _CONVERT = (
 
 def convert_openvino(model_dir: str, graph: str) -> None:
     """Convert the transformer at ``model_dir`` and save it at ``graph`` (float32 weights)."""
-    # OpenVINO's converter sends usage statistics to Google Analytics unless the user opted
-    # out, and keeps a client id under ~/intel; without its telemetry package it uses a stub.
-    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
-    import openvino as ov
     import torch
+
+    ov = import_openvino()
 
     sample = torch.ones((2, 8), dtype=torch.int64)
     with torch.no_grad(), warnings.catch_warnings():

@@ -65,10 +65,13 @@ def test_onnx_backend_matches_sentence_transformers(tmp_path):
 def test_openvino_backend_matches_sentence_transformers(tmp_path):
     # The conversion runs in a child interpreter: the process asking for it (a server worker,
     # on its first search) never imports transformers for it.
+    # Neither converting nor loading and running it leaves OpenVINO's telemetry client id and
+    # counters in the home directory.
     probe = (
         "import sys; from pathlib import Path; from indexer.embedder import export_openvino, "
-        "resolve_model_path; export_openvino(Path(resolve_model_path(sys.argv[1])), "
-        "Path(sys.argv[2])); print('transformers' in sys.modules)"
+        "load_embedder, resolve_model_path; export_openvino(Path(resolve_model_path(sys.argv[1])), "
+        "Path(sys.argv[2])); print('transformers' in sys.modules); "
+        "load_embedder(sys.argv[1], backend='openvino', cache_dir=Path(sys.argv[2])).embed(['x'])"
     )
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
@@ -80,7 +83,7 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
     )
     assert converting.returncode == 0, converting.stderr
     assert converting.stdout.strip() == "False"
-    assert list(home.iterdir()) == []  # no telemetry client id (OpenVINO keeps it in ~/intel)
+    assert list(home.iterdir()) == []  # no ~/intel
     (converted,) = cache.glob("openvino-*/model.xml")
     assert list(cache.iterdir()) == [converted.parent]  # no staging directory left behind
     assert converted.parent.stat().st_mode & 0o777 == 0o755  # readable by a server's user
