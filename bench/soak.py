@@ -46,7 +46,7 @@ from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
 from bench.loadgen import windows
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env
-from indexer.pacing import PROC_STAT, machine_cpu_ticks
+from indexer.pacing import machine_cpu_ticks, machine_steal_ticks
 
 log = logging.getLogger("bench.soak")
 
@@ -150,15 +150,15 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
         steal.stop()
         timeline = np.load(TIMELINE)
+        # Wall-clock time of the first send: the timeline's and the windows' zero.
+        origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline)
+        for second in result["slow_seconds"]:
+            at = origin + second["start_s"]
+            second["steal_ms"] = steal.steal_ms(at, at + 1.0)
         if len(timeline):
-            start = float(timeline[0, 0])
-            for second in result["slow_seconds"]:
-                at = start + second["start_s"]
-                second["steal_ms"] = steal.steal_ms(at, at + 1.0)
-            result["steal_ms_total"] = steal.steal_ms(start, float(timeline[-1, 0]))
+            result["steal_ms_total"] = steal.steal_ms(origin, float(timeline[-1, 0]))
         if reindex is not None:
-            origin = float(timeline[0, 0]) if len(timeline) else 0.0
             for second in result["slow_seconds"]:
                 second["job_phase"] = phase_at(reindex["phases"], origin + second["start_s"])
             reindex["phases_s"] = [
@@ -167,7 +167,6 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
             ]
         result["events"] = json.loads(events.communicate()[0].strip().splitlines()[-1])
         result["memory"] = memory
-        origin = float(timeline[0, 0]) if len(timeline) else time.time()
         handled = handler_p99_by_window(server.log_path.read_text(), origin)
         busy = cpu_busy_by_window(memory)
         for window in result["recommendations"]["windows"]:
@@ -227,14 +226,6 @@ class StealSampler:
         if last[0] <= first[0]:
             return None
         return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def machine_steal_ticks() -> int | None:
-    """Steal ticks of all CPUs since boot (the eighth value of /proc/stat's cpu line)."""
-    try:
-        return int(PROC_STAT.read_text().split("\n", 1)[0].split()[8])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def cpu_busy_by_window(memory: list[dict[str, Any]]) -> dict[int, float]:

@@ -104,8 +104,14 @@ def resolve_backend(backend: str, model_name: str | None = None) -> str:
         runnable = model_name is None or runtime_unsupported(model_name) is None
         if runnable and importlib.util.find_spec("openvino") is not None:
             return OPENVINO
-        return BF16 if has_native_bf16() else TORCH
+        return _sentence_transformers_backend()
     return backend
+
+
+def _sentence_transformers_backend() -> str:
+    """bfloat16 autocast where the CPU multiplies bfloat16 natively (emulated, it is slower
+    than float32), else float32."""
+    return BF16 if has_native_bf16() else TORCH
 
 
 #: The sentence-transformers modules the runtime backends reproduce (mean pooling only).
@@ -204,7 +210,8 @@ class _RuntimeEmbedder:
     by length, batches of `RUNTIME_BATCH` padded to their longest, mean pooling, normalising.
     Subclasses provide `_hidden` (token ids and mask -> last hidden states)."""
 
-    def __init__(self, model_name: str, model_dir: Path) -> None:
+    def __init__(self, model_name: str) -> None:
+        model_dir = Path(resolve_model_path(model_name))
         try:
             from tokenizers import Tokenizer
         except ImportError as exc:
@@ -223,6 +230,7 @@ class _RuntimeEmbedder:
         tokenizer.enable_truncation(_max_length(model_dir))
         tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
         self._tokenizer = tokenizer
+        self._model_dir = model_dir
         self.model_name = model_name
         self.dim = int(config["hidden_size"])
 
@@ -256,10 +264,9 @@ class OnnxEmbedder(_RuntimeEmbedder):
             import onnxruntime as ort
         except ImportError as exc:
             raise EmbedderUnavailable(f"the onnx embedder backend needs {exc.name}") from exc
-        model_dir = Path(resolve_model_path(model_name))
-        super().__init__(model_name, model_dir)
+        super().__init__(model_name)
         try:
-            graph = export_onnx(model_dir, cache_dir)
+            graph = export_onnx(self._model_dir, cache_dir)
         except (OSError, ValueError, RuntimeError) as exc:
             raise EmbedderUnavailable(f"cannot load embedding model {model_name!r}: {exc}") from exc
         options = ort.SessionOptions()
@@ -308,15 +315,14 @@ class OpenVinoEmbedder(_RuntimeEmbedder):
             ov = import_openvino()
         except ImportError as exc:
             raise EmbedderUnavailable(f"the openvino embedder backend needs {exc.name}") from exc
-        model_dir = Path(resolve_model_path(model_name))
-        super().__init__(model_name, model_dir)
+        super().__init__(model_name)
         core = ov.Core()
         if precision is None:
             native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             precision = "bf16" if native else "f32"
         self.precision = precision
         try:
-            graph = export_openvino(model_dir, cache_dir)
+            graph = export_openvino(self._model_dir, cache_dir)
             compiled = core.compile_model(
                 str(graph),
                 "CPU",
@@ -549,5 +555,5 @@ _unavailable: set[tuple[str, str, int, int]] = set()
 
 
 def _fallback(model_name: str, batch_size: int, threads: int) -> Embedder:
-    backend = BF16 if has_native_bf16() else TORCH
+    backend = _sentence_transformers_backend()
     return load_embedder(model_name, batch_size=batch_size, threads=threads, backend=backend)

@@ -88,17 +88,31 @@ def _single_threaded(on: bool) -> None:
         _torch_threads = 0
 
 
-def machine_cpu_ticks() -> tuple[int, int] | None:
-    """The whole machine's (busy, total) CPU ticks since boot, from /proc/stat (None where it
-    cannot be read): user, nice, system, idle, iowait, irq, softirq, steal; idle and iowait
-    are not busy, guest time is counted in user already."""
+def _machine_cpu_fields() -> list[int] | None:
+    """The whole machine's CPU ticks since boot, from /proc/stat's first line (None where it
+    cannot be read): user, nice, system, idle, iowait, irq, softirq, steal."""
     try:
-        fields = [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
+        return [int(x) for x in PROC_STAT.read_text().split("\n", 1)[0].split()[1:9]]
     except (OSError, ValueError):
+        return None
+
+
+def machine_cpu_ticks() -> tuple[int, int] | None:
+    """The whole machine's (busy, total) CPU ticks since boot (None where they cannot be
+    read): idle and iowait are not busy, guest time is counted in user already."""
+    fields = _machine_cpu_fields()
+    if fields is None:
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     total = sum(fields)
     return total - idle, total
+
+
+def machine_steal_ticks() -> int | None:
+    """Ticks the hypervisor ran something else while this VM's CPUs were ready (all CPUs),
+    since boot (None where they cannot be read)."""
+    fields = _machine_cpu_fields()
+    return fields[7] if fields is not None and len(fields) > 7 else None
 
 
 def _sample() -> tuple[float, float, float, float] | None:

@@ -87,7 +87,9 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
     (converted,) = cache.glob("openvino-*/model.xml")
     assert list(cache.iterdir()) == [converted.parent]  # no staging directory left behind
     assert converted.parent.stat().st_mode & 0o777 == 0o755  # readable by a server's user
-    written = converted.stat().st_mtime_ns
+    # A second conversion would make (and remove) a staging directory in the cache: its
+    # mtime would move even where the finished one is kept.
+    listed = cache.stat().st_mtime_ns
 
     openvino = load_embedder(MODEL, backend=OPENVINO, cache_dir=cache, batch_size=5)
     # bfloat16 products where the CPU has them natively (as the bf16 backend), else float32.
@@ -95,7 +97,7 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
     _check_runtime_backend(openvino, min_cosine=0.999 if bf16 else 0.9999, same_alone_atol=1e-4)
     float32 = OpenVinoEmbedder(MODEL, cache_dir=cache, precision="f32")
     _check_runtime_backend(float32, min_cosine=0.9999, same_alone_atol=1e-5)
-    assert converted.stat().st_mtime_ns == written  # converted once, then reused
+    assert cache.stat().st_mtime_ns == listed  # converted once, then reused
 
 
 def test_bf16_backend_stays_close_to_float32():
@@ -149,13 +151,21 @@ def test_runtime_backends_refuse_models_they_would_compute_differently(tmp_path,
             load_embedder(str(model), backend=backend, cache_dir=tmp_path / "cache")
 
 
-def test_auto_falls_back_to_sentence_transformers_where_openvino_cannot_load(tmp_path):
+def test_auto_falls_back_to_sentence_transformers_where_openvino_cannot_load(tmp_path, monkeypatch):
     blocked = tmp_path / "a-file"
     blocked.write_text("")  # the conversion's directory cannot be made under a file
+    attempts = []
+
+    def counted(*args, **kwargs):  # the real class, its tries counted
+        attempts.append(1)
+        return OpenVinoEmbedder(*args, **kwargs)
+
+    monkeypatch.setattr("indexer.embedder.OpenVinoEmbedder", counted)
     fallback = BF16 if has_native_bf16() else TORCH
     embedder = load_embedder(MODEL, batch_size=3, cache_dir=blocked / "cache")
     assert embedder is load_embedder(MODEL, batch_size=3, backend=fallback)
-    assert embedder is load_embedder(MODEL, batch_size=3, cache_dir=blocked / "cache")  # no retry
+    assert embedder is load_embedder(MODEL, batch_size=3, cache_dir=blocked / "cache")
+    assert len(attempts) == 1  # the failure is remembered: no second conversion attempt
     with pytest.raises(EmbedderUnavailable):  # asked for by name: no fallback
         load_embedder(MODEL, batch_size=3, backend=OPENVINO, cache_dir=blocked / "cache")
 
