@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -147,7 +148,10 @@ def _best_rates(
 
 
 def _avx2_emulated(quick: bool) -> dict[str, float] | None:
-    """`_avx2_child` in a process whose libraries load under `AVX2_ENV` (None if it fails)."""
+    """`_avx2_child` in a process whose libraries load under `AVX2_ENV` (None if it fails, or
+    off x86, where those switches mean nothing)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
     argv = [sys.executable, "-m", "bench.embedding", "--avx2-child", *(["--quick"] * quick)]
     done = subprocess.run(
         argv, env={**os.environ, **AVX2_ENV}, capture_output=True, text=True, check=False
