@@ -166,11 +166,12 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
         with Server(env, name=f"ingest-{backend}") as server:
             # The same server's /healthz at the same concurrency: what HTTP alone costs here,
             # the floor under a single event's latency.
-            result["healthz"] = server.load("healthz", items=ITEMS, duration=duration)
+            loads = server.load_in_turns(
+                ("healthz", "events1", "events100"), items=ITEMS, duration=duration
+            )
+            result["healthz"] = loads["healthz"]
             for batch in (1, 100):
-                result[f"api_{batch}"] = server.load(
-                    f"events{batch}", items=ITEMS, duration=duration, seed=batch
-                )
+                result[f"api_{batch}"] = loads[f"events{batch}"]
         out[backend] = result
         b = result["bulk"]
         raw = b["raw_executemany_eps"]

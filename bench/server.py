@@ -8,14 +8,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from bench.data import BENCH_DIR, N_USERS, REPO_ROOT
 
 DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
+#: Turns per mode in `Server.load_in_turns`.
+TURNS = 3
 
 
 def free_port() -> int:
@@ -113,14 +120,26 @@ class Server:
 
     # -- load ------------------------------------------------------------------------------
     def load(
-        self, mode: str, *, items: int, duration: float, concurrency: int = 8, seed: int = 1
+        self,
+        mode: str,
+        *,
+        items: int,
+        duration: float,
+        concurrency: int = 8,
+        seed: int = 1,
+        timeline: Path | None = None,
     ) -> dict[str, object]:
         """Run the load generator in its own process and return its summary, plus the server's
         CPU time per request (``server_cpu_ms``): unlike QPS and latency, it barely moves
-        when other jobs load the machine, so it compares runs on a shared host."""
+        when other jobs load the machine, so it compares runs on a shared host. ``timeline``:
+        where the load generator saves every request's (send time, latency s, ok)."""
         argv = self.loadgen_argv(
             mode, items=items, duration=duration, concurrency=concurrency, seed=seed
         )
+        # Event ids start with the tag: unique per run, so no run repeats another's ids.
+        argv += ["--tag", f"bench{time.time_ns()}"]
+        if timeline is not None:
+            argv += ["--timeline", str(timeline)]
         cpu_before = self.cpu_seconds()
         result = subprocess.run(
             argv, env=base_env({}), capture_output=True, text=True, check=True, cwd=REPO_ROOT
@@ -130,6 +149,28 @@ class Server:
         if requests:
             summary["server_cpu_ms"] = (self.cpu_seconds() - cpu_before) * 1000 / requests
         return summary
+
+    def load_in_turns(
+        self, modes: Sequence[str], *, items: int, duration: float, turns: int = TURNS
+    ) -> dict[str, dict[str, object]]:
+        """Each mode for ``duration`` seconds in all, in ``turns`` runs that take turns with
+        the other modes', so that a slow or fast spell of the shared machine falls on every
+        mode alike, the reference (`/healthz`) included; one summary per mode over all its
+        runs (`merge_summaries`)."""
+        runs: dict[str, list[tuple[dict[str, object], np.ndarray]]] = {m: [] for m in modes}
+        with tempfile.TemporaryDirectory() as directory:
+            for turn in range(turns):
+                for number, mode in enumerate(modes):
+                    timeline = Path(directory) / f"{mode}-{turn}.npy"
+                    summary = self.load(
+                        mode,
+                        items=items,
+                        duration=duration / turns,
+                        seed=1 + number + 100 * turn,
+                        timeline=timeline,
+                    )
+                    runs[mode].append((summary, np.load(timeline).reshape(-1, 3)))
+        return {mode: merge_summaries(runs[mode]) for mode in modes}
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the master and its workers so far."""
@@ -220,3 +261,34 @@ class Server:
             except OSError:
                 continue
         return {"rss_mib": rss / 1024, "pss_mib": pss / 1024, "processes": len(self.pids())}
+
+
+def merge_summaries(runs: Sequence[tuple[dict[str, object], np.ndarray]]) -> dict[str, object]:
+    """One load generator summary for several runs of a mode: their requests over their
+    seconds, the percentiles of all their latencies (each run's timeline), the server's CPU
+    per request over all of them."""
+    summaries = [summary for summary, _ in runs]
+    latencies = np.concatenate([timeline[:, 1] for _, timeline in runs]) * 1000
+    requests = sum(int(s["requests"]) for s in summaries)  # type: ignore[call-overload]
+    seconds = sum(float(s["seconds"]) for s in summaries)  # type: ignore[arg-type]
+    statuses: Counter[str] = Counter()
+    for summary in summaries:
+        statuses.update(summary["statuses"])  # type: ignore[arg-type]
+    merged = {
+        **summaries[0],
+        "turns": len(summaries),
+        "seconds": round(seconds, 3),
+        "requests": requests,
+        "errors": sum(int(s["errors"]) for s in summaries),  # type: ignore[call-overload]
+        "statuses": dict(statuses),
+        "qps": requests / seconds if seconds else 0.0,
+        "p50_ms": float(np.percentile(latencies, 50)) if requests else None,
+        "p99_ms": float(np.percentile(latencies, 99)) if requests else None,
+        "max_ms": float(latencies.max()) if requests else None,
+    }
+    if requests and all("server_cpu_ms" in s for s in summaries):
+        merged["server_cpu_ms"] = (
+            sum(float(s["server_cpu_ms"]) * int(s["requests"]) for s in summaries)  # type: ignore[arg-type,call-overload]
+            / requests
+        )
+    return merged

@@ -143,8 +143,8 @@ def serve(catalogue: Catalogue, *, duration: float, warmup: float) -> dict[str, 
         for mode in ("search", "recommendations", "similar"):  # every worker loads everything
             server.load(mode, items=catalogue.size, duration=warmup, concurrency=4, seed=99)
         out["auth"] = "bearer key" if server.token else "disabled"
-        for number, mode in enumerate(ENDPOINTS):
-            out[mode] = server.load(mode, items=catalogue.size, duration=duration, seed=number + 1)
+        out.update(server.load_in_turns(ENDPOINTS, items=catalogue.size, duration=duration))
+        for mode in ENDPOINTS:
             log.info("bench served size=%d %s", catalogue.size, out[mode])
         out["memory"] = server.memory()
     return out
