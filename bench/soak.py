@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ PEAK_S = 20.0
 MEMORY_EVERY_S = 10.0
 #: How often steal time is sampled (attributed to the slow seconds).
 STEAL_EVERY_S = 0.25
+#: How often the server's accept queue is sampled (the most waiting per slow second); a read of
+#: /proc/net/tcp costs ~2 ms of CPU here, so not much more often.
+BACKLOG_EVERY_S = 0.25
 P99_SPREAD_LIMIT = 3.0
 #: The steady state itself must be within the service's recommendation p99 target: a run whose
 #: every window is slow would otherwise pass the spread check (one did, at 37 ms steady).
@@ -137,7 +141,8 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         began = time.monotonic()
         memory: list[dict[str, float]] = []
         cpu = MachineCpu()
-        steal = StealSampler()
+        steal = steal_sampler()
+        backlog = accept_queue_sampler(server.port)
         reindex: dict[str, Any] | None = None
         while recs.poll() is None:
             elapsed = time.monotonic() - began
@@ -149,15 +154,17 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
         steal.stop()
+        backlog.stop()
         timeline = np.load(TIMELINE)
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline)
         for second in result["slow_seconds"]:
             at = origin + second["start_s"]
-            second["steal_ms"] = steal.steal_ms(at, at + 1.0)
+            second["steal_ms"] = steal_ms(steal, at, at + 1.0)
+            second["accept_queue"] = most_waiting(backlog, at, at + 1.0)
         if len(timeline):
-            result["steal_ms_total"] = steal.steal_ms(origin, float(timeline[-1, 0]))
+            result["steal_ms_total"] = steal_ms(steal, origin, float(timeline[-1, 0]))
         if reindex is not None:
             for second in result["slow_seconds"]:
                 second["job_phase"] = phase_at(reindex["phases"], origin + second["start_s"])
@@ -193,39 +200,80 @@ class MachineCpu:
         return (now[0] - last[0]) / (now[1] - last[1])
 
 
-class StealSampler:
-    """The hypervisor's steal time (/proc/stat: time this VM's CPUs were ready to run but the
-    host ran something else), sampled every `STEAL_EVERY_S` on a thread: a slow second with
-    steal in it is the host's, not ours."""
+class Sampler:
+    """``read()`` every ``every_s`` seconds on a thread, kept with the wall-clock time."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable[[], int | None], every_s: float, name: str) -> None:
         self.samples: list[tuple[float, int]] = []
+        self._read, self._every_s = read, every_s
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="steal-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
-            ticks = machine_steal_ticks()
-            if ticks is not None:
-                self.samples.append((time.time(), ticks))
-            if self._stopped.wait(STEAL_EVERY_S):
+            value = self._read()
+            if value is not None:
+                self.samples.append((time.time(), value))
+            if self._stopped.wait(self._every_s):
                 return
 
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
 
-    def steal_ms(self, start: float, end: float) -> float | None:
-        """CPU milliseconds stolen (all CPUs together) between wall-clock ``start`` and
-        ``end``, from the samples nearest to each (None without two distinct ones)."""
-        if not self.samples:
-            return None
-        first = min(self.samples, key=lambda sample: abs(sample[0] - start))
-        last = min(self.samples, key=lambda sample: abs(sample[0] - end))
-        if last[0] <= first[0]:
-            return None
-        return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+def steal_sampler() -> Sampler:
+    """The hypervisor's steal time (/proc/stat: time this VM's CPUs were ready to run but the
+    host ran something else), every `STEAL_EVERY_S`: a slow second with steal in it is the
+    host's, not ours."""
+    return Sampler(machine_steal_ticks, STEAL_EVERY_S, "steal-sampler")
+
+
+def steal_ms(sampler: Sampler, start: float, end: float) -> float | None:
+    """CPU milliseconds stolen (all CPUs together) between wall-clock ``start`` and ``end``,
+    from the samples nearest to each (None without two distinct ones)."""
+    if not sampler.samples:
+        return None
+    first = min(sampler.samples, key=lambda sample: abs(sample[0] - start))
+    last = min(sampler.samples, key=lambda sample: abs(sample[0] - end))
+    if last[0] <= first[0]:
+        return None
+    return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def accept_queue_sampler(port: int) -> Sampler:
+    """The server's accept queue (`listen_backlog`) every `BACKLOG_EVERY_S`."""
+    return Sampler(lambda: listen_backlog(port), BACKLOG_EVERY_S, "backlog-sampler")
+
+
+def listen_backlog(port: int) -> int | None:
+    """Connections waiting in the accept queue of the socket listening on ``port`` (the
+    receive-queue column of its LISTEN row in /proc/net/tcp): with sync workers, one per
+    request that no worker has taken yet. None where it cannot be read.
+
+    The kernel lists listening sockets first: reading stops at the first other row, before the
+    thousands of connections in TIME_WAIT that a load of one connection per request leaves.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] != "0A":
+                        break
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return int(fields[4].split(":")[1], 16)
+        except OSError:
+            continue
+    return None
+
+
+def most_waiting(sampler: Sampler, start: float, end: float) -> int | None:
+    """The longest accept queue sampled between wall-clock ``start`` and ``end``."""
+    values = [value for at, value in sampler.samples if start <= at < end]
+    return max(values) if values else None
 
 
 def cpu_busy_by_window(memory: list[dict[str, Any]]) -> dict[int, float]:
@@ -413,6 +461,7 @@ def render(result: dict[str, Any]) -> str:
         f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms"
         + (f", job: {s['job_phase']}" if s.get("job_phase") else "")
         + (f", steal {s['steal_ms']:.0f} ms" if s.get("steal_ms") else "")
+        + (f", queue {s['accept_queue']}" if s.get("accept_queue") is not None else "")
         + ")"
         for s in slow
     )
@@ -421,7 +470,9 @@ def render(result: dict[str, Any]) -> str:
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
         + (f": {listed}" if slow else "")
         + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`;"
-        " steal: CPU time the host took from this VM in that second, from /proc/stat)."
+        " steal: CPU time the host took from this VM in that second, from /proc/stat;"
+        " queue: the most requests seen waiting in the server's accept queue for a worker"
+        f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp)."
         + (
             f" Steal over the whole run: {result['steal_ms_total']:.0f} ms."
             if result.get("steal_ms_total") is not None
