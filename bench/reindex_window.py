@@ -31,9 +31,11 @@ def measure(size: int, rate: float, lead: float, slow_ms: float, job_env: dict[s
     timeline = Path(tempfile.mkdtemp()) / "timeline.npy"
     with Server(catalogue.env(), name="reindex-window") as server:
         server.load("recommendations", items=size, duration=4)  # every worker loads everything
-        argv = server.loadgen_argv("recommendations", items=size, duration=lead + 40, rate=rate)
+        argv = server.loadgen_argv(
+            "recommendations", items=size, duration=lead + 40, rate=rate, timeline=timeline
+        )
         load = subprocess.Popen(
-            [*argv, "--timeline", str(timeline)],
+            argv,
             env=env,
             stdout=subprocess.DEVNULL,
             cwd=REPO_ROOT,

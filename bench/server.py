@@ -15,6 +15,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -119,27 +120,12 @@ class Server:
         raise RuntimeError(f"server not ready after {timeout}s; see {self.log_path}")
 
     # -- load ------------------------------------------------------------------------------
-    def load(
-        self,
-        mode: str,
-        *,
-        items: int,
-        duration: float,
-        concurrency: int = 8,
-        seed: int = 1,
-        timeline: Path | None = None,
-    ) -> dict[str, object]:
-        """Run the load generator in its own process and return its summary, plus the server's
-        CPU time per request (``server_cpu_ms``): unlike QPS and latency, it barely moves
-        when other jobs load the machine, so it compares runs on a shared host. ``timeline``:
-        where the load generator saves every request's (send time, latency s, ok)."""
-        argv = self.loadgen_argv(
-            mode, items=items, duration=duration, concurrency=concurrency, seed=seed
-        )
-        # Event ids start with the tag: unique per run, so no run repeats another's ids.
-        argv += ["--tag", f"bench{time.time_ns()}"]
-        if timeline is not None:
-            argv += ["--timeline", str(timeline)]
+    def load(self, mode: str, *, items: int, duration: float, **options: Any) -> dict[str, Any]:
+        """Run the load generator (`loadgen_argv`, ``options`` included) in its own process and
+        return its summary, plus the server's CPU time per request (``server_cpu_ms``): unlike
+        QPS and latency, it barely moves when other jobs load the machine, so it compares runs
+        on a shared host."""
+        argv = self.loadgen_argv(mode, items=items, duration=duration, **options)
         cpu_before = self.cpu_seconds()
         result = subprocess.run(
             argv, env=base_env({}), capture_output=True, text=True, check=True, cwd=REPO_ROOT
@@ -152,12 +138,12 @@ class Server:
 
     def load_in_turns(
         self, modes: Sequence[str], *, items: int, duration: float, turns: int = TURNS
-    ) -> dict[str, dict[str, object]]:
+    ) -> dict[str, dict[str, Any]]:
         """Each mode for ``duration`` seconds in all, in ``turns`` runs that take turns with
         the other modes', so that a slow or fast spell of the shared machine falls on every
         mode alike, the reference (`/healthz`) included; one summary per mode over all its
         runs (`merge_summaries`)."""
-        runs: dict[str, list[tuple[dict[str, object], np.ndarray]]] = {m: [] for m in modes}
+        runs: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {m: [] for m in modes}
         with tempfile.TemporaryDirectory() as directory:
             for turn in range(turns):
                 for number, mode in enumerate(modes):
@@ -195,8 +181,10 @@ class Server:
         rate: float = 0.0,
         window: float = 0.0,
         user_items: Path | None = None,
+        timeline: Path | None = None,
     ) -> list[str]:
-        """The `bench.loadgen` command line against this server (``rate``: open loop)."""
+        """The `bench.loadgen` command line against this server (``rate``: open loop;
+        ``timeline``: where it saves every request's (send time, latency s, ok))."""
         argv = [
             sys.executable,
             "-m",
@@ -215,6 +203,9 @@ class Server:
             str(concurrency),
             "--seed",
             str(seed),
+            # Event ids start with the tag: unique per run, so no run repeats another's ids.
+            "--tag",
+            f"bench{time.time_ns()}",
         ]
         if self.token:
             argv += ["--token", self.token]
@@ -224,6 +215,8 @@ class Server:
             argv += ["--window", str(window)]
         if user_items is not None:
             argv += ["--user-items", str(user_items)]
+        if timeline is not None:
+            argv += ["--timeline", str(timeline)]
         return argv
 
     # -- memory ----------------------------------------------------------------------------
@@ -263,23 +256,23 @@ class Server:
         return {"rss_mib": rss / 1024, "pss_mib": pss / 1024, "processes": len(self.pids())}
 
 
-def merge_summaries(runs: Sequence[tuple[dict[str, object], np.ndarray]]) -> dict[str, object]:
+def merge_summaries(runs: Sequence[tuple[dict[str, Any], np.ndarray]]) -> dict[str, Any]:
     """One load generator summary for several runs of a mode: their requests over their
     seconds, the percentiles of all their latencies (each run's timeline), the server's CPU
     per request over all of them."""
     summaries = [summary for summary, _ in runs]
     latencies = np.concatenate([timeline[:, 1] for _, timeline in runs]) * 1000
-    requests = sum(int(s["requests"]) for s in summaries)  # type: ignore[call-overload]
-    seconds = sum(float(s["seconds"]) for s in summaries)  # type: ignore[arg-type]
+    requests = sum(s["requests"] for s in summaries)
+    seconds = sum(s["seconds"] for s in summaries)
     statuses: Counter[str] = Counter()
     for summary in summaries:
-        statuses.update(summary["statuses"])  # type: ignore[arg-type]
+        statuses.update(summary["statuses"])
     merged = {
-        **summaries[0],
+        **{key: value for key, value in summaries[0].items() if key != "server_cpu_ms"},
         "turns": len(summaries),
         "seconds": round(seconds, 3),
         "requests": requests,
-        "errors": sum(int(s["errors"]) for s in summaries),  # type: ignore[call-overload]
+        "errors": sum(s["errors"] for s in summaries),
         "statuses": dict(statuses),
         "qps": requests / seconds if seconds else 0.0,
         "p50_ms": float(np.percentile(latencies, 50)) if requests else None,
@@ -287,8 +280,6 @@ def merge_summaries(runs: Sequence[tuple[dict[str, object], np.ndarray]]) -> dic
         "max_ms": float(latencies.max()) if requests else None,
     }
     if requests and all("server_cpu_ms" in s for s in summaries):
-        merged["server_cpu_ms"] = (
-            sum(float(s["server_cpu_ms"]) * int(s["requests"]) for s in summaries)  # type: ignore[arg-type,call-overload]
-            / requests
-        )
+        cpu_ms = sum(s["server_cpu_ms"] * s["requests"] for s in summaries)
+        merged["server_cpu_ms"] = cpu_ms / requests
     return merged

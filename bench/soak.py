@@ -99,12 +99,10 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
     user_items.write_text(json.dumps([h.tolist() for h in catalogue.user_events]))
     with Server(env, name=f"soak-{size}") as server:
 
-        def start(
-            mode: str, seconds: float, *, extra: tuple[str, ...] = (), **kwargs: Any
-        ) -> subprocess.Popen[str]:
+        def start(mode: str, seconds: float, **kwargs: Any) -> subprocess.Popen[str]:
             argv = server.loadgen_argv(mode, items=size, duration=seconds, **kwargs)
             return subprocess.Popen(
-                [*argv, *extra], env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+                argv, env=base_env({}), stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
             )
 
         def start_events(seconds: float, seed: int) -> subprocess.Popen[str]:
@@ -135,7 +133,7 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
             rate=rate,
             window=WINDOW_S,
             seed=2,
-            extra=("--timeline", str(TIMELINE)),
+            timeline=TIMELINE,
         )
         events = start_events(duration, seed=3)
         began = time.monotonic()

@@ -59,10 +59,14 @@ def measure(size: int, rate: float, flips: int, every: float, slow_ms: float) ->
             server.load("recommendations", items=size, duration=4)  # every worker loads all
             lead = 10.0
             argv = server.loadgen_argv(
-                "recommendations", items=size, duration=lead + flips * every, rate=rate
+                "recommendations",
+                items=size,
+                duration=lead + flips * every,
+                rate=rate,
+                timeline=timeline,
             )
             load = subprocess.Popen(
-                [*argv, "--timeline", str(timeline)],
+                argv,
                 env=base_env({}),
                 stdout=subprocess.DEVNULL,
                 cwd=REPO_ROOT,
