@@ -4,9 +4,10 @@
 ``--duration`` seconds and record every latency; the JSON summary goes to stdout. The request
 mix varies the user, item or query on every request, from a seeded generator.
 
-With ``--rate`` the load is open-loop instead: requests are scheduled at that total rate and
-each latency counts from the scheduled moment, so a server that falls behind shows it in the
-percentiles (no coordinated omission). ``--window`` adds per-window figures (for soak runs).
+With ``--rate`` the load is open-loop instead (`bench.openloop`, ``--concurrency`` unused):
+requests are scheduled at that total rate and each latency counts from the scheduled moment,
+so a server that falls behind shows it in the percentiles (no coordinated omission).
+``--window`` adds per-window figures (for soak runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections import Counter
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from bench.openloop import http_request, run_open_loop
 
 WORDS = (
     "love war space robot family comedy crime detective summer ghost island music school "
@@ -68,74 +71,18 @@ def _event_item(user: int, rng: random.Random, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    url = urlsplit(args.url)
     headers = {"Content-Type": "application/json"}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
-    latencies: list[list[float]] = [[] for _ in range(args.concurrency)]
-    statuses: list[Counter[str]] = [Counter() for _ in range(args.concurrency)]
-    # (seconds since start, latency, ok) of every request, for --window.
-    timeline: list[list[tuple[float, float, bool]]] = [[] for _ in range(args.concurrency)]
-    start_gate = threading.Barrier(args.concurrency + 1)
-    deadline = [0.0]
-    origin = [0.0]
-    # Open loop: each thread sends every `interval` seconds, threads staggered evenly.
-    interval = args.concurrency / args.rate if args.rate else 0.0
-
-    def worker(slot: int) -> None:
-        rng = random.Random(args.seed * 1000 + slot)
-        counter = [0]
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
-        mine, seen, events = latencies[slot], statuses[slot], timeline[slot]
-        start_gate.wait()
-        scheduled = origin[0] + slot * interval / args.concurrency
-        while time.perf_counter() < deadline[0]:
-            method, path, body = _request(args.mode, rng, args, counter)
-            if interval:
-                pause = scheduled - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                if scheduled >= deadline[0]:
-                    break
-                began = scheduled
-                scheduled += interval
-            else:
-                began = time.perf_counter()
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status = str(response.status)
-                if response.getheader("Connection", "").lower() == "close":
-                    conn.close()
-            except (OSError, http.client.HTTPException) as exc:
-                status = type(exc).__name__
-                conn.close()
-            latency = time.perf_counter() - began
-            mine.append(latency)
-            seen[status] += 1
-            events.append((began - origin[0], latency, status.startswith("2")))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
-    for thread in threads:
-        thread.start()
-    origin[0] = time.perf_counter()
-    deadline[0] = origin[0] + args.duration
-    began = time.perf_counter()
-    start_gate.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    all_latencies = np.array([x for part in latencies for x in part]) * 1000
-    status_counts: Counter[str] = Counter()
-    for part in statuses:
-        status_counts.update(part)
+    sender = _open_loop if args.rate else _closed_loop
+    timeline, status_counts, elapsed, wall_origin = sender(args, headers)
+    all_latencies = np.array([latency for _, latency, _ in timeline]) * 1000
     total = int(len(all_latencies))
     ok = sum(n for status, n in status_counts.items() if status.startswith("2"))
     summary: dict[str, object] = {
         "mode": args.mode,
         "rate": args.rate or None,
-        "concurrency": args.concurrency,
+        "concurrency": None if args.rate else args.concurrency,
         "seconds": round(elapsed, 3),
         "requests": total,
         "errors": total - ok,
@@ -146,13 +93,84 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "max_ms": float(all_latencies.max()) if total else None,
     }
     if args.window:
-        summary["windows"] = windows([e for part in timeline for e in part], args.window)
+        summary["windows"] = windows(timeline, args.window)
     if args.timeline:
         # Every request as (wall-clock send time, latency s, ok), to line up with other logs.
-        rows = sorted(e for part in timeline for e in part)
-        wall_origin = time.time() - (time.perf_counter() - origin[0])
+        rows = sorted(timeline)
         np.save(args.timeline, np.array([(wall_origin + at, lat, ok) for at, lat, ok in rows]))
     return summary
+
+
+#: What a sender returns: every request's (seconds since start, latency s, ok), the count of
+#: each status, the seconds it ran, and the wall-clock time of its start.
+Sent = tuple[list[tuple[float, float, bool]], Counter[str], float, float]
+
+
+def _open_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
+    """Requests at ``args.rate`` a second from one thread (`bench.openloop`)."""
+    url = urlsplit(args.url)
+    rng = random.Random(args.seed * 1000)
+    counter = [0]
+
+    def next_request() -> bytes:
+        method, path, body = _request(args.mode, rng, args, counter)
+        return http_request(method, path, body, url.netloc, headers)
+
+    wall_origin = time.time()
+    done = run_open_loop(
+        (url.hostname or "127.0.0.1", url.port or 80),
+        next_request,
+        rate=args.rate,
+        duration=args.duration,
+    )
+    return done.timeline, done.statuses, done.seconds, wall_origin
+
+
+def _closed_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
+    """``args.concurrency`` threads, each sending its next request when the last is answered."""
+    url = urlsplit(args.url)
+    statuses: list[Counter[str]] = [Counter() for _ in range(args.concurrency)]
+    timeline: list[list[tuple[float, float, bool]]] = [[] for _ in range(args.concurrency)]
+    start_gate = threading.Barrier(args.concurrency + 1)
+    deadline = [0.0]
+    origin = [0.0]
+
+    def worker(slot: int) -> None:
+        rng = random.Random(args.seed * 1000 + slot)
+        counter = [0]
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        seen, events = statuses[slot], timeline[slot]
+        start_gate.wait()
+        while time.perf_counter() < deadline[0]:
+            method, path, body = _request(args.mode, rng, args, counter)
+            began = time.perf_counter()
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                status = str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                status = type(exc).__name__
+                conn.close()
+            seen[status] += 1
+            events.append((began - origin[0], time.perf_counter() - began, status.startswith("2")))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    origin[0] = time.perf_counter()
+    wall_origin = time.time()
+    deadline[0] = origin[0] + args.duration
+    start_gate.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - origin[0]
+    status_counts: Counter[str] = Counter()
+    for part in statuses:
+        status_counts.update(part)
+    return [e for part in timeline for e in part], status_counts, elapsed, wall_origin
 
 
 def windows(events: list[tuple[float, float, bool]], width: float) -> list[dict[str, object]]:
