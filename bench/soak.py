@@ -19,6 +19,11 @@ Events re-view each user's own items (their benchmark history): random catalogue
 turn every profile into a blend of the whole catalogue, a query no real user makes and the
 hardest one for an approximate index.
 
+Each second whose p99 passed 25 ms is listed with what else happened in it: the job's phase,
+the host's steal time, the server's accept queue and the CPU time of the machine's other
+processes (on the benchmark VMs its own RabbitMQ broker starts an Erlang VM every ~61 s, a
+third of a second of CPU).
+
 Results go to ``bench/results/soak.json`` and ``soak.md``. Not part of `make test`.
 """
 
@@ -59,6 +64,12 @@ STEAL_EVERY_S = 0.25
 #: How often the server's accept queue is sampled (the most waiting per slow second); a read of
 #: /proc/net/tcp costs ~2 ms of CPU here, so not much more often.
 BACKLOG_EVERY_S = 0.25
+#: How often the CPU time of processes outside the soak is sampled: a scan of /proc, ~2-3 ms
+#: for the ~130 processes of the benchmark VM.
+OTHERS_EVERY_S = 0.5
+#: Other processes' CPU in a second is shown from this much: per second the figure is only good
+#: to ~60 ms either way (ticks against finer process times, samples 0.5 s apart).
+OTHERS_SHOWN_MS = 100.0
 P99_SPREAD_LIMIT = 3.0
 #: The steady state itself must be within the service's recommendation p99 target: a run whose
 #: every window is slow would otherwise pass the spread check (one did, at 37 ms steady).
@@ -141,6 +152,7 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         cpu = MachineCpu()
         steal = steal_sampler()
         backlog = accept_queue_sampler(server.port)
+        others = others_sampler()
         reindex: dict[str, Any] | None = None
         while recs.poll() is None:
             elapsed = time.monotonic() - began
@@ -153,16 +165,19 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
         steal.stop()
         backlog.stop()
+        others.stop()
         timeline = np.load(TIMELINE)
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline)
         for second in result["slow_seconds"]:
             at = origin + second["start_s"]
-            second["steal_ms"] = steal_ms(steal, at, at + 1.0)
+            second["steal_ms"] = ticks_ms(steal, at, at + 1.0)
             second["accept_queue"] = most_waiting(backlog, at, at + 1.0)
+            second["others_ms"] = ticks_ms(others, at, at + 1.0)
         if len(timeline):
-            result["steal_ms_total"] = steal_ms(steal, origin, float(timeline[-1, 0]))
+            result["steal_ms_total"] = ticks_ms(steal, origin, float(timeline[-1, 0]))
+            result["others_ms_total"] = ticks_ms(others, origin, float(timeline[-1, 0]))
         if reindex is not None:
             for second in result["slow_seconds"]:
                 second["job_phase"] = phase_at(reindex["phases"], origin + second["start_s"])
@@ -228,9 +243,10 @@ def steal_sampler() -> Sampler:
     return Sampler(machine_steal_ticks, STEAL_EVERY_S, "steal-sampler")
 
 
-def steal_ms(sampler: Sampler, start: float, end: float) -> float | None:
-    """CPU milliseconds stolen (all CPUs together) between wall-clock ``start`` and ``end``,
-    from the samples nearest to each (None without two distinct ones)."""
+def ticks_ms(sampler: Sampler, start: float, end: float) -> float | None:
+    """CPU milliseconds (all CPUs together) that a sampler of cumulative ticks (steal, other
+    processes) counted between wall-clock ``start`` and ``end``, from the samples nearest to
+    each (None without two distinct ones)."""
     if not sampler.samples:
         return None
     first = min(sampler.samples, key=lambda sample: abs(sample[0] - start))
@@ -238,6 +254,43 @@ def steal_ms(sampler: Sampler, start: float, end: float) -> float | None:
     if last[0] <= first[0]:
         return None
     return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def others_sampler() -> Sampler:
+    """`outside_cpu_ticks` of this process's tree every `OTHERS_EVERY_S`: a slow second in
+    which other processes on the machine (its own services, say) took the CPU is theirs."""
+    root = os.getpid()
+    return Sampler(lambda: outside_cpu_ticks(root), OTHERS_EVERY_S, "others-sampler")
+
+
+def outside_cpu_ticks(root: int) -> int | None:
+    """CPU ticks since boot of every process outside ``root`` and its descendants: the
+    machine's busy time, less steal, less the tree's own (each live process's user and system
+    time with its reaped children's, so a process of the tree that exits moves its time to its
+    parent). Approximate to a tick or two a sample: /proc/stat counts in ticks, processes in
+    finer units. None where /proc cannot be read."""
+    busy, steal = machine_cpu_ticks(), machine_steal_ticks()
+    if busy is None or steal is None:
+        return None
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    own, pending = 0, [root]
+    while pending:
+        pid = pending.pop()
+        own += ticks.get(pid, 0)
+        pending.extend(children.get(pid, ()))
+    return busy[0] - steal - own
 
 
 def accept_queue_sampler(port: int) -> Sampler:
@@ -460,6 +513,11 @@ def render(result: dict[str, Any]) -> str:
         + (f", job: {s['job_phase']}" if s.get("job_phase") else "")
         + (f", steal {s['steal_ms']:.0f} ms" if s.get("steal_ms") else "")
         + (f", queue {s['accept_queue']}" if s.get("accept_queue") is not None else "")
+        + (
+            f", others {s['others_ms']:.0f} ms"
+            if (s.get("others_ms") or 0) >= OTHERS_SHOWN_MS
+            else ""
+        )
         + ")"
         for s in slow
     )
@@ -470,10 +528,18 @@ def render(result: dict[str, Any]) -> str:
         + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`;"
         " steal: CPU time the host took from this VM in that second, from /proc/stat;"
         " queue: the most requests seen waiting in the server's accept queue for a worker"
-        f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp)."
+        f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp;"
+        " others: CPU time of the machine's processes outside this soak (not its server, load"
+        " generators or job) in that second, from /proc, shown from"
+        f" {OTHERS_SHOWN_MS:g} ms)."
         + (
             f" Steal over the whole run: {result['steal_ms_total']:.0f} ms."
             if result.get("steal_ms_total") is not None
+            else ""
+        )
+        + (
+            f" Other processes over the whole run: {result['others_ms_total']:.0f} ms."
+            if result.get("others_ms_total") is not None
             else ""
         ),
     ]
