@@ -88,9 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "errors": total - ok,
         "statuses": dict(status_counts),
         "qps": total / elapsed if elapsed else 0.0,
-        "p50_ms": float(np.percentile(all_latencies, 50)) if total else None,
-        "p99_ms": float(np.percentile(all_latencies, 99)) if total else None,
-        "max_ms": float(all_latencies.max()) if total else None,
+        **latency_figures(all_latencies),
     }
     if args.window:
         summary["windows"] = windows(timeline, args.window)
@@ -99,6 +97,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         rows = sorted(timeline)
         np.save(args.timeline, np.array([(wall_origin + at, lat, ok) for at, lat, ok in rows]))
     return summary
+
+
+def latency_figures(latencies_ms: np.ndarray) -> dict[str, float | None]:
+    """The summary's p50, p99 and max of ``latencies_ms`` (None each when there are none)."""
+    if not len(latencies_ms):
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    return {
+        "p50_ms": float(np.percentile(latencies_ms, 50)),
+        "p99_ms": float(np.percentile(latencies_ms, 99)),
+        "max_ms": float(latencies_ms.max()),
+    }
 
 
 #: What a sender returns: every request's (seconds since start, latency s, ok), the count of

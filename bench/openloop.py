@@ -91,12 +91,15 @@ def run_open_loop(
     sent = 0
     next_expiry_check = origin + 1.0
 
+    def record(scheduled: float, status: str) -> None:
+        latency = time.perf_counter() - scheduled
+        result.timeline.append((scheduled - origin, latency, status.startswith("2")))
+        result.statuses[status] += 1
+
     def finish(sock: socket.socket, pending: _Pending, status: str) -> None:
         selector.unregister(sock)
         sock.close()
-        latency = time.perf_counter() - pending.scheduled
-        result.timeline.append((pending.scheduled - origin, latency, status.startswith("2")))
-        result.statuses[status] += 1
+        record(pending.scheduled, status)
 
     def start(scheduled: float) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -105,8 +108,7 @@ def run_open_loop(
         code = sock.connect_ex(address)
         if code not in (0, errno.EINPROGRESS):
             sock.close()
-            result.timeline.append((scheduled - origin, time.perf_counter() - scheduled, False))
-            result.statuses[errno.errorcode.get(code, str(code))] += 1
+            record(scheduled, errno.errorcode.get(code, str(code)))
             return
         selector.register(sock, selectors.EVENT_WRITE, pending)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import BENCH_DIR, N_USERS, REPO_ROOT
+from bench.loadgen import latency_figures
 
 DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
 #: Turns per mode in `Server.load_in_turns`.
@@ -275,9 +276,7 @@ def merge_summaries(runs: Sequence[tuple[dict[str, Any], np.ndarray]]) -> dict[s
         "errors": sum(s["errors"] for s in summaries),
         "statuses": dict(statuses),
         "qps": requests / seconds if seconds else 0.0,
-        "p50_ms": float(np.percentile(latencies, 50)) if requests else None,
-        "p99_ms": float(np.percentile(latencies, 99)) if requests else None,
-        "max_ms": float(latencies.max()) if requests else None,
+        **latency_figures(latencies),
     }
     if requests and all("server_cpu_ms" in s for s in summaries):
         cpu_ms = sum(s["server_cpu_ms"] * s["requests"] for s in summaries)
