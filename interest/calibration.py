@@ -4,7 +4,9 @@ An approximate index is tuned to reach a recall target on sample queries. Synthe
 of catalogue vectors) proved easier than users' real queries, whose seen items are excluded
 from the search: on the benchmark's 1M catalogue a target met on synthetic queries left users
 at 0.936. So a reindex samples users' current query vectors, as the recommender computes them
-for the model the index is built for, with their seen items as exclusions.
+for the model the index is built for, with their seen items as exclusions. The stored
+profiles are used as they are, without the few events each may have pending
+(`store.models.PendingEvent`): a sample for tuning, not an answer to anyone.
 """
 
 from __future__ import annotations

@@ -19,10 +19,14 @@ from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
 from store.events import (
     EventRow,
+    add_pending,
+    clear_pending,
     ensure_users,
     insert_events,
     insert_profiles,
     lock_profile_rows,
+    pending_counts,
+    pending_events,
     update_profiles,
 )
 from store.items import current_vectors, live_items_with_vectors
@@ -62,6 +66,9 @@ class ProfileConfig:
     dim: int
     buffer_size: int
     event_weights: Mapping[str, float]
+    #: How many events a user's stored profile may lag behind (`store.models.PendingEvent`);
+    #: 0: every event is folded into the stored profile at once.
+    pending_max: int = 0
 
 
 def raw_vectors(session: Session, item_ids: Sequence[int], model: str) -> dict[int, np.ndarray]:
@@ -149,7 +156,7 @@ def _ingest(
             for item_id, vector in items.values()
             if vector is not None
         }
-        apply_to_profiles(session, fresh, config, vectors)
+        apply_to_profiles(session, fresh, config, vectors, embedder_model)
         result.user_ids = {row.user_id for row in fresh}
     return result
 
@@ -164,16 +171,28 @@ def apply_to_profiles(
     rows: Sequence[EventRow],
     config: ProfileConfig,
     vectors: Mapping[int, np.ndarray],
+    embedder_model: str,
 ) -> None:
     """Fold stored events into their users' profiles (rows locked for the transaction).
 
     ``vectors`` maps item ids to their raw embedder vectors; an item without one counts with a
     zero vector, as the rebuild from the log does. Plain rows, one executemany UPDATE for the
     existing profiles and one INSERT for new ones: no ORM object per profile.
+
+    With ``config.pending_max``, a user who has a profile and would have at most that many
+    events pending, these included, gets them listed as pending (`store.models.PendingEvent`)
+    instead of a rewrite of the profile; the other users' pending events are folded in with
+    these (a profile is written once per ``pending_max + 1`` events at most).
     """
-    by_user: dict[int, list[EventRow]] = {}
+    by_user: dict[int, list[Any]] = {}
     for row in rows:
         by_user.setdefault(row.user_id, []).append(row)
+    if config.pending_max > 0:
+        by_user, caught_up = _defer(session, by_user, config.pending_max, embedder_model)
+        if not by_user:
+            return
+        if caught_up:
+            vectors = {**pending_vectors(caught_up), **vectors}
     stored = lock_profile_rows(session, by_user)
     states = {uid: state_from_row(row) for uid, row in stored.items()}
     new = {
@@ -196,6 +215,35 @@ def apply_to_profiles(
             }
             fold_users(theirs, by_user, config, vectors)
             update_states(session, theirs)
+
+
+def _defer(
+    session: Session, by_user: dict[int, list[Any]], pending_max: int, embedder_model: str
+) -> tuple[dict[int, list[Any]], list[Any]]:
+    """List the events of users whose profiles may lag them as pending; return the events
+    to fold now, with the pending ones of their users added (and cleared), and those."""
+    with_profile = lock_profile_rows(session, by_user, state=False)
+    counts = pending_counts(session, with_profile)
+    deferred = {
+        uid for uid in with_profile if counts.get(uid, 0) + len(by_user[uid]) <= pending_max
+    }
+    add_pending(session, [(row.event_id, uid) for uid in deferred for row in by_user[uid]])
+    now = {uid: events for uid, events in by_user.items() if uid not in deferred}
+    catching_up = [uid for uid in now if counts.get(uid)]
+    caught_up = pending_events(session, catching_up, embedder_model) if catching_up else []
+    for event in caught_up:
+        now[event.user_id].append(event)
+    clear_pending(session, catching_up)
+    return now, caught_up
+
+
+def pending_vectors(events: Sequence[Any]) -> dict[int, np.ndarray]:
+    """The current item vectors `store.events.pending_events` read with the events."""
+    return {
+        event.item_id: np.frombuffer(event.vector, dtype=np.float32)
+        for event in events
+        if event.vector is not None
+    }
 
 
 def update_states(session: Session, states: Mapping[int, ProfileState]) -> None:

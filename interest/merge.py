@@ -19,6 +19,7 @@ from interest.profile import new_row, write_state
 from interest.rebuild import state_from_events
 from store.db import Database
 from store.events import (
+    clear_pending,
     clear_stale_marks,
     ensure_users,
     lock_profiles,
@@ -74,6 +75,7 @@ def _merge(
     # The target's profile is rebuilt from its whole log below: an import's pending events
     # are in it, so its fold must not add them again.
     clear_stale_marks(session, [into_id])
+    clear_pending(session, [from_id, into_id])  # both logs are in the rebuilt profile
     moved = session.execute(
         update(Event).where(Event.user_id == from_id).values(user_id=into_id)
     ).rowcount

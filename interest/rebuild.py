@@ -18,10 +18,12 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from interest.ingest import ProfileConfig, event_weight, fold_rows, raw_vectors
+from interest.pending import fold_pending
 from interest.profile import ProfileState, state_from_row, state_values
 from store.db import Database
 from store.events import (
     EventColumns,
+    clear_pending,
     clear_stale_marks,
     insert_profiles,
     lock_profile_rows,
@@ -123,6 +125,7 @@ def _rebuild_batch(
     users = [uid for uid in users if uid in live]
     with_rows = lock_profile_rows(session, users, state=False)
     clear_stale_marks(session, users)  # the rebuild reads every stored event of theirs
+    clear_pending(session, users)  # and so holds the pending ones (their rows are locked)
     states = _states(session, users, config, vectors)
     update_profiles(session, [{"user_id": uid, **state_values(states[uid])} for uid in with_rows])
     missing = [uid for uid in users if uid not in with_rows]
@@ -255,7 +258,14 @@ def verify_profiles(
         # would otherwise show as drift.
         with db.snapshot() as session:
             expected = _states(session, users, config, vectors)
-            stored = profile_rows(session, users)
+            stored = {uid: state_from_row(row) for uid, row in profile_rows(session, users).items()}
+            fold_pending(
+                session,
+                stored,
+                buffer_size=config.buffer_size,
+                event_weights=config.event_weights,
+                embedder_model=embedder_model,
+            )
         for user_id in users:
             report.checked += 1
             drift = _drift(stored.get(user_id), expected[user_id], tolerance)
@@ -264,12 +274,12 @@ def verify_profiles(
     return report
 
 
-def _drift(row: Any, expected: ProfileState, tolerance: float) -> float | None:
-    """The stored profile's error against the rebuilt one when beyond ``tolerance`` (or its
-    event count differs), infinite when it is missing or shaped differently; else None."""
-    if row is None:
+def _drift(stored: ProfileState | None, expected: ProfileState, tolerance: float) -> float | None:
+    """The stored profile's error (its pending events folded in) against the rebuilt one when
+    beyond ``tolerance`` (or its event count differs), infinite when it is missing or shaped
+    differently; else None."""
+    if stored is None:
         return float("inf") if expected.event_count else None
-    stored = state_from_row(row)
     if stored.accumulators.shape != expected.accumulators.shape:
         return float("inf")
     error = _relative_error(stored, expected)

@@ -19,6 +19,7 @@ from indexer.live import LiveIndex
 from indexer.vector_index import Hit
 from interest.controls import Contribution, Controls, contributions, exponential_decay, mmr
 from interest.ingest import raw_vectors
+from interest.pending import state_with_pending
 from interest.profile import ProfileState, state_from_row
 from interest.query import QueryEncoder, normalise
 from interest.registry import EncoderRegistry
@@ -133,7 +134,17 @@ class Recommender:
         found = profile_by_external_id(self.db, user_external_id, with_seen=exclude_seen)
         self.index.refresh(revision=found.catalogue_revision)
         user_id, row = found.user_id, found.profile
-        state = state_from_row(row) if row is not None and row.event_count else None
+        if row is not None and row.pending:
+            state = state_with_pending(
+                self.db,
+                row,
+                buffer_size=self.settings.recent_buffer_size,
+                event_weights=self.settings.event_weights,
+                embedder_model=self.settings.embedder_model,
+            )
+            state = state if state is not None and state.event_count else None
+        else:
+            state = state_from_row(row) if row is not None and row.event_count else None
         excluded = set(exclude) | found.seen
         if user_id is not None and not exclude_seen:
             with self.db.read() as session:

@@ -124,6 +124,7 @@ class Runtime:
             dim=self.embedding_dim,
             buffer_size=self.settings.recent_buffer_size,
             event_weights=self.settings.event_weights,
+            pending_max=self.settings.profile_pending_max,
         )
 
     # -- use cases -------------------------------------------------------------------------

@@ -42,6 +42,7 @@ TABLES = (
     "events",
     "profiles",
     "stale_profiles",
+    "pending_events",
     "model_versions",
     "index_versions",
     "api_keys",

@@ -10,9 +10,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from sqlalchemy import (
+    ColumnElement,
     Select,
     String,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -26,8 +28,8 @@ from store.db import Database
 from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_conflicts
 from store.direct_read import DirectRead, DirectWrite, execute_driver_sql, executemany_driver_sql
 from store.errors import NotFound
-from store.items import REVISION_COLUMN
-from store.models import Event, Profile, StaleProfile, User
+from store.items import REVISION_COLUMN, has_current_vector
+from store.models import Event, Item, PendingEvent, Profile, StaleProfile, User
 from store.types import UTCDateTime, utc_bind_processor, utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads.
@@ -110,6 +112,12 @@ _PROFILE_BY_EXTERNAL_ID = (
         User.__table__.c.id.label("uid"),
         REVISION_COLUMN,
         *(Profile.__table__.c[name] for name in PROFILE_STATE_COLUMNS),
+        Profile.__table__.c.version.label("profile_version"),
+        # How many of the user's events wait outside the stored profile (`PendingEvent`).
+        select(func.count())
+        .where(PendingEvent.__table__.c.user_id == User.__table__.c.id)
+        .scalar_subquery()
+        .label("pending"),
     )
     .select_from(User.__table__.outerjoin(Profile.__table__))
     .where(User.__table__.c.external_id == bindparam("external_id"))
@@ -176,6 +184,7 @@ def delete_user(session: Session, external_id: str) -> None:
     # The user's row first, as rebuilds and import folds take it (`lock_users`): taking the
     # profile first deadlocked against them on PostgreSQL.
     lock_users(session, [user.id])
+    session.execute(delete(PendingEvent).where(PendingEvent.user_id == user.id))
     session.execute(delete(Event).where(Event.user_id == user.id))
     session.execute(delete(Profile).where(Profile.user_id == user.id))
     session.delete(user)
@@ -368,6 +377,119 @@ def _update_profiles_statement(columns: tuple[str, ...]) -> DirectWrite:
         *columns,
         "profile_user_id",
         "profile_updated_at",
+    )
+
+
+# Events not yet in their users' stored profiles (`store.models.PendingEvent`). Writers hold
+# the users' profile rows (`lock_profile_rows`) around every call below.
+_PENDING_COUNTS = {
+    dialect: DirectRead(
+        select(PendingEvent.__table__.c.user_id, func.count().label("n"))
+        .where(in_bound_list(PendingEvent.__table__.c.user_id, "ids", dialect))
+        .group_by(PendingEvent.__table__.c.user_id),
+        "ids",
+    )
+    for dialect in ("postgresql", "sqlite")
+}
+
+
+def _pending_events_statement(users: ColumnElement[bool]) -> Select[Any]:
+    """The pending events of the users ``users`` selects, each with its item's vector when
+    current for the bound ``model`` (else NULL, folded as zeros, as a rebuild does), by user."""
+    events, items = Event.__table__.c, Item.__table__.c
+    pending = PendingEvent.__table__
+    current = has_current_vector(bindparam("model"))
+    return (
+        select(
+            events.event_id,
+            events.user_id,
+            events.item_id,
+            events.type,
+            events.value,
+            events.timestamp,
+            case((current, items.vector), else_=None).label("vector"),
+        )
+        .select_from(pending.join(Event.__table__).join(Item.__table__))
+        .where(users)
+        .order_by(events.user_id, events.id)
+    )
+
+
+_PENDING_EVENTS = {
+    dialect: DirectRead(
+        _pending_events_statement(in_bound_list(PendingEvent.__table__.c.user_id, "ids", dialect)),
+        "ids",
+        "model",
+    )
+    for dialect in ("postgresql", "sqlite")
+}
+#: One user's, with the version of the profile they are pending on, read in the same statement:
+#: a fold that committed since the caller read the profile shows as a newer version.
+_USER_PENDING_EVENTS = DirectRead(
+    _pending_events_statement(PendingEvent.__table__.c.user_id == bindparam("user_id")).add_columns(
+        select(Profile.__table__.c.version)
+        .where(Profile.__table__.c.user_id == bindparam("user_id"))
+        .scalar_subquery()
+        .label("profile_version")
+    ),
+    "user_id",
+    "model",
+)
+_ADD_PENDING = DirectWrite(
+    PendingEvent.__table__.insert().values(
+        event_id=bindparam("pending_event_id"), user_id=bindparam("pending_user_id")
+    ),
+    "pending_event_id",
+    "pending_user_id",
+)
+
+
+def pending_counts(session: Session, user_ids: Iterable[int]) -> dict[int, int]:
+    """How many events of each of these users wait outside their stored profiles (users
+    with none are absent)."""
+    dialect = session.get_bind().dialect.name
+    read = _PENDING_COUNTS[dialect]
+    rows = read.all_in(session, {"ids": bound_list(sorted(set(user_ids)), dialect)})
+    return {user_id: count for user_id, count in rows}
+
+
+def pending_events(session: Session, user_ids: Iterable[int], model: str) -> list[Any]:
+    """The events of these users that wait outside their stored profiles: rows with event_id,
+    user_id, item_id, type, value, an aware timestamp and ``vector`` (the item's current
+    float32 vector bytes for ``model``, or None), by user."""
+    dialect = session.get_bind().dialect.name
+    params = {"ids": bound_list(sorted(set(user_ids)), dialect), "model": model}
+    return _PENDING_EVENTS[dialect].all_in(session, params)
+
+
+def user_pending_events(db: Database, user_id: int, model: str) -> tuple[int | None, list[Any]]:
+    """(the version of the user's profile, the user's pending events as `pending_events`
+    gives them), read in one statement outside any transaction of the caller's: the read
+    path's, after `profile_by_external_id` counted some pending."""
+    rows = _USER_PENDING_EVENTS.all(db, {"user_id": user_id, "model": model})
+    return (rows[0].profile_version if rows else None), rows
+
+
+def add_pending(session: Session, events: Sequence[tuple[str, int]]) -> None:
+    """List (event id, internal user id) pairs as stored but not in their profiles yet."""
+    if events:
+        _ADD_PENDING.executemany(
+            session,
+            [{"pending_event_id": e, "pending_user_id": u} for e, u in events],
+        )
+
+
+def clear_pending(session: Session, user_ids: Iterable[int]) -> None:
+    """Forget these users' pending events: their profiles now hold them (a fold or a rebuild
+    from the log under the users' profile locks)."""
+    wanted = sorted(set(user_ids))
+    if not wanted:
+        return
+    table = PendingEvent.__table__
+    connection = session.connection()
+    connection.execute(
+        delete(table).where(in_list(table.c.user_id, "ids", connection.dialect.name)),
+        {"ids": wanted},
     )
 
 

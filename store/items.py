@@ -215,7 +215,7 @@ def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, 
     return result
 
 
-def _has_current_vector(model: Any) -> ColumnElement[bool]:
+def has_current_vector(model: Any) -> ColumnElement[bool]:
     """An item has a vector made by ``model`` (a value or bind parameter) from its present text."""
     items = Item.__table__.c
     return and_(
@@ -229,7 +229,7 @@ def _live_items_statement(dialect: str) -> Select[Any]:
     """External id, id and the vector where it is current (made by the model from the current
     text), else NULL (a stale vector must not count), of live items."""
     items = Item.__table__.c
-    current = _has_current_vector(bindparam("model"))
+    current = has_current_vector(bindparam("model"))
     return select(items.external_id, items.id, case((current, items.vector), else_=None)).where(
         in_bound_list(items.external_id, "ids", dialect), items.deleted_at.is_(None)
     )
@@ -261,7 +261,7 @@ def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[in
     for start in range(0, len(wanted), 5_000):
         rows = session.connection().execute(
             select(items.id, items.vector).where(
-                items.id.in_(wanted[start : start + 5_000]), _has_current_vector(model)
+                items.id.in_(wanted[start : start + 5_000]), has_current_vector(model)
             )
         )
         result.update({item_id: vector for item_id, vector in rows})
@@ -360,7 +360,7 @@ def live_vectors_after(
     items = Item.__table__.c
     rows = session.execute(
         select(items.id, items.vector)
-        .where(items.id > after_id, items.deleted_at.is_(None), _has_current_vector(model))
+        .where(items.id > after_id, items.deleted_at.is_(None), has_current_vector(model))
         .order_by(items.id)
         .limit(limit)
     ).all()

@@ -151,6 +151,24 @@ class Profile(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class PendingEvent(Base):
+    """An event stored but not yet folded into its user's stored profile (`Profile`).
+
+    An event on a user who has a profile is kept here instead of rewriting the profile (18 KB
+    at the default settings) while the user has at most ``DRIFTREC_PROFILE_PENDING_MAX`` such
+    events; readers fold them into the stored state (`interest.pending`). The event past the
+    bound folds them all in and clears them. Rows are added and removed only by
+    transactions that hold the user's profile row (on PostgreSQL: locked ``FOR UPDATE``).
+    """
+
+    __tablename__ = "pending_events"
+
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("events.event_id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+
+
 class StaleProfile(Base):
     """A user whose profile lags events a bulk import stored, until that import folds them in
     or `interest.rebuild` rebuilds the profile from the log.

@@ -55,6 +55,10 @@ class Settings:
     torch_threads: int = 1
     half_lives: tuple[float, ...] = DEFAULT_HALF_LIVES
     recent_buffer_size: int = 50
+    #: An event on a user with a stored profile is kept as pending (folded in whenever the
+    #: profile is read) instead of rewriting the profile, while the user has at most this many;
+    #: the event past it folds them all into the stored profile. 0: every event rewrites it.
+    profile_pending_max: int = 8
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     #: Above this many items the index is approximate. Exact search reads every vector per
     #: query (memory-bound: ~0.075 ms per 1,000 items at 384 dimensions); with the fast-scan
@@ -133,6 +137,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_TORCH_THREADS": ("torch_threads", int),
         "DRIFTREC_HALF_LIVES": ("half_lives", _float_list),
         "DRIFTREC_RECENT_BUFFER_SIZE": ("recent_buffer_size", int),
+        "DRIFTREC_PROFILE_PENDING_MAX": ("profile_pending_max", int),
         "DRIFTREC_EVENT_WEIGHTS": ("event_weights", json.loads),
         "DRIFTREC_EXACT_INDEX_MAX_ITEMS": ("exact_index_max_items", int),
         "DRIFTREC_MAX_BATCH_SIZE": ("max_batch_size", int),
@@ -159,4 +164,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     settings = Settings(**values)  # type: ignore[arg-type]
     if not settings.half_lives:
         raise SettingsError("DRIFTREC_HALF_LIVES must name at least one half-life")
+    if settings.profile_pending_max < 0:
+        raise SettingsError("DRIFTREC_PROFILE_PENDING_MAX must be 0 or more")
     return settings

@@ -11,10 +11,12 @@ import pytest
 from cli_helpers import fields, invoke, ok, prepare_movielens
 from sqlalchemy import func, select
 
+from service.runtime import Runtime
 from store.db import Database
 from store.dump import TABLES, _encode, _table
 from store.keys import authenticate
-from store.models import ModelVersion
+from store.models import Event, Item, ModelVersion, User
+from store.settings import load_settings
 from store.versions import add_model_version
 
 MOVIES = 30
@@ -61,6 +63,7 @@ def source(tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
             .split("_")[1],
         )
     )
+    _pending_events(env)
     # A model version with its file (training itself is tested elsewhere).
     model_file = tmp_path / "source" / "models" / "model-1.pt"
     model_file.parent.mkdir(parents=True)
@@ -81,6 +84,27 @@ def source(tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
     return env, key
 
 
+def _pending_events(env: dict[str, str]) -> None:
+    """Two events through the API's ingest path on a user who has a profile: they wait
+    outside it (`store.models.PendingEvent`), so the dump must carry them as pending."""
+    from datetime import UTC, datetime
+
+    from interest.ingest import EventInput
+
+    runtime = Runtime(load_settings(env))
+    try:
+        with runtime.db.read() as session:
+            user = session.scalar(select(User.external_id).join(Event).limit(1))
+            items = session.scalars(select(Item.external_id).order_by(Item.id).limit(2)).all()
+        stamp = datetime(2024, 1, 1, tzinfo=UTC)
+        events = [
+            EventInput(f"late-{i}", user, item, "view", stamp) for i, item in enumerate(items)
+        ]
+        assert runtime.ingest(events).accepted == 2
+    finally:
+        runtime.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_export_import_round_trip(tmp_path, source, backend, request):
     env, key = source
@@ -88,6 +112,7 @@ def test_export_import_round_trip(tmp_path, source, backend, request):
     exported = fields(ok(invoke(env, "export", str(dump))).stdout, "dump")
     manifest = json.loads((dump / "manifest.json").read_text())
     assert manifest["rows"]["items"] == MOVIES and int(exported["events"]) > 0
+    assert manifest["rows"]["pending_events"] == 2
     assert any(name.startswith("files/indexes/") for name in manifest["files"])
     assert "item_vectors.npy" in manifest["files"]
     assert key not in "".join(p.read_text(errors="ignore") for p in dump.glob("*.jsonl"))

@@ -1,5 +1,6 @@
 """The ingest path on real SQLite and PostgreSQL: idempotency, profiles, no lost updates."""
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -8,17 +9,27 @@ import pytest
 from sqlalchemy import event as sql_event
 
 import interest.ingest as ingest_module
-from interest.ingest import EventInput, ProfileConfig, ingest_events
+from interest.ingest import EventInput, ProfileConfig, ingest_events, raw_vectors
+from interest.pending import fold_pending
 from interest.profile import state_from_row
-from interest.rebuild import rebuild_profiles, verify_profiles
+from interest.rebuild import rebuild_profiles, state_from_events, verify_profiles
 from store.db import Database
-from store.events import ensure_users, get_profile, user_ids
+from store.events import (
+    delete_user,
+    ensure_users,
+    get_profile,
+    pending_counts,
+    user_events,
+    user_ids,
+)
 from store.items import ItemInput, store_vectors, upsert_items
 from store.settings import DEFAULT_EVENT_WEIGHTS, DEFAULT_HALF_LIVES
 
 MODEL = "test-model"
 DIM = 16
 CONFIG = ProfileConfig(DEFAULT_HALF_LIVES, DIM, 10, DEFAULT_EVENT_WEIGHTS)
+#: Profiles that may lag up to three events (`store.models.PendingEvent`).
+LAGGING = dataclasses.replace(CONFIG, pending_max=3)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -59,8 +70,34 @@ def _event(
 
 
 def _profile(db, user: str):
+    """The user's profile as readers see it: the stored state, pending events folded in."""
+    with db.snapshot() as session:
+        user_id = user_ids(session, [user])[user]
+        state = state_from_row(get_profile(session, user_id))
+        fold_pending(
+            session,
+            {user_id: state},
+            buffer_size=CONFIG.buffer_size,
+            event_weights=CONFIG.event_weights,
+            embedder_model=MODEL,
+        )
+        return state
+
+
+def _stored_and_pending(db, user: str):
+    """(events in the stored profile, events pending) of the user."""
     with db.read() as session:
-        return state_from_row(get_profile(session, user_ids(session, [user])[user]))
+        user_id = user_ids(session, [user])[user]
+        stored = get_profile(session, user_id).event_count
+        return stored, pending_counts(session, [user_id]).get(user_id, 0)
+
+
+def _rebuilt(db, user: str):
+    """The user's profile rebuilt from the log (what `driftrec verify` compares with)."""
+    with db.read() as session:
+        events = user_events(session, user_ids(session, [user])[user])
+        vectors = raw_vectors(session, list({e.item_id for e in events}), MODEL)
+    return state_from_events(events, vectors, CONFIG)
 
 
 def test_retried_event_is_a_duplicate_and_changes_nothing(catalogue):
@@ -99,8 +136,10 @@ def test_two_arrival_orders_give_the_same_stored_profile(catalogue):
     assert a.recent == b.recent
 
 
-def test_concurrent_writers_lose_no_update(catalogue):
-    """Threads post interleaved events for the same users; every profile equals its rebuild."""
+@pytest.mark.parametrize("config", [CONFIG, LAGGING], ids=["eager", "lagging"])
+def test_concurrent_writers_lose_no_update(catalogue, config):
+    """Threads post interleaved events for the same users; every profile equals its rebuild
+    (with profiles that may lag, every event is in the stored state or pending, once)."""
     errors: list[BaseException] = []
 
     def writer(worker: int) -> None:
@@ -114,7 +153,7 @@ def test_concurrent_writers_lose_no_update(catalogue):
                     "view",
                     T0 + timedelta(seconds=worker * 100 + n),
                 )
-                ingest_events(catalogue, [event], CONFIG, MODEL)
+                ingest_events(catalogue, [event], config, MODEL)
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
@@ -159,7 +198,8 @@ def test_a_profile_created_meanwhile_is_folded_into_not_overwritten(catalogue, m
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
 
 
-def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue):
+@pytest.mark.parametrize("config", [CONFIG, LAGGING], ids=["eager", "lagging"])
+def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue, config):
     """Writers post batches spanning several users (some new) while profiles are rebuilt from
     the log at the same time: every event ends up in its profile exactly once. The rebuilds
     stop before the writers' last batches, so no late rebuild can hide an update it lost."""
@@ -196,7 +236,7 @@ def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue):
                     )
                     for k in range(4)
                 ]
-                assert ingest_events(catalogue, batch, CONFIG, MODEL).accepted == 4
+                assert ingest_events(catalogue, batch, config, MODEL).accepted == 4
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
@@ -258,3 +298,58 @@ def test_verify_does_not_report_an_event_ingested_between_its_reads(catalogue):
     assert report.checked == 1 and report.drifted == []
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []  # and the event counts
     assert _profile(catalogue, "u1").event_count == 4
+
+
+def _assert_same_profile(a, b) -> None:
+    np.testing.assert_allclose(a.accumulators, b.accumulators, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.weight_sums, b.weight_sums, rtol=1e-9)
+    assert (a.ref_time, a.event_count, a.recent) == (b.ref_time, b.event_count, b.recent)
+
+
+def test_a_lagging_profile_folds_its_pending_events_past_the_bound(catalogue):
+    """A new user's first events make the profile; the next three wait as pending (readers
+    fold them in); the fourth folds all four into the stored profile. Out of time order too."""
+    ingest_events(catalogue, [_event(1, minutes=50)], LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (1, 0)
+    for n, minutes in ((2, 10), (3, 70), (4, 30)):
+        ingest_events(catalogue, [_event(n, minutes=minutes)], LAGGING, MODEL)
+        assert _stored_and_pending(catalogue, "u1") == (1, n - 1)
+        _assert_same_profile(_profile(catalogue, "u1"), _rebuilt(catalogue, "u1"))
+        assert verify_profiles(catalogue, LAGGING, MODEL).drifted == []
+    ingest_events(catalogue, [_event(5, minutes=20)], LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (5, 0)
+    _assert_same_profile(_profile(catalogue, "u1"), _rebuilt(catalogue, "u1"))
+
+
+def test_a_batch_past_the_bound_is_folded_with_what_was_pending(catalogue):
+    ingest_events(catalogue, [_event(1)], LAGGING, MODEL)
+    ingest_events(catalogue, [_event(2), _event(3)], LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (1, 2)
+    # Two more would make four pending: all five are folded, and another user's batch
+    # within the bound waits beside it.
+    ingest_events(catalogue, [_event(9, user="u2")], LAGGING, MODEL)
+    batch = [_event(4), _event(5), _event(10, user="u2"), _event(11, user="u2")]
+    ingest_events(catalogue, batch, LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (5, 0)
+    assert _stored_and_pending(catalogue, "u2") == (1, 2)
+    for user in ("u1", "u2"):
+        _assert_same_profile(_profile(catalogue, user), _rebuilt(catalogue, user))
+    # A retried batch is all duplicates: nothing becomes pending twice.
+    ingest_events(catalogue, batch, LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u2") == (1, 2)
+
+
+def test_rebuilds_and_deletes_clear_pending_events(catalogue):
+    for n in range(3):
+        ingest_events(catalogue, [_event(n), _event(n, user="u2")], LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (1, 2)
+    rebuild_profiles(catalogue, LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u1") == (3, 0)
+    _assert_same_profile(_profile(catalogue, "u1"), _rebuilt(catalogue, "u1"))
+    ingest_events(catalogue, [_event(7, user="u2")], LAGGING, MODEL)
+    assert _stored_and_pending(catalogue, "u2") == (3, 1)
+    with catalogue.write() as session:
+        delete_user(session, "u2")
+    with catalogue.read() as session:
+        assert user_ids(session, ["u2"]) == {}
+        assert pending_counts(session, range(1, 100)) == {}

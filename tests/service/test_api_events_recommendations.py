@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from store.events import get_profile, user_ids
+from store.events import get_profile, pending_counts, user_ids
 from tests.service.conftest import BACKENDS, both_backends, new_user_id
 
 api_database_url = pytest.fixture(scope="module", params=BACKENDS)(both_backends)
@@ -110,6 +110,38 @@ def test_a_new_event_moves_the_next_recommendation(client):
     _post(client, [_event(user, f"food-{n}", "purchase", at=now - n) for n in range(3)])
     second = _recommend(client, user, query)
     assert [_theme(i["id"]) for i in second["items"]] == ["food"] * 3, second
+
+
+def test_pending_events_rank_as_if_folded_into_the_profile(client, runtime):
+    """Events that wait outside the stored profile (DRIFTREC_PROFILE_PENDING_MAX, 8 by
+    default) count in the next answer exactly as folded ones: the same items and scores as
+    after a rebuild from the log has folded them in."""
+    user, now = new_user_id(), time.time()
+    _post(client, [_event(user, "space-0", at=now - 3600)])
+    for n in range(4):
+        _post(client, [_event(user, f"food-{n}", "purchase", at=now - 60 * n)])
+    with runtime.db.read() as session:
+        user_id = user_ids(session, [user])[user]
+        assert pending_counts(session, [user_id]) == {user_id: 4}
+        assert get_profile(session, user_id).event_count == 1
+    query = "k=5&exclude_seen=false"
+    lagging = _recommend(client, user, query)
+    assert [_theme(i["id"]) for i in lagging["items"][:3]] == ["food"] * 3, lagging
+
+    runtime.rebuild_profiles(user_ids={user_id})
+    with runtime.db.read() as session:
+        assert pending_counts(session, [user_id]) == {}
+        assert get_profile(session, user_id).event_count == 5
+    folded = _recommend(client, user, query)
+    assert [i["id"] for i in folded["items"]] == [i["id"] for i in lagging["items"]]
+    for a, b in zip(folded["items"], lagging["items"], strict=True):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+    # A user with pending events is deleted whole.
+    _post(client, [_event(user, "food-4")])
+    assert client.delete(f"/v1/users/{user}").status_code == 204
+    with runtime.db.read() as session:
+        assert pending_counts(session, [user_id]) == {}
 
 
 def test_seen_deleted_unavailable_and_expired_items_never_appear(client):
