@@ -3,6 +3,12 @@
 References: for batches and bulk import, a raw DBAPI executemany of the same rows into
 ``events`` in the same database; for single events, the same server's ``/healthz`` under the
 same load (the HTTP floor under one event's latency).
+
+The API points run on users who have profiles (those the bulk import built), as a running
+service's returning users do, so their events mostly wait as pending
+(`DRIFTREC_PROFILE_PENDING_MAX`). What that costs readers is measured after them: the same
+server's recommendations for half the users, with the pending events the API points left, in
+turns with those for the other half, whose pending events `rebuild-profiles` has folded in.
 """
 
 from __future__ import annotations
@@ -90,16 +96,11 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
     rows into the same table, after deleting them again."""
     from sqlalchemy import delete, select, text
 
-    from service.runtime import Runtime
     from store.items import ids_by_external
-    from store.models import Event, Profile, User
-    from store.settings import load_settings
+    from store.models import Event, User
 
     records = _records(n, "bulk")
-    settings = load_settings(
-        {}, database_url=url, data_dir=Path(data_dir), embedder_model=MODEL, log_level="WARNING"
-    )
-    runtime = Runtime(settings)
+    runtime = _runtime(url, data_dir)
     db = runtime.db
     try:
         started = time.perf_counter()
@@ -115,7 +116,8 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
             users = dict(session.execute(select(User.external_id, User.id)).all())
             items = ids_by_external(session, {r.item_id for r in records})
         with db.write() as session:
-            session.execute(delete(Profile))  # the API benchmarks start without profiles
+            # The profiles stay for the API points (returning users); the events go for the
+            # raw reference's insert of the same rows.
             session.execute(delete(Event))
         now = datetime.now(UTC)
         sqlite = db.dialect == "sqlite"
@@ -142,6 +144,7 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
         raw_s = time.perf_counter() - started
         with db.write() as session:
             session.execute(text("DELETE FROM events"))
+        runtime.reindex()  # a (flat) index, for the recommendations after the API points
     finally:
         runtime.close()
     return {
@@ -155,6 +158,60 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
         "increment_eps": len(more) / increment_s,
         "raw_executemany_eps": n / raw_s,
     }
+
+
+def _runtime(url: str, data_dir: str):  # type: ignore[no-untyped-def]
+    from service.runtime import Runtime
+    from store.settings import load_settings
+
+    return Runtime(
+        load_settings(
+            {}, database_url=url, data_dir=Path(data_dir), embedder_model=MODEL, log_level="WARNING"
+        )
+    )
+
+
+#: The API points leave events pending on the users' profiles; these users' are then folded.
+FOLDED_USERS = range(N_USERS // 2, N_USERS)
+PENDING_USERS = range(0, N_USERS // 2)
+
+
+def fold_half(url: str, data_dir: str) -> float:
+    """Fold the pending events of `FOLDED_USERS` into their profiles (`driftrec
+    rebuild-profiles --user ...`); return the mean count still pending on the others'."""
+    from sqlalchemy import func, select
+
+    from store.events import user_ids
+    from store.models import PendingEvent
+
+    runtime = _runtime(url, data_dir)
+    try:
+        with runtime.db.read() as session:
+            folded = set(user_ids(session, [f"u{u}" for u in FOLDED_USERS]).values())
+            others = set(user_ids(session, [f"u{u}" for u in PENDING_USERS]).values())
+        runtime.rebuild_profiles(user_ids=folded)
+        with runtime.db.read() as session:
+            pending = session.scalar(select(func.count()).select_from(PendingEvent))
+    finally:
+        runtime.close()
+    return pending / max(1, len(others))
+
+
+def reads_with_pending(server: Server, url: str, data_dir: str, duration: float) -> dict[str, Any]:
+    """The server's recommendations for users with the pending events the API points left,
+    in turns with those for users whose pending events a rebuild has folded (same server, same
+    moment of the machine): what reading pending events costs."""
+    out: dict[str, Any] = {"pending_per_user": fold_half(url, data_dir)}
+    variants = {
+        "pending": ("recommendations", {"users": PENDING_USERS}),
+        "folded": ("recommendations", {"users": FOLDED_USERS}),
+    }
+    out.update(
+        server.load_in_turns(
+            ("pending", "folded"), items=ITEMS, duration=duration, variants=variants
+        )
+    )
+    return out
 
 
 def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
@@ -172,6 +229,7 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
             result["healthz"] = loads["healthz"]
             for batch in (1, 100):
                 result[f"api_{batch}"] = loads[f"events{batch}"]
+            result["reads"] = reads_with_pending(server, url, env["DRIFTREC_DATA_DIR"], duration)
         out[backend] = result
         b = result["bulk"]
         raw = b["raw_executemany_eps"]
@@ -220,6 +278,22 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
                 f"{b['increment_eps']:.0f} events/s",
                 f"raw executemany {raw:.0f} events/s",
                 f"{b['increment_eps'] / raw:.0%}",
+                "",
+                "-",
+            )
+        )
+        reads = result["reads"]
+        lagging, folded = reads["pending"], reads["folded"]
+        out["rows"].append(
+            (
+                "ingest",
+                f"{label} recommendations, users with {reads['pending_per_user']:.1f} pending "
+                "events on average (after the API points)",
+                f"{lagging['qps']:.0f} qps, p99 {lagging['p99_ms']:.1f} ms, "
+                f"server CPU {lagging['server_cpu_ms']:.2f} ms/req",
+                f"users whose pending were folded: {folded['qps']:.0f} qps, "
+                f"p99 {folded['p99_ms']:.1f} ms, server CPU {folded['server_cpu_ms']:.2f} ms/req",
+                f"CPU x{lagging['server_cpu_ms'] / folded['server_cpu_ms']:.2f}",
                 "",
                 "-",
             )

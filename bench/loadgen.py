@@ -37,7 +37,8 @@ def _request(mode: str, rng: random.Random, args: argparse.Namespace, counter: l
     if mode == "healthz":
         return "GET", "/healthz", None
     if mode == "recommendations":
-        return "GET", f"/v1/users/u{rng.randrange(args.users)}/recommendations?k=10", None
+        user = args.first_user + rng.randrange(args.users)
+        return "GET", f"/v1/users/u{user}/recommendations?k=10", None
     if mode == "similar":
         return "GET", f"/v1/items/b{rng.randrange(1, args.items + 1)}/similar?k=10", None
     if mode == "search":
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", required=True)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=10_000, help="how many users (u0, u1, ...)")
+    parser.add_argument("--first-user", type=int, default=0, help="recommendations: from u<N>")
     parser.add_argument("--items", type=int, required=True)
     parser.add_argument("--token", default="")
     parser.add_argument("--seed", type=int, default=1)

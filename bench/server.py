@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,23 +138,33 @@ class Server:
         return summary
 
     def load_in_turns(
-        self, modes: Sequence[str], *, items: int, duration: float, turns: int = TURNS
+        self,
+        modes: Sequence[str],
+        *,
+        items: int,
+        duration: float,
+        turns: int = TURNS,
+        variants: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Each mode for ``duration`` seconds in all, in ``turns`` runs that take turns with
         the other modes', so that a slow or fast spell of the shared machine falls on every
         mode alike, the reference (`/healthz`) included; one summary per mode over all its
-        runs (`merge_summaries`)."""
+        runs (`merge_summaries`). ``variants`` names modes of its own: label -> (loadgen
+        mode, `load` options), e.g. recommendations for two groups of users."""
+        variants = variants or {}
         runs: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {m: [] for m in modes}
         with tempfile.TemporaryDirectory() as directory:
             for turn in range(turns):
                 for number, mode in enumerate(modes):
                     timeline = Path(directory) / f"{mode}-{turn}.npy"
+                    loadgen_mode, options = variants.get(mode, (mode, {}))
                     summary = self.load(
-                        mode,
+                        loadgen_mode,
                         items=items,
                         duration=duration / turns,
                         seed=1 + number + 100 * turn,
                         timeline=timeline,
+                        **options,
                     )
                     runs[mode].append((summary, np.load(timeline).reshape(-1, 3)))
         return {mode: merge_summaries(runs[mode]) for mode in modes}
@@ -183,6 +193,7 @@ class Server:
         window: float = 0.0,
         user_items: Path | None = None,
         timeline: Path | None = None,
+        users: range = range(N_USERS),
     ) -> list[str]:
         """The `bench.loadgen` command line against this server (``rate``: open loop;
         ``timeline``: where it saves every request's (send time, latency s, ok))."""
@@ -196,8 +207,11 @@ class Server:
             mode,
             "--items",
             str(items),
+            # The catalogue's users (or some of them): recommendations go to real histories.
+            "--first-user",
+            str(users.start),
             "--users",
-            str(N_USERS),  # the catalogue's users: recommendations go to real histories
+            str(len(users)),
             "--duration",
             str(duration),
             "--concurrency",

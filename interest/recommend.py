@@ -19,7 +19,7 @@ from indexer.live import LiveIndex
 from indexer.vector_index import Hit
 from interest.controls import Contribution, Controls, contributions, exponential_decay, mmr
 from interest.ingest import raw_vectors
-from interest.pending import state_with_pending
+from interest.pending import fold_events
 from interest.profile import ProfileState, state_from_row
 from interest.query import QueryEncoder, normalise
 from interest.registry import EncoderRegistry
@@ -131,20 +131,17 @@ class Recommender:
         only when it needs one (a name not cached, categories, a cold start).
         """
         now = time.time() if now is None else now
-        found = profile_by_external_id(self.db, user_external_id, with_seen=exclude_seen)
+        found = profile_by_external_id(
+            self.db, user_external_id, self.settings.embedder_model, with_seen=exclude_seen
+        )
         self.index.refresh(revision=found.catalogue_revision)
         user_id, row = found.user_id, found.profile
-        if row is not None and row.pending:
-            state = state_with_pending(
-                self.db,
-                row,
-                buffer_size=self.settings.recent_buffer_size,
-                event_weights=self.settings.event_weights,
-                embedder_model=self.settings.embedder_model,
-            )
-            state = state if state is not None and state.event_count else None
-        else:
-            state = state_from_row(row) if row is not None and row.event_count else None
+        state = state_from_row(row) if row is not None else None
+        if state is not None and found.pending:  # events not in the stored profile yet
+            settings = self.settings
+            fold_events(state, found.pending, settings.recent_buffer_size, settings.event_weights)
+        if state is not None and not state.event_count:
+            state = None
         excluded = set(exclude) | found.seen
         if user_id is not None and not exclude_seen:
             with self.db.read() as session:

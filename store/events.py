@@ -18,7 +18,11 @@ from sqlalchemy import (
     cast,
     delete,
     func,
+    literal_column,
+    null,
     select,
+    type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.engine import Row
@@ -105,33 +109,75 @@ def user_ids(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     return {external_id: user_id for external_id, user_id in rows}
 
 
-# The request path's statement, built once and run past SQLAlchemy's Session and Connection
-# (`store.direct_read`: every recommendation runs it).
-_PROFILE_BY_EXTERNAL_ID = (
-    select(
-        User.__table__.c.id.label("uid"),
-        REVISION_COLUMN,
-        *(Profile.__table__.c[name] for name in PROFILE_STATE_COLUMNS),
-        Profile.__table__.c.version.label("profile_version"),
-        # How many of the user's events wait outside the stored profile (`PendingEvent`).
-        select(func.count())
-        .where(PendingEvent.__table__.c.user_id == User.__table__.c.id)
-        .scalar_subquery()
-        .label("pending"),
+def _pending_event_columns() -> tuple[ColumnElement[Any], ...]:
+    """What a reader folds of a pending event (`PendingEvent`): the event's item, type, value
+    and time, and the item's vector when it is current for the bound ``model`` (else NULL,
+    folded as zeros, as a rebuild from the log does)."""
+    events, items = Event.__table__.c, Item.__table__.c
+    vector = case((has_current_vector(bindparam("model")), items.vector), else_=None)
+    return (events.item_id, events.type, events.value, events.timestamp, vector.label("vector"))
+
+
+def _pending_events_join(users_or_pending: Any) -> Any:
+    """``users_or_pending`` joined to the pending events' rows in events and items."""
+    pending = PendingEvent.__table__
+    joined = users_or_pending
+    if users_or_pending is User.__table__:
+        joined = joined.join(pending, pending.c.user_id == User.__table__.c.id)
+    return joined.join(Event.__table__, Event.__table__.c.event_id == pending.c.event_id).join(
+        Item.__table__, Item.__table__.c.id == Event.__table__.c.item_id
     )
-    .select_from(User.__table__.outerjoin(Profile.__table__))
-    .where(User.__table__.c.external_id == bindparam("external_id"))
-)
-#: The same with the ids of the items the user has events on, as one comma-separated string
-#: (group_concat on SQLite, string_agg on PostgreSQL; repeats included, the reader dedupes).
-_PROFILE_AND_SEEN_BY_EXTERNAL_ID = _PROFILE_BY_EXTERNAL_ID.add_columns(
-    select(func.aggregate_strings(cast(Event.__table__.c.item_id, String), ","))
-    .where(Event.__table__.c.user_id == User.__table__.c.id)
-    .scalar_subquery()
-    .label("seen")
-)
-_READ_PROFILE = DirectRead(_PROFILE_BY_EXTERNAL_ID, "external_id")
-_READ_PROFILE_AND_SEEN = DirectRead(_PROFILE_AND_SEEN_BY_EXTERNAL_ID, "external_id")
+
+
+def _profile_read(with_seen: bool) -> DirectRead:
+    """The request path's statement, built once and run past SQLAlchemy's Session and
+    Connection (`store.direct_read`: every recommendation runs it): the user's id, the
+    catalogue revision and the profile's state (``part`` 0; NULLs without a profile), then one
+    row per event pending on the profile (``part`` 1), all from one snapshot. ``with_seen``
+    adds the ids of the items the user has events on, as one comma-separated string
+    (group_concat on SQLite, string_agg on PostgreSQL; repeats included, the reader dedupes).
+    """
+    users, profiles = User.__table__, Profile.__table__
+    event_columns = _pending_event_columns()
+    seen = (
+        select(func.aggregate_strings(cast(Event.__table__.c.item_id, String), ","))
+        .where(Event.__table__.c.user_id == users.c.id)
+        .scalar_subquery()
+        if with_seen
+        else null()
+    )
+    head = (
+        select(
+            literal_column("0").label("part"),
+            users.c.id.label("uid"),
+            REVISION_COLUMN,
+            *(profiles.c[name] for name in PROFILE_STATE_COLUMNS),
+            type_coerce(seen, String).label("seen"),
+            # Typed, so that the union's columns get their result processors (datetimes).
+            *(type_coerce(null(), c.type).label(c.name) for c in event_columns),
+        )
+        .select_from(users.outerjoin(profiles))
+        .where(users.c.external_id == bindparam("external_id"))
+    )
+    tail = (
+        select(
+            literal_column("1"),
+            users.c.id,
+            null(),
+            *(null() for _ in PROFILE_STATE_COLUMNS),
+            null(),
+            *event_columns,
+        )
+        .select_from(_pending_events_join(users))
+        .where(users.c.external_id == bindparam("external_id"))
+    )
+    return DirectRead(
+        union_all(head, tail).order_by(literal_column("part")), "external_id", "model"
+    )
+
+
+_READ_PROFILE = _profile_read(with_seen=False)
+_READ_PROFILE_AND_SEEN = _profile_read(with_seen=True)
 _SEEN_ITEM_IDS = (
     select(Event.__table__.c.item_id)
     .where(Event.__table__.c.user_id == bindparam("user_id"))
@@ -142,7 +188,8 @@ _SEEN_ITEM_IDS = (
 @dataclass(frozen=True)
 class UserProfileRow:
     """A user's id and profile columns as the read path wants them (no ORM object), with the
-    catalogue revision read in the same statement (`store.items.catalogue_revision`)."""
+    catalogue revision and the events pending on the profile read in the same statement
+    (`store.items.catalogue_revision`)."""
 
     #: None for an unknown user.
     user_id: int | None
@@ -152,22 +199,28 @@ class UserProfileRow:
     catalogue_revision: int | None
     #: Items the user has events on (`seen_item_ids`), when asked for; else empty.
     seen: frozenset[int] = frozenset()
+    #: Events not in the stored profile yet (`PendingEvent`): rows with item_id, type, value,
+    #: an aware timestamp and ``vector`` (current float32 bytes, or None).
+    pending: tuple[Any, ...] = ()
 
 
 def profile_by_external_id(
-    db: Database, external_id: str, *, with_seen: bool = False
+    db: Database, external_id: str, model: str, *, with_seen: bool = False
 ) -> UserProfileRow:
-    """A user's id, profile and the catalogue revision, with ``with_seen`` the items the
-    user has events on too: one statement, its own transaction, either way."""
+    """A user's id, profile, pending events (with their items' vectors by ``model``) and the
+    catalogue revision, with ``with_seen`` the items the user has events on too: one
+    statement, its own transaction, either way."""
     read = _READ_PROFILE_AND_SEEN if with_seen else _READ_PROFILE
-    row = read.first(db, {"external_id": external_id})
-    if row is None:
+    rows = read.all(db, {"external_id": external_id, "model": model})
+    if not rows:
         return UserProfileRow(None, None, None)
+    head = rows[0]
     return UserProfileRow(
-        row.uid,
-        row if row.user_id is not None else None,
-        int(row.catalogue_revision or 0),
-        frozenset(map(int, row.seen.split(","))) if with_seen and row.seen else frozenset(),
+        head.uid,
+        head if head.user_id is not None else None,
+        int(head.catalogue_revision or 0),
+        frozenset(map(int, head.seen.split(","))) if with_seen and head.seen else frozenset(),
+        tuple(rows[1:]),
     )
 
 
@@ -393,48 +446,17 @@ _PENDING_COUNTS = {
 }
 
 
-def _pending_events_statement(users: ColumnElement[bool]) -> Select[Any]:
-    """The pending events of the users ``users`` selects, each with its item's vector when
-    current for the bound ``model`` (else NULL, folded as zeros, as a rebuild does), by user."""
-    events, items = Event.__table__.c, Item.__table__.c
-    pending = PendingEvent.__table__
-    current = has_current_vector(bindparam("model"))
-    return (
-        select(
-            events.event_id,
-            events.user_id,
-            events.item_id,
-            events.type,
-            events.value,
-            events.timestamp,
-            case((current, items.vector), else_=None).label("vector"),
-        )
-        .select_from(pending.join(Event.__table__).join(Item.__table__))
-        .where(users)
-        .order_by(events.user_id, events.id)
-    )
-
-
 _PENDING_EVENTS = {
     dialect: DirectRead(
-        _pending_events_statement(in_bound_list(PendingEvent.__table__.c.user_id, "ids", dialect)),
+        select(Event.__table__.c.event_id, Event.__table__.c.user_id, *_pending_event_columns())
+        .select_from(_pending_events_join(PendingEvent.__table__))
+        .where(in_bound_list(PendingEvent.__table__.c.user_id, "ids", dialect))
+        .order_by(Event.__table__.c.user_id, Event.__table__.c.id),
         "ids",
         "model",
     )
     for dialect in ("postgresql", "sqlite")
 }
-#: One user's, with the version of the profile they are pending on, read in the same statement:
-#: a fold that committed since the caller read the profile shows as a newer version.
-_USER_PENDING_EVENTS = DirectRead(
-    _pending_events_statement(PendingEvent.__table__.c.user_id == bindparam("user_id")).add_columns(
-        select(Profile.__table__.c.version)
-        .where(Profile.__table__.c.user_id == bindparam("user_id"))
-        .scalar_subquery()
-        .label("profile_version")
-    ),
-    "user_id",
-    "model",
-)
 _ADD_PENDING = DirectWrite(
     PendingEvent.__table__.insert().values(
         event_id=bindparam("pending_event_id"), user_id=bindparam("pending_user_id")
@@ -460,14 +482,6 @@ def pending_events(session: Session, user_ids: Iterable[int], model: str) -> lis
     dialect = session.get_bind().dialect.name
     params = {"ids": bound_list(sorted(set(user_ids)), dialect), "model": model}
     return _PENDING_EVENTS[dialect].all_in(session, params)
-
-
-def user_pending_events(db: Database, user_id: int, model: str) -> tuple[int | None, list[Any]]:
-    """(the version of the user's profile, the user's pending events as `pending_events`
-    gives them), read in one statement outside any transaction of the caller's: the read
-    path's, after `profile_by_external_id` counted some pending."""
-    rows = _USER_PENDING_EVENTS.all(db, {"user_id": user_id, "model": model})
-    return (rows[0].profile_version if rows else None), rows
 
 
 def add_pending(session: Session, events: Sequence[tuple[str, int]]) -> None:

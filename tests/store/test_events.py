@@ -11,6 +11,7 @@ from store.db import Database
 from store.errors import NotFound
 from store.events import (
     EventRow,
+    add_pending,
     count_events,
     delete_user,
     ensure_users,
@@ -78,8 +79,9 @@ def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
 
 def test_the_request_read_carries_profile_revision_and_seen_items(db: Database) -> None:
     """One statement serves a recommendation's reads: the user, the profile, the catalogue
-    revision and (when asked) the items the user has events on, repeats counted once; read
-    past the Session, it gives the columns as the ORM does (JSON decoded, bytes as bytes)."""
+    revision, the events pending on the profile and (when asked) the items the user has events
+    on, repeats counted once; read past the Session, it gives the columns as the ORM does (JSON
+    decoded, bytes as bytes, aware datetimes)."""
     users, items = _setup(db, ["u", "new"], items=3)
     with db.write() as session:
         session.add(_profile(users["u"]))
@@ -89,22 +91,30 @@ def test_the_request_read_carries_profile_revision_and_seen_items(db: Database) 
             EventRow("e3", users["u"], items[2], "view", None, T0 + timedelta(seconds=2)),
         ]
         insert_events(session, rows)
+        add_pending(session, [("e3", users["u"]), ("e2", users["u"])])
     with db.read() as session:
         revision = catalogue_revision(session)
         seen = seen_item_ids(session, users["u"])
         stored = get_profile(session, users["u"])
-    found = profile_by_external_id(db, "u", with_seen=True)
+    found = profile_by_external_id(db, "u", "test-model", with_seen=True)
     assert found.user_id == users["u"] and found.profile.dim == 2
+    # Each with its item's vector when current for the model (none here); in any order.
+    pending = sorted((p.item_id, p.type, p.value, p.timestamp, p.vector) for p in found.pending)
+    assert pending == [
+        (items[0], "click", None, T0 + timedelta(seconds=1), None),
+        (items[2], "view", None, T0 + timedelta(seconds=2), None),
+    ]
     assert found.catalogue_revision == revision > 0
     assert found.seen == {items[0], items[2]} == seen
     for name in ("half_lives", "accumulators", "weight_sums", "ref_time", "recent", "event_count"):
         assert getattr(found.profile, name) == getattr(stored, name), name
         assert type(getattr(found.profile, name)) is type(getattr(stored, name)), name
-    assert profile_by_external_id(db, "u").seen == set()  # not asked for
-    no_events = profile_by_external_id(db, "new", with_seen=True)
+    assert profile_by_external_id(db, "u", "test-model").seen == set()  # not asked for
+    no_events = profile_by_external_id(db, "new", "test-model", with_seen=True)
     assert (no_events.user_id, no_events.profile, no_events.seen) == (users["new"], None, set())
     assert no_events.catalogue_revision == revision
-    assert profile_by_external_id(db, "nobody", with_seen=True).user_id is None
+    assert no_events.pending == ()
+    assert profile_by_external_id(db, "nobody", "test-model", with_seen=True).user_id is None
 
 
 def test_insert_events_keeps_every_column_and_reports_only_new_ids(db: Database) -> None:
