@@ -39,6 +39,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_pending_events")),
     )
     op.create_index(op.f("ix_pending_events_user_id"), "pending_events", ["user_id"], unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        # Rows come and go all the time (a queue, not a log): analyse and vacuum after every
+        # thousand changes rather than after a fifth of the table. Without statistics the
+        # planner takes a lookup of a hundred users for half the table and scans all of it:
+        # batches of 100 events ran at 2,100 events/s until an ANALYZE, 6,500 after.
+        op.execute(
+            "ALTER TABLE pending_events SET ("
+            "autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 1000, "
+            "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000)"
+        )
 
 
 def downgrade() -> None:

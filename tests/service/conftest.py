@@ -25,7 +25,7 @@ from indexer.embedder import load_embedder
 from service.app import create_app
 from store.keys import create_key
 from store.migrate import upgrade
-from store.settings import Settings
+from store.settings import DEFAULT_PROFILE_PENDING_MAX, Settings
 
 MAX_BATCH = 50
 
@@ -142,9 +142,13 @@ def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:
     config = Settings(
         database_url=url,
         data_dir=data_dir,
-        max_batch_size=MAX_BATCH,
-        reload_interval_s=0.5,
-        **settings,  # type: ignore[arg-type]
+        **{
+            "max_batch_size": MAX_BATCH,
+            "reload_interval_s": 0.5,
+            # Profiles lag their events on PostgreSQL too (its default is 0): both paths tested.
+            "profile_pending_max": DEFAULT_PROFILE_PENDING_MAX,
+            **settings,
+        },  # type: ignore[arg-type]
     )
     app = create_app({"settings": config, "TESTING": True})
     # Share the session's model instead of loading it again (cached_property slot).
