@@ -5,10 +5,11 @@ References: for batches and bulk import, a raw DBAPI executemany of the same row
 same load (the HTTP floor under one event's latency).
 
 The API points run on users who have profiles (those the bulk import built), as a running
-service's returning users do, so their events mostly wait as pending
-(`DRIFTREC_PROFILE_PENDING_MAX`). What that costs readers is measured after them: the same
-server's recommendations for half the users, with the pending events the API points left, in
-turns with those for the other half, whose pending events `rebuild-profiles` has folded in.
+service's returning users do. Where profiles may lag their events (`DRIFTREC_PROFILE_PENDING_MAX`
+set in the environment; off by default), what the pending events cost readers is measured after
+them: the same server's recommendations for half the users, with the pending events the API
+points left, in turns with those for the other half, whose pending events `rebuild-profiles`
+has folded in.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def reads_with_pending(server: Server, url: str, data_dir: str, duration: float)
     in turns with those for users whose pending events a rebuild has folded (same server, same
     moment of the machine): what reading pending events costs."""
     out: dict[str, Any] = {"pending_per_user": fold_half(url, data_dir)}
+    if not out["pending_per_user"]:  # profiles written on every event: nothing to compare
+        return out
     variants = {
         "pending": ("recommendations", {"users": PENDING_USERS}),
         "folded": ("recommendations", {"users": FOLDED_USERS}),
@@ -283,20 +286,26 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
             )
         )
         reads = result["reads"]
-        lagging, folded = reads["pending"], reads["folded"]
-        out["rows"].append(
-            (
-                "ingest",
-                f"{label} recommendations, users with {reads['pending_per_user']:.1f} pending "
-                "events on average (after the API points)",
-                f"{lagging['qps']:.0f} qps, p99 {lagging['p99_ms']:.1f} ms, "
-                f"server CPU {lagging['server_cpu_ms']:.2f} ms/req",
-                f"users whose pending were folded: {folded['qps']:.0f} qps, "
-                f"p99 {folded['p99_ms']:.1f} ms, server CPU {folded['server_cpu_ms']:.2f} ms/req",
-                f"CPU x{lagging['server_cpu_ms'] / folded['server_cpu_ms']:.2f}",
-                "",
-                "-",
-            )
-        )
+        if "pending" in reads:
+            _append_reads_row(out["rows"], label, reads)
         log.info("bench ingest %s %s", backend, result)
     return out
+
+
+def _append_reads_row(rows: list[Any], label: str, reads: dict[str, Any]) -> None:
+    """What reading pending events cost (`reads_with_pending`), as a table row."""
+    lagging, folded = reads["pending"], reads["folded"]
+    rows.append(
+        (
+            "ingest",
+            f"{label} recommendations, users with {reads['pending_per_user']:.1f} pending "
+            "events on average (after the API points)",
+            f"{lagging['qps']:.0f} qps, p99 {lagging['p99_ms']:.1f} ms, "
+            f"server CPU {lagging['server_cpu_ms']:.2f} ms/req",
+            f"users whose pending were folded: {folded['qps']:.0f} qps, "
+            f"p99 {folded['p99_ms']:.1f} ms, server CPU {folded['server_cpu_ms']:.2f} ms/req",
+            f"CPU x{lagging['server_cpu_ms'] / folded['server_cpu_ms']:.2f}",
+            "",
+            "-",
+        )
+    )

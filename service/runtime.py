@@ -29,7 +29,7 @@ from store.experiments import running_experiment
 from store.importing import EventRecord, ImportStats
 from store.items import ItemInput
 from store.models import Item
-from store.settings import DEFAULT_PROFILE_PENDING_MAX, Settings
+from store.settings import Settings
 from store.versions import active_model_version, latest_index_version_for_model
 
 #: Dimension of the bundled model, so profiles can be created before the model is loaded.
@@ -118,20 +118,13 @@ class Runtime:
         return self.embedder.dim
 
     @property
-    def profile_pending_max(self) -> int:
-        """How many events a profile may lag (`Settings.profile_pending_max`, resolved)."""
-        if self.settings.profile_pending_max is not None:
-            return self.settings.profile_pending_max
-        return DEFAULT_PROFILE_PENDING_MAX if self.db.dialect == "sqlite" else 0
-
-    @property
     def profile_config(self) -> ProfileConfig:
         return ProfileConfig(
             half_lives=self.settings.half_lives,
             dim=self.embedding_dim,
             buffer_size=self.settings.recent_buffer_size,
             event_weights=self.settings.event_weights,
-            pending_max=self.profile_pending_max,
+            pending_max=self.settings.profile_pending_max,
         )
 
     # -- use cases -------------------------------------------------------------------------

@@ -58,9 +58,10 @@ class Settings:
     #: An event on a user with a stored profile is kept as pending (folded in whenever the
     #: profile is read) instead of rewriting the profile, while the user has at most this many;
     #: the event past it folds them all into the stored profile. 0: every event rewrites it.
-    #: None (the default): `DEFAULT_PROFILE_PENDING_MAX` on SQLite, 0 on PostgreSQL, whose
-    #: planner scans the whole table for pending events until it has statistics on it.
-    profile_pending_max: int | None = None
+    #: Off by default: readers pay for pending events (a recommendation of a user with ~4 of
+    #: them cost ~17% more CPU, and a mixed soak fell behind as they accumulated), and
+    #: PostgreSQL's planner scans the whole table of them until it has statistics on it.
+    profile_pending_max: int = 0
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     #: Above this many items the index is approximate. Exact search reads every vector per
     #: query (memory-bound: ~0.075 ms per 1,000 items at 384 dimensions); with the fast-scan
@@ -126,15 +127,6 @@ def _float_list(raw: str) -> tuple[float, ...]:
     return tuple(float(part) for part in raw.split(",") if part.strip())
 
 
-#: Events a stored profile may lag on SQLite unless DRIFTREC_PROFILE_PENDING_MAX says otherwise.
-DEFAULT_PROFILE_PENDING_MAX = 8
-
-
-def _pending_max(raw: str) -> int | None:
-    """DRIFTREC_PROFILE_PENDING_MAX: a count, or ``auto`` (the database's default)."""
-    return None if raw.strip().lower() == "auto" else int(raw)
-
-
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build the settings from ``environ`` (default: ``os.environ``) plus explicit overrides."""
     env = os.environ if environ is None else environ
@@ -148,7 +140,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_TORCH_THREADS": ("torch_threads", int),
         "DRIFTREC_HALF_LIVES": ("half_lives", _float_list),
         "DRIFTREC_RECENT_BUFFER_SIZE": ("recent_buffer_size", int),
-        "DRIFTREC_PROFILE_PENDING_MAX": ("profile_pending_max", _pending_max),
+        "DRIFTREC_PROFILE_PENDING_MAX": ("profile_pending_max", int),
         "DRIFTREC_EVENT_WEIGHTS": ("event_weights", json.loads),
         "DRIFTREC_EXACT_INDEX_MAX_ITEMS": ("exact_index_max_items", int),
         "DRIFTREC_MAX_BATCH_SIZE": ("max_batch_size", int),
@@ -175,6 +167,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
     settings = Settings(**values)  # type: ignore[arg-type]
     if not settings.half_lives:
         raise SettingsError("DRIFTREC_HALF_LIVES must name at least one half-life")
-    if settings.profile_pending_max is not None and settings.profile_pending_max < 0:
+    if settings.profile_pending_max < 0:
         raise SettingsError("DRIFTREC_PROFILE_PENDING_MAX must be 0 or more")
     return settings

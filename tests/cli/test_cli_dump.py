@@ -91,7 +91,7 @@ def _pending_events(env: dict[str, str]) -> None:
 
     from interest.ingest import EventInput
 
-    runtime = Runtime(load_settings(env))
+    runtime = Runtime(load_settings({**env, "DRIFTREC_PROFILE_PENDING_MAX": "8"}))
     try:
         with runtime.db.read() as session:
             user = session.scalar(select(User.external_id).join(Event).limit(1))

@@ -355,19 +355,16 @@ def test_rebuilds_and_deletes_clear_pending_events(catalogue):
         assert pending_counts(session, range(1, 100)) == {}
 
 
-@pytest.mark.parametrize("raw", [None, "auto", "3", "0"])
-def test_profiles_lag_by_default_on_sqlite_only(db, tmp_path, raw):
-    """DRIFTREC_PROFILE_PENDING_MAX: unset or ``auto``, 8 on SQLite and 0 on PostgreSQL
-    (whose planner scans the whole pending table until it has statistics on it)."""
+@pytest.mark.parametrize("raw", [None, "3", "0"])
+def test_profiles_lag_only_when_asked(db, tmp_path, raw):
+    """DRIFTREC_PROFILE_PENDING_MAX: unset, every event rewrites its profile (0)."""
     from service.runtime import Runtime
     from store.settings import SettingsError, load_settings
 
     environ = {} if raw is None else {"DRIFTREC_PROFILE_PENDING_MAX": raw}
     runtime = Runtime(load_settings(environ, database_url=db.url, data_dir=tmp_path))
     try:
-        default = 8 if db.dialect == "sqlite" else 0
-        expected = default if raw in (None, "auto") else int(raw)
-        assert runtime.profile_pending_max == expected == runtime.profile_config.pending_max
+        assert runtime.profile_config.pending_max == (0 if raw is None else int(raw))
     finally:
         runtime.close()
     with pytest.raises(SettingsError, match="DRIFTREC_PROFILE_PENDING_MAX"):

@@ -25,7 +25,7 @@ from indexer.embedder import load_embedder
 from service.app import create_app
 from store.keys import create_key
 from store.migrate import upgrade
-from store.settings import DEFAULT_PROFILE_PENDING_MAX, Settings
+from store.settings import Settings
 
 MAX_BATCH = 50
 
@@ -137,6 +137,10 @@ def new_user_id() -> str:
     return f"u-{uuid.uuid4().hex[:8]}"
 
 
+#: Events a profile may lag in the API tests (`Settings.profile_pending_max`).
+PROFILE_PENDING_MAX = 8
+
+
 def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:
     upgrade(url)
     config = Settings(
@@ -145,8 +149,8 @@ def build_app(url: str, data_dir: Path, embedder, **settings: object) -> Flask:
         **{
             "max_batch_size": MAX_BATCH,
             "reload_interval_s": 0.5,
-            # Profiles lag their events on PostgreSQL too (its default is 0): both paths tested.
-            "profile_pending_max": DEFAULT_PROFILE_PENDING_MAX,
+            # Profiles lag their events (off by default): the pending path on both databases.
+            "profile_pending_max": PROFILE_PENDING_MAX,
             **settings,
         },  # type: ignore[arg-type]
     )

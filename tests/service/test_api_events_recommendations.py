@@ -113,8 +113,8 @@ def test_a_new_event_moves_the_next_recommendation(client):
 
 
 def test_pending_events_rank_as_if_folded_into_the_profile(client, runtime):
-    """Events that wait outside the stored profile (DRIFTREC_PROFILE_PENDING_MAX, 8 by
-    default) count in the next answer exactly as folded ones: the same items and scores as
+    """Events that wait outside the stored profile (DRIFTREC_PROFILE_PENDING_MAX, 8 in these
+    tests) count in the next answer exactly as folded ones: the same items and scores as
     after a rebuild from the log has folded them in."""
     user, now = new_user_id(), time.time()
     _post(client, [_event(user, "space-0", at=now - 3600)])
