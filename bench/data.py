@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,16 @@ DATA_VERSION = 3
 NOISE = 0.035  # per dimension: a sample keeps cosine ~0.8 with its blend of titles
 N_USERS = 10_000
 SEED = 20240601
+
+
+def runtime(env: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    """A `Runtime` on a benchmark database (``env``: its DRIFTREC_DATABASE_URL and
+    DRIFTREC_DATA_DIR), with the benchmark's model and this process's other settings."""
+    from service.runtime import Runtime
+    from store.settings import load_settings
+
+    settings = load_settings({**os.environ, **env}, embedder_model=MODEL, log_level="WARNING")
+    return Runtime(settings)
 
 
 def title_vectors() -> tuple[list[ItemInput], np.ndarray]:

@@ -19,12 +19,12 @@ import os
 import shutil
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.data import BENCH_DIR, MODEL, N_USERS, build_catalogue
+from bench.data import runtime as runtime_for
 from bench.server import Server
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ POSTGRES_ADMIN = os.environ.get(
 ITEMS = 10_000
 
 
-def _fresh_database(backend: str) -> tuple[str, dict[str, str]]:
-    """A migrated database holding the 10k catalogue's items (with vectors), no events."""
+def _fresh_database(backend: str) -> dict[str, str]:
+    """A migrated database holding the 10k catalogue's items (with vectors), no events: its
+    DRIFTREC_DATABASE_URL and DRIFTREC_DATA_DIR."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
@@ -69,7 +70,7 @@ def _fresh_database(backend: str) -> tuple[str, dict[str, str]]:
         import_item_vectors(db, items, catalogue.vectors, MODEL)
     finally:
         db.dispose()
-    return url, {"DRIFTREC_DATABASE_URL": url, "DRIFTREC_DATA_DIR": str(directory)}
+    return {"DRIFTREC_DATABASE_URL": url, "DRIFTREC_DATA_DIR": str(directory)}
 
 
 def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
@@ -91,7 +92,7 @@ def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
     ]
 
 
-def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
+def bulk(env: dict[str, str], n: int) -> dict[str, Any]:
     """What `driftrec import events` does (`Runtime.import_events`: the events inserted a batch
     at a time, then folded into their users' profiles), against a raw executemany of the same
     rows into the same table, after deleting them again."""
@@ -101,7 +102,7 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
     from store.models import Event, User
 
     records = _records(n, "bulk")
-    runtime = _runtime(url, data_dir)
+    runtime = runtime_for(env)
     db = runtime.db
     try:
         started = time.perf_counter()
@@ -161,48 +162,42 @@ def bulk(url: str, n: int, data_dir: str) -> dict[str, Any]:
     }
 
 
-def _runtime(url: str, data_dir: str):  # type: ignore[no-untyped-def]
-    from service.runtime import Runtime
-    from store.settings import load_settings
-
-    return Runtime(
-        load_settings(
-            {}, database_url=url, data_dir=Path(data_dir), embedder_model=MODEL, log_level="WARNING"
-        )
-    )
-
-
 #: The API points leave events pending on the users' profiles; these users' are then folded.
 FOLDED_USERS = range(N_USERS // 2, N_USERS)
 PENDING_USERS = range(0, N_USERS // 2)
 
 
-def fold_half(url: str, data_dir: str) -> float:
+def fold_half(env: dict[str, str]) -> float:
     """Fold the pending events of `FOLDED_USERS` into their profiles (`driftrec
-    rebuild-profiles --user ...`); return the mean count still pending on the others'."""
+    rebuild-profiles --user ...`); return the mean count still pending on the others' (0, and
+    nothing rebuilt, where no event is pending)."""
     from sqlalchemy import func, select
 
     from store.events import user_ids
     from store.models import PendingEvent
 
-    runtime = _runtime(url, data_dir)
+    def pending(runtime) -> int:  # type: ignore[no-untyped-def]
+        with runtime.db.read() as session:
+            return int(session.scalar(select(func.count()).select_from(PendingEvent)))
+
+    runtime = runtime_for(env)
     try:
+        if not pending(runtime):
+            return 0.0
         with runtime.db.read() as session:
             folded = set(user_ids(session, [f"u{u}" for u in FOLDED_USERS]).values())
-            others = set(user_ids(session, [f"u{u}" for u in PENDING_USERS]).values())
+            others = user_ids(session, [f"u{u}" for u in PENDING_USERS])
         runtime.rebuild_profiles(user_ids=folded)
-        with runtime.db.read() as session:
-            pending = session.scalar(select(func.count()).select_from(PendingEvent))
+        return pending(runtime) / max(1, len(others))
     finally:
         runtime.close()
-    return pending / max(1, len(others))
 
 
-def reads_with_pending(server: Server, url: str, data_dir: str, duration: float) -> dict[str, Any]:
+def reads_with_pending(server: Server, env: dict[str, str], duration: float) -> dict[str, Any]:
     """The server's recommendations for users with the pending events the API points left,
     in turns with those for users whose pending events a rebuild has folded (same server, same
     moment of the machine): what reading pending events costs."""
-    out: dict[str, Any] = {"pending_per_user": fold_half(url, data_dir)}
+    out: dict[str, Any] = {"pending_per_user": fold_half(env)}
     if not out["pending_per_user"]:  # profiles written on every event: nothing to compare
         return out
     variants = {
@@ -220,9 +215,9 @@ def reads_with_pending(server: Server, url: str, data_dir: str, duration: float)
 def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": []}
     for backend in ("sqlite", "postgresql"):
-        url, env = _fresh_database(backend)
+        env = _fresh_database(backend)
         n = 50_000 if quick else 200_000
-        result: dict[str, Any] = {"bulk": bulk(url, n, env["DRIFTREC_DATA_DIR"])}
+        result: dict[str, Any] = {"bulk": bulk(env, n)}
         with Server(env, name=f"ingest-{backend}") as server:
             # The same server's /healthz at the same concurrency: what HTTP alone costs here,
             # the floor under a single event's latency.
@@ -232,7 +227,7 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
             result["healthz"] = loads["healthz"]
             for batch in (1, 100):
                 result[f"api_{batch}"] = loads[f"events{batch}"]
-            result["reads"] = reads_with_pending(server, url, env["DRIFTREC_DATA_DIR"], duration)
+            result["reads"] = reads_with_pending(server, env, duration)
         out[backend] = result
         b = result["bulk"]
         raw = b["raw_executemany_eps"]

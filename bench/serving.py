@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import MODEL, Catalogue, build_catalogue
+from bench.data import Catalogue, build_catalogue
+from bench.data import runtime as runtime_for
 from bench.server import Server
 
 log = logging.getLogger(__name__)
@@ -18,20 +19,10 @@ log = logging.getLogger(__name__)
 ENDPOINTS = ("healthz", "recommendations", "similar", "search")
 
 
-def _runtime(catalogue: Catalogue):  # type: ignore[no-untyped-def]
-    from service.runtime import Runtime
-    from store.settings import load_settings
-
-    settings = load_settings(
-        {**os.environ, **catalogue.env()}, embedder_model=MODEL, log_level="WARNING"
-    )
-    return Runtime(settings)
-
-
 def reindex(catalogue: Catalogue, *, full: bool) -> dict[str, Any]:
     """Build (``full``: always, from scratch: k-means too, not the previous index's centroids)
     and publish the index, then reindex again unchanged."""
-    runtime = _runtime(catalogue)
+    runtime = runtime_for(catalogue.env())
     try:
         started = time.perf_counter()
         first = runtime.reindex(full=full, retrain=full)
@@ -64,7 +55,7 @@ def user_queries(catalogue: Catalogue, n: int, seed: int = 7) -> list[tuple[np.n
     from interest.profile import state_from_row
     from store.events import get_profile, seen_item_ids, user_ids
 
-    runtime = _runtime(catalogue)
+    runtime = runtime_for(catalogue.env())
     rng = np.random.default_rng(seed)
     encoder = runtime.encoders.get(None)
     out = []

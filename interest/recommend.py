@@ -136,12 +136,14 @@ class Recommender:
         )
         self.index.refresh(revision=found.catalogue_revision)
         user_id, row = found.user_id, found.profile
-        state = state_from_row(row) if row is not None else None
-        if state is not None and found.pending:  # events not in the stored profile yet
-            settings = self.settings
-            fold_events(state, found.pending, settings.recent_buffer_size, settings.event_weights)
-        if state is not None and not state.event_count:
-            state = None
+        state = None
+        if row is not None and (row.event_count or found.pending):
+            state = state_from_row(row)
+            if found.pending:  # events not in the stored profile yet
+                settings = self.settings
+                fold_events(
+                    state, found.pending, settings.recent_buffer_size, settings.event_weights
+                )
         excluded = set(exclude) | found.seen
         if user_id is not None and not exclude_seen:
             with self.db.read() as session:

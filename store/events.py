@@ -118,15 +118,10 @@ def _pending_event_columns() -> tuple[ColumnElement[Any], ...]:
     return (events.item_id, events.type, events.value, events.timestamp, vector.label("vector"))
 
 
-def _pending_events_join(users_or_pending: Any) -> Any:
-    """``users_or_pending`` joined to the pending events' rows in events and items."""
-    pending = PendingEvent.__table__
-    joined = users_or_pending
-    if users_or_pending is User.__table__:
-        joined = joined.join(pending, pending.c.user_id == User.__table__.c.id)
-    return joined.join(Event.__table__, Event.__table__.c.event_id == pending.c.event_id).join(
-        Item.__table__, Item.__table__.c.id == Event.__table__.c.item_id
-    )
+#: Pending events with their rows in events and items (what `_pending_event_columns` reads).
+_PENDING_JOIN = PendingEvent.__table__.join(Event.__table__).join(
+    Item.__table__, Item.__table__.c.id == Event.__table__.c.item_id
+)
 
 
 def _profile_read(with_seen: bool) -> DirectRead:
@@ -168,7 +163,7 @@ def _profile_read(with_seen: bool) -> DirectRead:
             null(),
             *event_columns,
         )
-        .select_from(_pending_events_join(users))
+        .select_from(users.join(_PENDING_JOIN, PendingEvent.__table__.c.user_id == users.c.id))
         .where(users.c.external_id == bindparam("external_id"))
     )
     return DirectRead(
@@ -449,7 +444,7 @@ _PENDING_COUNTS = {
 _PENDING_EVENTS = {
     dialect: DirectRead(
         select(Event.__table__.c.event_id, Event.__table__.c.user_id, *_pending_event_columns())
-        .select_from(_pending_events_join(PendingEvent.__table__))
+        .select_from(_PENDING_JOIN)
         .where(in_bound_list(PendingEvent.__table__.c.user_id, "ids", dialect))
         .order_by(Event.__table__.c.user_id, Event.__table__.c.id),
         "ids",

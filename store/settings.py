@@ -59,8 +59,9 @@ class Settings:
     #: profile is read) instead of rewriting the profile, while the user has at most this many;
     #: the event past it folds them all into the stored profile. 0: every event rewrites it.
     #: Off by default: readers pay for pending events (a recommendation of a user with ~4 of
-    #: them cost ~17% more CPU, and a mixed soak fell behind as they accumulated), and
-    #: PostgreSQL's planner scans the whole table of them until it has statistics on it.
+    #: them cost ~17% more CPU), and PostgreSQL's planner scans the whole table of them until
+    #: it has statistics on it. Turned off again, readers keep folding the events still
+    #: pending until `driftrec rebuild-profiles` takes them into the profiles.
     profile_pending_max: int = 0
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     #: Above this many items the index is approximate. Exact search reads every vector per

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cli_helpers import fields, invoke, ok, prepare_movielens
 from sqlalchemy import func, select
 
+from interest.ingest import EventInput
 from service.runtime import Runtime
 from store.db import Database
 from store.dump import TABLES, _encode, _table
@@ -87,10 +89,6 @@ def source(tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
 def _pending_events(env: dict[str, str]) -> None:
     """Two events through the API's ingest path on a user who has a profile: they wait
     outside it (`store.models.PendingEvent`), so the dump must carry them as pending."""
-    from datetime import UTC, datetime
-
-    from interest.ingest import EventInput
-
     runtime = Runtime(load_settings({**env, "DRIFTREC_PROFILE_PENDING_MAX": "8"}))
     try:
         with runtime.db.read() as session:
