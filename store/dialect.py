@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from store.direct_read import DirectWrite
+from store.direct_read import DirectRead, DirectWrite
 
 
 def insert_ignoring_conflicts(
@@ -27,19 +27,60 @@ def insert_ignoring_conflicts(
     On the Session's DBAPI connection (`store.direct_read`): a user's first event inserts a user
     and a profile row, and SQLAlchemy's per-execution work cost more than the insert; bulk
     imports insert thousands, which SQLAlchemy sent as multi-VALUES statements that psycopg then
-    parsed in Python. Rows come back from one execute per row on SQLite (sqlite3's executemany
-    returns none) and from psycopg's pipelined executemany on PostgreSQL.
+    parsed in Python. Rows come back from psycopg's pipelined executemany on PostgreSQL; on
+    SQLite (whose driver's executemany returns none) from the rows themselves where they hold
+    the columns asked for (`_insert_new_sqlite`), else from one execute per row.
     """
     if not rows:
         return []
     dialect = session.get_bind().dialect.name
-    write = _direct_insert(dialect, table, tuple(rows[0]), conflict_column, tuple(returning))
+    columns = tuple(rows[0])
+    if dialect == "sqlite" and len(rows) > 1 and set(returning) <= set(columns):
+        return _insert_new_sqlite(session, table, rows, conflict_column, returning)
+    write = _direct_insert(dialect, table, columns, conflict_column, tuple(returning))
     if not returning:
         write.executemany(session, rows)
         return []
     if dialect == "postgresql" and len(rows) > 1:
         return write.executemany_returning(session, rows)
     return [back for row in rows for back in write.execute(session, row)]
+
+
+def _insert_new_sqlite(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    conflict_column: str,
+    returning: Sequence[str],
+) -> list[Any]:
+    """The rows whose key is not stored yet (the first of each key), found with one query and
+    inserted with one executemany; their ``returning`` columns. An import's 10,000 new profiles
+    took 0.5 s of CPU as one execute each.
+
+    Exact because SQLite has one writer at a time: between the query and the insert no other
+    connection can add a key (a write transaction holds the lock from its BEGIN IMMEDIATE; a
+    deferred one whose snapshot went stale fails on its write instead, and is retried).
+    """
+    stored = {
+        key
+        for (key,) in _stored_keys(table, conflict_column).all_in(
+            session, {"keys": bound_list((row[conflict_column] for row in rows), "sqlite")}
+        )
+    }
+    new: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row[conflict_column] not in stored:
+            new.setdefault(row[conflict_column], row)
+    if new:
+        write = _direct_insert("sqlite", table, tuple(rows[0]), conflict_column, ())
+        write.executemany(session, list(new.values()))
+    return [tuple(row[name] for name in returning) for row in new.values()]
+
+
+@functools.cache
+def _stored_keys(table: Table, column_name: str) -> DirectRead:
+    key = table.c[column_name]
+    return DirectRead(select(key).where(in_bound_list(key, "keys", "sqlite")), "keys")
 
 
 def in_list(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:

@@ -323,3 +323,24 @@ def test_one_profile_inserted_alone_reports_whether_it_was_created(db: Database)
         stored = {p.user_id: p for p in session.scalars(select(Profile))}
     assert stored[first].event_count != 99 and stored[first].version == 1
     assert set(stored) == {first, second}
+
+
+def test_profiles_inserted_together_report_only_those_created(db: Database) -> None:
+    """Many profile rows in one call (an import's new users; one query and one executemany on
+    SQLite, a pipelined executemany on PostgreSQL): a user who has a profile keeps it, a user
+    named twice gets the first row, and only the created ones are reported."""
+    users, _ = _setup(db, ["a", "b", "c"])
+    first, second, third = sorted(users.values())
+    with db.write() as session:
+        assert insert_profiles(session, [{**_columns(first), "user_id": first}]) == {first}
+    rows = [
+        {**_columns(first), "user_id": first, "event_count": 99},
+        {**_columns(second), "user_id": second, "event_count": 2},
+        {**_columns(third), "user_id": third, "event_count": 3},
+        {**_columns(second), "user_id": second, "event_count": 98},
+    ]
+    with db.write() as session:
+        assert insert_profiles(session, rows) == {second, third}
+    with db.read() as session:
+        counts = dict(session.execute(select(Profile.user_id, Profile.event_count)).all())
+    assert counts == {first: 0, second: 2, third: 3}
