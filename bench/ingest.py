@@ -2,7 +2,8 @@
 
 References: for batches and bulk import, a raw DBAPI executemany of the same rows into
 ``events`` in the same database; for single events, the same server's ``/healthz`` under the
-same load (the HTTP floor under one event's latency).
+same load (the HTTP floor under one event's latency). Single events are also sent open loop at
+half the rate the closed loop sustained: the latency a client sees below saturation.
 
 The API points run on users who have profiles (those the bulk import built), as a running
 service's returning users do. Where profiles may lag their events (`DRIFTREC_PROFILE_PENDING_MAX`
