@@ -168,9 +168,10 @@ def bulk(env: dict[str, str], n: int) -> dict[str, Any]:
 def _vacuum(db) -> None:  # type: ignore[no-untyped-def]
     """``VACUUM ANALYZE`` the benchmark database before the API points. The PostgreSQL of these
     machines runs with autovacuum off (``/etc/postgresql/*/main/conf.d/90-ci.conf``): the points
-    would otherwise start on the setup's dead rows (the 440,000 events deleted above, the TOAST
-    chunks of every profile rewritten) and without planner statistics, where a server with
-    autovacuum on (PostgreSQL's default) would have cleaned up after an import. The dead rows
+    would otherwise start on the setup's dead rows (the events deleted above, twice: the
+    import's and the raw reference's; the TOAST chunks of every profile rewritten) and
+    without planner statistics, where a server with autovacuum on (PostgreSQL's default)
+    would have cleaned up after an import. The dead rows
     the points themselves leave are not vacuumed while they run."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM ANALYZE")

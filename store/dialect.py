@@ -36,7 +36,7 @@ def insert_ignoring_conflicts(
     dialect = session.get_bind().dialect.name
     columns = tuple(rows[0])
     if dialect == "sqlite" and len(rows) > 1 and set(returning) <= set(columns):
-        return _insert_new_sqlite(session, table, rows, conflict_column, returning)
+        return _insert_new_sqlite(session, table, rows, columns, conflict_column, returning)
     write = _direct_insert(dialect, table, columns, conflict_column, tuple(returning))
     if not returning:
         write.executemany(session, rows)
@@ -50,6 +50,7 @@ def _insert_new_sqlite(
     session: Session,
     table: Table,
     rows: Sequence[dict[str, Any]],
+    columns: tuple[str, ...],
     conflict_column: str,
     returning: Sequence[str],
 ) -> list[Any]:
@@ -72,7 +73,7 @@ def _insert_new_sqlite(
         if row[conflict_column] not in stored:
             new.setdefault(row[conflict_column], row)
     if new:
-        write = _direct_insert("sqlite", table, tuple(rows[0]), conflict_column, ())
+        write = _direct_insert("sqlite", table, columns, conflict_column, ())
         write.executemany(session, list(new.values()))
     return [tuple(row[name] for name in returning) for row in new.values()]
 
