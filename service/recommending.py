@@ -34,7 +34,7 @@ SERVED_BY_MODEL = "correction_network"
 SERVED_BY_BLEND = "decayed_blend"
 SERVED_BY_COLD_START = "cold_start"
 #: How long a read waits for the row of an answer another process has just given (its session
-#: writer commits within milliseconds; this bounds the wait for an id that never arrives).
+#: writer commits within ~50 ms; this bounds the wait for an id that never arrives).
 JUST_ISSUED_WAIT_S = 1.0
 
 

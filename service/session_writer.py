@@ -7,7 +7,7 @@ turn with the other worker and with every event writer, and ~8% of a worker's CP
 (one py-spy profile under load). Queued, the rows of the requests served while one batch
 commits go into the next one.
 
-A row is committed a few milliseconds after its answer is sent. Readers that need it wait:
+A row is committed within ~50 ms of its answer (`LINGER_S`). Readers that need it wait:
 `flush` for the rows this process queued, `service.recommending.stored_session` for an id
 another process issued a moment ago. Rows still queued when a process is killed (-9) are
 lost: a client paging such an answer gets a 404 and asks again; events are never queued here.
@@ -29,10 +29,14 @@ log = logging.getLogger(__name__)
 
 #: Rows per INSERT at most (a batch larger than this is split over several transactions).
 MAX_BATCH = 512
-#: How long the first row of a batch waits for others to join it. A transaction costs a worker
-#: ~0.35 ms of CPU (SQLite, 100k benchmark): one per answer was more than the INSERT on the
-#: request had cost; at 200 answers/s per worker a batch holds ~4 rows.
-LINGER_S = 0.02
+#: How long the first row of a batch waits for others to join it. A transaction's own work
+#: (the Session, BEGIN IMMEDIATE, the commit) costs the writer ~1 ms of CPU on a slow 2-core VM
+#: and each row past it ~0.02 ms: at 20 ms a worker answering 170 recommendations/s (100k
+#: items, SQLite) committed ~4 rows a time and its writer thread took 0.33 ms of CPU a row, at
+#: 50 ms 0.16 (with the INSERT on the DBAPI cursor, `store.recommendations`). Readers of a
+#: row this process queued do not wait for the linger (`flush`); other processes' readers
+#: wait for a just-issued id up to `service.recommending.JUST_ISSUED_WAIT_S`.
+LINGER_S = 0.05
 #: How long `flush` waits for the writer before giving up (it logs and goes on).
 FLUSH_TIMEOUT_S = 10.0
 
