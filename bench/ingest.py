@@ -171,8 +171,8 @@ def _vacuum(db) -> None:  # type: ignore[no-untyped-def]
     would otherwise start on the setup's dead rows (the events deleted above, twice: the
     import's and the raw reference's; the TOAST chunks of every profile rewritten) and
     without planner statistics, where a server with autovacuum on (PostgreSQL's default)
-    would have cleaned up after an import. The dead rows
-    the points themselves leave are not vacuumed while they run."""
+    would have cleaned up after an import. The dead rows the points themselves leave are not
+    vacuumed while they run."""
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.exec_driver_sql("VACUUM ANALYZE")
 

@@ -56,22 +56,11 @@ def unanswered_recent_ids(session: Session, issued_since: float) -> set[str]:
     return {recomm_id for recomm_id in rows if issued_at(recomm_id) is not None}
 
 
-#: Built once: every answer inserts one row (values come as parameters).
-#: The columns a `session_row` binds, in the order it binds them.
-_SESSION_COLUMNS = (
-    "recomm_id",
-    "user_external_id",
-    "params",
-    "shown",
-    "shown_count",
-    "strategy",
-    "model_version_id",
-    "arm",
-    "created_at",
-    "expires_at",
-)
-# On the Session's DBAPI connection (`store.direct_read`): a server inserts a row per answer,
-# and through SQLAlchemy's Connection its executemany cost more CPU than the commit.
+#: Every column of the table: `session_row` binds them all.
+_SESSION_COLUMNS = tuple(RecommendationSession.__table__.columns.keys())
+#: Built once, run on the Session's DBAPI connection (`store.direct_read`): a server inserts a
+#: row per answer, and through SQLAlchemy's Connection its executemany cost more CPU than the
+#: commit.
 _INSERT = DirectWrite(
     RecommendationSession.__table__.insert().values(
         {name: bindparam(name) for name in _SESSION_COLUMNS}
