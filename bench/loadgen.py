@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
     sender = _open_loop if args.rate else _closed_loop
-    timeline, status_counts, elapsed, wall_origin = sender(args, headers)
+    timeline, status_counts, elapsed, wall_origin, extra = sender(args, headers)
     all_latencies = np.array([latency for _, latency, _ in timeline]) * 1000
     total = int(len(all_latencies))
     ok = sum(n for status, n in status_counts.items() if status.startswith("2"))
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "statuses": dict(status_counts),
         "qps": total / elapsed if elapsed else 0.0,
         **latency_figures(all_latencies),
+        **extra,
     }
     if args.window:
         summary["windows"] = windows(timeline, args.window)
@@ -112,8 +113,9 @@ def latency_figures(latencies_ms: np.ndarray) -> dict[str, float | None]:
 
 
 #: What a sender returns: every request's (seconds since start, latency s, ok), the count of
-#: each status, the seconds it ran, and the wall-clock time of its start.
-Sent = tuple[list[tuple[float, float, bool]], Counter[str], float, float]
+#: each status, the seconds it ran, the wall-clock time of its start, and figures of its own
+#: for the summary.
+Sent = tuple[list[tuple[float, float, bool]], Counter[str], float, float, dict[str, float]]
 
 
 def _open_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
@@ -133,7 +135,14 @@ def _open_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
         rate=args.rate,
         duration=args.duration,
     )
-    return done.timeline, done.statuses, done.seconds, wall_origin
+    late_ms = np.array(done.late) * 1000
+    extra = {}
+    if len(late_ms):
+        extra = {
+            "send_late_p99_ms": float(np.percentile(late_ms, 99)),
+            "send_late_max_ms": float(late_ms.max()),
+        }
+    return done.timeline, done.statuses, done.seconds, wall_origin, extra
 
 
 def _closed_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
@@ -180,7 +189,7 @@ def _closed_loop(args: argparse.Namespace, headers: dict[str, str]) -> Sent:
     status_counts: Counter[str] = Counter()
     for part in statuses:
         status_counts.update(part)
-    return [e for part in timeline for e in part], status_counts, elapsed, wall_origin
+    return [e for part in timeline for e in part], status_counts, elapsed, wall_origin, {}
 
 
 def windows(events: list[tuple[float, float, bool]], width: float) -> list[dict[str, object]]:

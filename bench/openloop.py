@@ -43,6 +43,10 @@ class OpenLoopResult:
     timeline: list[tuple[float, float, bool]] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    #: Per request, in the order they were sent: how late (s) after its scheduled moment this
+    #: generator opened its connection. Latency counts from the schedule, so a generator that
+    #: fell behind (starved of CPU on the machine it shares with the server) adds this much.
+    late: list[float] = field(default_factory=list)
 
 
 def http_request(
@@ -102,6 +106,7 @@ def run_open_loop(
         record(pending.scheduled, status)
 
     def start(scheduled: float) -> None:
+        result.late.append(time.perf_counter() - scheduled)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         pending = _Pending(scheduled, next_request())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,23 @@ from bench.loadgen import latency_figures
 DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
 #: Turns per mode in `Server.load_in_turns`.
 TURNS = 3
+
+
+def handled(log_text: str, endpoint: str) -> list[tuple[float, float]]:
+    """(wall-clock second, ms) of every request to ``endpoint`` (the route as the request log
+    names it, e.g. ``/v1/events``) in a server's log: the server's own time for it (Flask's
+    handling, not the wait for a free worker). `service.app`'s ``ts=`` is local time to the
+    second."""
+    line = re.compile(rf"ts=(\S+) .*endpoint={re.escape(endpoint)} status=\d+ duration_ms=([\d.]+)")
+    out: list[tuple[float, float]] = []
+    seconds: dict[str, float] = {}  # hundreds of lines share each stamp: parse it once
+    for match in line.finditer(log_text):
+        stamp = match.group(1)
+        at = seconds.get(stamp)
+        if at is None:
+            at = seconds[stamp] = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+        out.append((at, float(match.group(2))))
+    return out
 
 
 def free_port() -> int:

@@ -34,14 +34,11 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,27 +46,25 @@ from typing import Any
 import numpy as np
 
 from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
-from bench.loadgen import windows
+from bench.machine import (
+    BACKLOG_EVERY_S,
+    OTHERS_SHOWN_MS,
+    accept_queue_sampler,
+    attribute,
+    others_sampler,
+    slow_seconds,
+    steal_sampler,
+    ticks_ms,
+)
 from bench.report import RESULTS_DIR
-from bench.server import DRIFTREC, Server, base_env
-from indexer.pacing import machine_cpu_ticks, machine_steal_ticks
+from bench.server import DRIFTREC, Server, base_env, handled
+from indexer.pacing import machine_cpu_ticks
 
 log = logging.getLogger("bench.soak")
 
 WINDOW_S = 30.0
 PEAK_S = 20.0
 MEMORY_EVERY_S = 10.0
-#: How often steal time is sampled (attributed to the slow seconds).
-STEAL_EVERY_S = 0.25
-#: How often the server's accept queue is sampled (the most waiting per slow second); a read of
-#: /proc/net/tcp costs ~2 ms of CPU here, so not much more often.
-BACKLOG_EVERY_S = 0.25
-#: How often the CPU time of processes outside the soak is sampled: a scan of /proc, ~2-3 ms
-#: for the ~130 processes of the benchmark VM.
-OTHERS_EVERY_S = 0.5
-#: Other processes' CPU in a second is shown from this much: per second the figure is only good
-#: to ~60 ms either way (ticks against finer process times, samples 0.5 s apart).
-OTHERS_SHOWN_MS = 100.0
 P99_SPREAD_LIMIT = 3.0
 #: The steady state itself must be within the service's recommendation p99 target: a run whose
 #: every window is slow would otherwise pass the spread check (one did, at 37 ms steady).
@@ -169,12 +164,8 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         timeline = np.load(TIMELINE)
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
-        result["slow_seconds"] = slow_seconds(timeline)
-        for second in result["slow_seconds"]:
-            at = origin + second["start_s"]
-            second["steal_ms"] = ticks_ms(steal, at, at + 1.0)
-            second["accept_queue"] = most_waiting(backlog, at, at + 1.0)
-            second["others_ms"] = ticks_ms(others, at, at + 1.0)
+        result["slow_seconds"] = slow_seconds(timeline, P99_STEADY_LIMIT_MS)
+        attribute(result["slow_seconds"], origin, steal, others, backlog)
         if len(timeline):
             result["steal_ms_total"] = ticks_ms(steal, origin, float(timeline[-1, 0]))
             result["others_ms_total"] = ticks_ms(others, origin, float(timeline[-1, 0]))
@@ -213,120 +204,6 @@ class MachineCpu:
         return (now[0] - last[0]) / (now[1] - last[1])
 
 
-class Sampler:
-    """``read()`` every ``every_s`` seconds on a thread, kept with the wall-clock time."""
-
-    def __init__(self, read: Callable[[], int | None], every_s: float, name: str) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._read, self._every_s = read, every_s
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            value = self._read()
-            if value is not None:
-                self.samples.append((time.time(), value))
-            if self._stopped.wait(self._every_s):
-                return
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5)
-
-
-def steal_sampler() -> Sampler:
-    """The hypervisor's steal time (/proc/stat: time this VM's CPUs were ready to run but the
-    host ran something else), every `STEAL_EVERY_S`: a slow second with steal in it is the
-    host's, not ours."""
-    return Sampler(machine_steal_ticks, STEAL_EVERY_S, "steal-sampler")
-
-
-def ticks_ms(sampler: Sampler, start: float, end: float) -> float | None:
-    """CPU milliseconds (all CPUs together) that a sampler of cumulative ticks (steal, other
-    processes) counted between wall-clock ``start`` and ``end``, from the samples nearest to
-    each (None without two distinct ones)."""
-    if not sampler.samples:
-        return None
-    first = min(sampler.samples, key=lambda sample: abs(sample[0] - start))
-    last = min(sampler.samples, key=lambda sample: abs(sample[0] - end))
-    if last[0] <= first[0]:
-        return None
-    return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def others_sampler() -> Sampler:
-    """`outside_cpu_ticks` of this process's tree every `OTHERS_EVERY_S`: a slow second in
-    which other processes on the machine (its own services, say) took the CPU is theirs."""
-    root = os.getpid()
-    return Sampler(lambda: outside_cpu_ticks(root), OTHERS_EVERY_S, "others-sampler")
-
-
-def outside_cpu_ticks(root: int) -> int | None:
-    """CPU ticks since boot of every process outside ``root`` and its descendants: the
-    machine's busy time, less steal, less the tree's own (each live process's user and system
-    time with its reaped children's, so a process of the tree that exits moves its time to its
-    parent). Approximate to a tick or two a sample: /proc/stat counts in ticks, processes in
-    finer units. None where /proc cannot be read."""
-    busy, steal = machine_cpu_ticks(), machine_steal_ticks()
-    if busy is None or steal is None:
-        return None
-    children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    own, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        own += ticks.get(pid, 0)
-        pending.extend(children.get(pid, ()))
-    return busy[0] - steal - own
-
-
-def accept_queue_sampler(port: int) -> Sampler:
-    """The server's accept queue (`listen_backlog`) every `BACKLOG_EVERY_S`."""
-    return Sampler(lambda: listen_backlog(port), BACKLOG_EVERY_S, "backlog-sampler")
-
-
-def listen_backlog(port: int) -> int | None:
-    """Connections waiting in the accept queue of the socket listening on ``port`` (the
-    receive-queue column of its LISTEN row in /proc/net/tcp): with sync workers, one per
-    request that no worker has taken yet. None where it cannot be read.
-
-    The kernel lists listening sockets first: reading stops at the first other row, before the
-    thousands of connections in TIME_WAIT that a load of one connection per request leaves.
-    """
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as rows:
-                next(rows, None)  # the header
-                for row in rows:
-                    fields = row.split()
-                    if fields[3] != "0A":
-                        break
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return int(fields[4].split(":")[1], 16)
-        except OSError:
-            continue
-    return None
-
-
-def most_waiting(sampler: Sampler, start: float, end: float) -> int | None:
-    """The longest accept queue sampled between wall-clock ``start`` and ``end``."""
-    values = [value for at, value in sampler.samples if start <= at < end]
-    return max(values) if values else None
-
-
 def cpu_busy_by_window(memory: list[dict[str, Any]]) -> dict[int, float]:
     """Mean machine CPU busy share per 30 s window, from the samples taken every
     `MEMORY_EVERY_S` (each covers the interval before it)."""
@@ -338,43 +215,16 @@ def cpu_busy_by_window(memory: list[dict[str, Any]]) -> dict[int, float]:
     return {index: statistics.mean(values) for index, values in shares.items()}
 
 
-#: The server's request log line of a recommendation (`service.app`'s ``ts=`` is local time
-#: to the second).
-_REQUEST_LINE = re.compile(
-    r"ts=(\S+) .*endpoint=/v1/users/<user_id>/recommendations status=\d+ duration_ms=([\d.]+)"
-)
-
-
 def handler_p99_by_window(log_text: str, origin: float) -> dict[int, float]:
-    """p99 of the server's own time per recommendation (its request log: Flask's handling,
-    not the wait for a free worker) per 30 s window from wall-clock ``origin``. Tells a slow
-    window whose requests were slow inside the server from one whose requests waited for it."""
+    """p99 of the server's own time per recommendation (`bench.server.handled`) per 30 s
+    window from wall-clock ``origin``. Tells a slow window whose requests were slow inside the
+    server from one whose requests waited for it."""
     durations: dict[int, list[float]] = {}
-    seconds: dict[str, float] = {}  # hundreds of lines share each stamp: parse it once
-    for match in _REQUEST_LINE.finditer(log_text):
-        stamp = match.group(1)
-        at = seconds.get(stamp)
-        if at is None:
-            at = seconds[stamp] = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+    for at, ms in handled(log_text, "/v1/users/<user_id>/recommendations"):
         if at + 1 < origin:  # the warm-up and the closed-loop maximum before the soak
             continue
-        index = max(0, int((at - origin) // WINDOW_S))
-        durations.setdefault(index, []).append(float(match.group(2)))
+        durations.setdefault(max(0, int((at - origin) // WINDOW_S)), []).append(ms)
     return {index: float(np.percentile(values, 99)) for index, values in durations.items()}
-
-
-def slow_seconds(timeline: np.ndarray) -> list[dict[str, Any]]:
-    """The seconds of the run (by send time) whose p99 exceeds `P99_STEADY_LIMIT_MS`: where a
-    slow window's time went (episodes of a second or two, or spread thin). ``timeline`` rows
-    are `bench.loadgen --timeline`'s (send time, latency s, ok)."""
-    if len(timeline) == 0:
-        return []
-    relative = np.column_stack([timeline[:, 0] - timeline[0, 0], timeline[:, 1:3]])
-    return [
-        second
-        for second in windows(relative, 1.0)
-        if second["requests"] and second["p99_ms"] > P99_STEADY_LIMIT_MS
-    ]
 
 
 def _reindex(env: dict[str, str], server: Server) -> dict[str, Any]:
@@ -530,7 +380,7 @@ def render(result: dict[str, Any]) -> str:
         " queue: the most requests seen waiting in the server's accept queue for a worker"
         f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp;"
         " others: CPU time of the machine's processes outside this soak (not its server, load"
-        " generators or job) in that second, from /proc, shown from"
+        " generators or job, nor a PostgreSQL server's) in that second, from /proc, shown from"
         f" {OTHERS_SHOWN_MS:g} ms)."
         + (
             f" Steal over the whole run: {result['steal_ms_total']:.0f} ms."
@@ -555,7 +405,15 @@ def render(result: dict[str, Any]) -> str:
     lines += [
         "",
         "p99 in the server is its own handling of a recommendation (its request log), without"
-        " the wait for a free worker; CPU busy is the whole machine's (load generators included).",
+        " the wait for a free worker; CPU busy is the whole machine's (load generators included)."
+        + (
+            " The load generator sent its requests late by p99"
+            f" {recs['send_late_p99_ms']:.1f} ms, at most {recs['send_late_max_ms']:.1f} ms"
+            " (waiting for a CPU itself): latency counts from the scheduled moment, so that"
+            " much of a slow request's time is the generator's."
+            if "send_late_p99_ms" in recs
+            else ""
+        ),
         "",
         "| window | requests | errors | p50 ms | p99 ms | p99 in the server ms | CPU busy |",
         "|---|---|---|---|---|---|---|",
