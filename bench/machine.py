@@ -168,19 +168,25 @@ def slow_seconds(timeline: np.ndarray, limit_ms: float) -> list[dict[str, Any]]:
     ]
 
 
-def attribute(
-    seconds: list[dict[str, Any]],
-    origin: float,
-    steal: Sampler,
-    others: Sampler,
-    backlog: Sampler | None = None,
-) -> None:
-    """Add ``steal_ms`` and ``others_ms`` (and with ``backlog``, `accept_queue_sampler`'s,
-    ``accept_queue``) to each of ``seconds`` (`slow_seconds`' rows, whose ``start_s`` counts
-    from wall-clock ``origin``)."""
-    for second in seconds:
-        at = origin + second["start_s"]
-        second["steal_ms"] = ticks_ms(steal, at, at + 1.0)
-        second["others_ms"] = ticks_ms(others, at, at + 1.0)
-        if backlog is not None:
-            second["accept_queue"] = most_waiting(backlog, at, at + 1.0)
+class MachineWatch:
+    """The host's steal, other processes' CPU and the accept queue of the server on ``port``,
+    sampled on threads from creation until `stop`."""
+
+    def __init__(self, port: int) -> None:
+        self.steal = steal_sampler()
+        self.others = others_sampler()
+        self.backlog = accept_queue_sampler(port)
+
+    def stop(self) -> None:
+        for sampler in (self.steal, self.others, self.backlog):
+            sampler.stop()
+
+    def attribute(self, seconds: list[dict[str, Any]], origin: float) -> None:
+        """Add ``steal_ms``, ``others_ms`` and ``accept_queue`` (the most waiting) to each of
+        ``seconds`` (`slow_seconds`' rows, whose ``start_s`` counts from wall-clock
+        ``origin``)."""
+        for second in seconds:
+            at = origin + second["start_s"]
+            second["steal_ms"] = ticks_ms(self.steal, at, at + 1.0)
+            second["others_ms"] = ticks_ms(self.others, at, at + 1.0)
+            second["accept_queue"] = most_waiting(self.backlog, at, at + 1.0)

@@ -46,16 +46,7 @@ from typing import Any
 import numpy as np
 
 from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
-from bench.machine import (
-    BACKLOG_EVERY_S,
-    OTHERS_SHOWN_MS,
-    accept_queue_sampler,
-    attribute,
-    others_sampler,
-    slow_seconds,
-    steal_sampler,
-    ticks_ms,
-)
+from bench.machine import BACKLOG_EVERY_S, OTHERS_SHOWN_MS, MachineWatch, slow_seconds, ticks_ms
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env, handled
 from indexer.pacing import machine_cpu_ticks
@@ -145,9 +136,7 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         began = time.monotonic()
         memory: list[dict[str, float]] = []
         cpu = MachineCpu()
-        steal = steal_sampler()
-        backlog = accept_queue_sampler(server.port)
-        others = others_sampler()
+        watch = MachineWatch(server.port)
         reindex: dict[str, Any] | None = None
         while recs.poll() is None:
             elapsed = time.monotonic() - began
@@ -158,17 +147,15 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
                 reindex = {"at_s": round(elapsed, 1), **_reindex(run_env, server)}
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
-        steal.stop()
-        backlog.stop()
-        others.stop()
+        watch.stop()
         timeline = np.load(TIMELINE)
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline, P99_STEADY_LIMIT_MS)
-        attribute(result["slow_seconds"], origin, steal, others, backlog)
+        watch.attribute(result["slow_seconds"], origin)
         if len(timeline):
-            result["steal_ms_total"] = ticks_ms(steal, origin, float(timeline[-1, 0]))
-            result["others_ms_total"] = ticks_ms(others, origin, float(timeline[-1, 0]))
+            result["steal_ms_total"] = ticks_ms(watch.steal, origin, float(timeline[-1, 0]))
+            result["others_ms_total"] = ticks_ms(watch.others, origin, float(timeline[-1, 0]))
         if reindex is not None:
             for second in result["slow_seconds"]:
                 second["job_phase"] = phase_at(reindex["phases"], origin + second["start_s"])
