@@ -164,6 +164,33 @@ def test_keys_and_authorization_headers_never_reach_a_log_line(app, keys, caplog
     assert "s3cr3t" not in text and "Bearer" not in text
 
 
+def test_the_logged_duration_counts_the_key_check(app, monkeypatch, caplog):
+    """The request log's duration starts before the auth check: a slow key lookup (the cache
+    expired, the database busy) shows in it instead of hiding in front of it."""
+    import service.auth
+
+    monkeypatch.setattr(app.extensions[KEY_CACHE], "ttl_s", 0.0)
+    authenticate = service.auth.authenticate
+
+    def slow_authenticate(session, token):
+        time.sleep(0.2)
+        return authenticate(session, token)
+
+    monkeypatch.setattr(service.auth, "authenticate", slow_authenticate)
+    with app.extensions["driftrec"].db.write() as session:
+        _, key = create_key(session, "timed", ["read"])
+    caplog.set_level(logging.INFO, logger="service.app")
+    assert _call(app, "GET", "/healthz", None, _bearer(key)).status_code == 200  # open: no check
+    assert _call(app, "GET", "/v1/items/space-1", None, _bearer(key)).status_code == 200
+    durations = {
+        record.args[1]: record.args[3]
+        for record in caplog.records
+        if record.getMessage().startswith("request method=")
+    }
+    assert durations["/v1/items/<item_id>"] >= 200.0
+    assert durations["/healthz"] < 200.0
+
+
 def test_auth_disabled_opens_every_endpoint(app_builder, embedder, tmp_path):
     app = app_builder(f"sqlite:///{tmp_path}/open.db", tmp_path, embedder, auth="disabled")
     try:
