@@ -24,6 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.pool import NullPool
 
+from store.liveness import check_connections_on_checkout
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -55,7 +57,10 @@ def make_engine(url: str, *, pool_size: int = 5, wal_autocheckpoint: int | None 
         )
         _configure_sqlite(engine, wal_autocheckpoint)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    # Instead of pool_pre_ping's round trip at every checkout (see store.liveness).
+    check_connections_on_checkout(engine)
+    return engine
 
 
 def _configure_sqlite(engine: Engine, wal_autocheckpoint: int | None) -> None:
