@@ -59,6 +59,27 @@ def test_a_failed_read_leaves_the_pool_usable_and_no_transaction_open(db: Databa
         connection.close()
 
 
+def test_a_read_on_postgresql_is_its_own_transaction(postgres_url: str) -> None:
+    """No BEGIN before the statement (two round trips fewer): PostgreSQL's transaction time
+    is then the statement's own start; after a BEGIN sent apart it would be earlier. The
+    connection goes back to the pool as Sessions expect it: their transactions stay whole."""
+    db = Database(postgres_url)
+    try:
+        own = DirectRead(select((func.now() == func.statement_timestamp()).label("own")))
+        assert own.first(db, {}).own is True
+        with db.read() as session:  # a Session's statements still run inside a transaction
+            session.execute(text("SELECT pg_sleep(0.01)"))
+            assert (
+                session.execute(select(func.now() == func.statement_timestamp())).scalar() is False
+            )
+        with pytest.raises(RuntimeError), db.write() as session:
+            upsert_items(session, [ItemInput("rolled-back", "Gone")])
+            raise RuntimeError
+        assert DirectRead(_ITEM, "external_id").first(db, {"external_id": "rolled-back"}) is None
+    finally:
+        db.dispose()
+
+
 def test_a_failed_read_raises_sqlalchemys_error_and_invalidates_its_connection(
     db: Database,
 ) -> None:
