@@ -18,7 +18,6 @@ has folded in.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -31,13 +30,11 @@ import numpy as np
 from bench.data import BENCH_DIR, MODEL, N_USERS, build_catalogue
 from bench.data import runtime as runtime_for
 from bench.machine import OTHERS_SHOWN_MS, MachineWatch, slow_seconds
+from bench.postgres import fresh_database, vacuum_analyze
 from bench.server import Server, handled
 
 log = logging.getLogger(__name__)
 
-POSTGRES_ADMIN = os.environ.get(
-    "DRIFTREC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 ITEMS = 10_000
 #: The single-event p99 target (ms).
 SINGLE_EVENT_P99_MS = 10.0
@@ -46,10 +43,6 @@ SINGLE_EVENT_P99_MS = 10.0
 def _fresh_database(backend: str) -> dict[str, str]:
     """A migrated database holding the 10k catalogue's items (with vectors), no events: its
     DRIFTREC_DATABASE_URL and DRIFTREC_DATA_DIR."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.pool import NullPool
-
     from bench.data import _synthetic_item, title_vectors
     from store.db import Database
     from store.importing import import_item_vectors
@@ -61,12 +54,7 @@ def _fresh_database(backend: str) -> dict[str, str]:
     if backend == "sqlite":
         url = f"sqlite:///{directory / 'driftrec.db'}"
     else:
-        admin = create_engine(POSTGRES_ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text('DROP DATABASE IF EXISTS "driftrec_bench" WITH (FORCE)'))
-            connection.execute(text('CREATE DATABASE "driftrec_bench"'))
-        admin.dispose()
-        url = make_url(POSTGRES_ADMIN).set(database="driftrec_bench").render_as_string(False)
+        url = fresh_database("driftrec_bench")
     upgrade(url)
     catalogue = build_catalogue(ITEMS, progress=False)
     movies, _ = title_vectors()
@@ -155,7 +143,9 @@ def bulk(env: dict[str, str], n: int) -> dict[str, Any]:
         with db.write() as session:
             session.execute(text("DELETE FROM events"))
         if not sqlite:
-            _vacuum(db)
+            # The setup's dead rows: the events deleted above, twice (the import's and the raw
+            # reference's), the TOAST chunks of every profile rewritten.
+            vacuum_analyze(env["DRIFTREC_DATABASE_URL"])
         runtime.reindex()  # a (flat) index, for the recommendations after the API points
     finally:
         runtime.close()
@@ -170,18 +160,6 @@ def bulk(env: dict[str, str], n: int) -> dict[str, Any]:
         "increment_eps": len(more) / increment_s,
         "raw_executemany_eps": n / raw_s,
     }
-
-
-def _vacuum(db) -> None:  # type: ignore[no-untyped-def]
-    """``VACUUM ANALYZE`` the benchmark database before the API points. The PostgreSQL of these
-    machines runs with autovacuum off (``/etc/postgresql/*/main/conf.d/90-ci.conf``): the points
-    would otherwise start on the setup's dead rows (the events deleted above, twice: the
-    import's and the raw reference's; the TOAST chunks of every profile rewritten) and
-    without planner statistics, where a server with autovacuum on (PostgreSQL's default)
-    would have cleaned up after an import. The dead rows the points themselves leave are not
-    vacuumed while they run."""
-    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.exec_driver_sql("VACUUM ANALYZE")
 
 
 #: The API points leave events pending on the users' profiles; these users' are then folded.

@@ -45,8 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.data import BENCH_DIR, REPO_ROOT, build_catalogue
+from bench.data import BENCH_DIR, REPO_ROOT, Catalogue, build_catalogue
 from bench.machine import BACKLOG_EVERY_S, OTHERS_SHOWN_MS, MachineWatch, slow_seconds, ticks_ms
+from bench.postgres import fresh_database, vacuum_analyze
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env, handled
 from indexer.pacing import machine_cpu_ticks
@@ -64,25 +65,25 @@ MEMORY_GROWTH_LIMIT = 0.10
 MEMORY_SLACK_MIB = 50.0
 #: Every soak request's (send time, latency, ok), for a closer look at slow windows.
 TIMELINE = RESULTS_DIR / "soak-timeline.npy"
+#: ``--database``: SQLite (a copy of the catalogue's file) or PostgreSQL
+#: (``DRIFTREC_BENCH_POSTGRES_URL``'s server, database ``driftrec_soak``).
+DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
-def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str, Any]:
+def soak(
+    size: int, minutes: float, load: float, event_rate: float, database: str = "sqlite"
+) -> dict[str, Any]:
     catalogue = build_catalogue(size, progress=False)
-    # A copy, so the soak's events and index versions do not change the benchmark catalogue.
-    directory = BENCH_DIR / f"soak-{size}"
-    shutil.rmtree(directory, ignore_errors=True)
-    shutil.copytree(catalogue.directory, directory)
+    env = soak_copy(catalogue, database)
     # Write the copy out now: the kernel would otherwise flush its ~0.5 GB 30 s later, in the
     # middle of the measurement (on the benchmark VM, writeback takes CPU time and slowed the
     # server to half its rate for ~30 s).
     os.sync()
-    env = {
-        "DRIFTREC_DATABASE_URL": f"sqlite:///{directory / 'driftrec.db'}",
-        "DRIFTREC_DATA_DIR": str(directory),
-    }
+    directory = Path(env["DRIFTREC_DATA_DIR"])
     duration = minutes * 60
     result: dict[str, Any] = {
         "size": size,
+        "database": database,
         "minutes": minutes,
         "load": load,
         "event_rate": event_rate,
@@ -174,6 +175,37 @@ def soak(size: int, minutes: float, load: float, event_rate: float) -> dict[str,
         result["reindex"] = reindex
     result["verdict"] = verdict(result)
     return result
+
+
+def soak_copy(catalogue: Catalogue, database: str) -> dict[str, str]:
+    """A copy of the benchmark catalogue for the soak to change (its events and index
+    versions), so that the catalogue stays as the other benchmarks expect it: the SQLite
+    directory copied, or, for ``postgresql``, the catalogue exported (`driftrec export`) and
+    restored (`driftrec import dump`) into a fresh database, vacuumed and analysed. Its
+    DRIFTREC_DATABASE_URL and DRIFTREC_DATA_DIR."""
+    directory = BENCH_DIR / f"soak-{catalogue.size}" / database
+    shutil.rmtree(directory.parent, ignore_errors=True)
+    if database == "sqlite":
+        shutil.copytree(catalogue.directory, directory)
+        return {
+            "DRIFTREC_DATABASE_URL": f"sqlite:///{directory / 'driftrec.db'}",
+            "DRIFTREC_DATA_DIR": str(directory),
+        }
+    dump = directory.parent / "dump"
+    env = {
+        "DRIFTREC_DATABASE_URL": fresh_database("driftrec_soak"),
+        "DRIFTREC_DATA_DIR": str(directory),
+    }
+    for argv, run_env in (
+        (["export", str(dump)], catalogue.env()),
+        (["db", "upgrade"], env),
+        (["import", "dump", str(dump)], env),
+    ):
+        subprocess.run([DRIFTREC, *argv], env=base_env(run_env), check=True, capture_output=True)
+    shutil.rmtree(dump)
+    directory.mkdir(parents=True, exist_ok=True)  # the dump may hold no files to copy there
+    vacuum_analyze(env["DRIFTREC_DATABASE_URL"])
+    return env
 
 
 class MachineCpu:
@@ -314,7 +346,8 @@ def render(result: dict[str, Any]) -> str:
     recs, events, v = result["recommendations"], result["events"], result["verdict"]
     lines = [
         f"Soak ({result['started_at']}, commit {result['commit']}, load average "
-        f"{result['load_average_at_start']:.1f} at start): {result['size']:,} items, "
+        f"{result['load_average_at_start']:.1f} at start): {result['size']:,} items on "
+        f"{DATABASE_NAMES[result.get('database', 'sqlite')]}, "
         f"{result['minutes']:g} min at {result['load']:.0%} of the maximum recommendation rate "
         f"({result['max_rate']['qps']:.0f} qps closed-loop -> {result['rate']:.1f} qps "
         f"open-loop), events in batches of 10 at {result['event_rate']:g}/s, `reindex --full` "
@@ -446,6 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--event-rate", type=float, default=20.0, help="batches of 10 events per second"
     )
+    parser.add_argument("--database", choices=sorted(DATABASE_NAMES), default="sqlite")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     commit = subprocess.run(
@@ -456,7 +490,10 @@ def main(argv: list[str] | None = None) -> None:
         "commit": commit,
         "load_average_at_start": os.getloadavg()[0],
     }
-    result = {**header, **soak(args.size, args.minutes, args.load, args.event_rate)}
+    result = {
+        **header,
+        **soak(args.size, args.minutes, args.load, args.event_rate, args.database),
+    }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     Path(RESULTS_DIR / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)

@@ -1,0 +1,46 @@
+"""The benchmarks' PostgreSQL databases: a fresh one per run, vacuumed and analysed after setup.
+
+The server is ``DRIFTREC_BENCH_POSTGRES_URL`` (default the local one the tests use); each
+benchmark drops and recreates its own database there.
+"""
+
+from __future__ import annotations
+
+import os
+
+POSTGRES_ADMIN = os.environ.get(
+    "DRIFTREC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def fresh_database(name: str) -> str:
+    """Drop database ``name`` if it exists, create it empty (unmigrated); its URL."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    admin = create_engine(POSTGRES_ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
+    return make_url(POSTGRES_ADMIN).set(database=name).render_as_string(False)
+
+
+def vacuum_analyze(url: str) -> None:
+    """``VACUUM ANALYZE`` the database at ``url`` once its setup is written. The PostgreSQL of
+    these machines runs with autovacuum off (``/etc/postgresql/*/main/conf.d/90-ci.conf``): a
+    benchmark would otherwise start on its setup's dead rows and without planner statistics,
+    where a server with autovacuum on (PostgreSQL's default) would have cleaned up after an
+    import. The dead rows the measured load leaves are not vacuumed while it runs."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE")
+    finally:
+        engine.dispose()
