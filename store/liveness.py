@@ -3,8 +3,8 @@ on every checkout.
 
 SQLAlchemy's ``pool_pre_ping`` sends ``SELECT 1`` each time a connection leaves the pool: a
 round trip ahead of every request's first statement. Under closed-loop single events on
-PostgreSQL it held 10.6% of a server worker's samples (py-spy, 250 Hz, 15 s; idle, one
-checkout, ping included, costs ~80-120 us more than without it here). What it guards
+PostgreSQL it held 10.6% of a server worker's samples (py-spy, 250 Hz, 15 s); in process a
+checkout with it took 80-220 us more wall time than one without (two runs here). What it guards
 against is a server that dropped the connection (restarted, or the backend terminated), and
 then the server has closed its end: the socket of an idle connection turns readable (the
 FATAL message, then end of file), which ``poll`` sees in a microsecond. Nothing else makes an
