@@ -24,7 +24,8 @@ the host's steal time, the server's accept queue and the CPU time of the machine
 processes (on the benchmark VMs its own RabbitMQ broker starts an Erlang VM every ~61 s, a
 third of a second of CPU).
 
-Results go to ``bench/results/soak.json`` and ``soak.md``. Not part of `make test`.
+Results go to ``bench/results/soak.json`` and ``soak.md`` (``soak-postgresql.*`` for a soak on
+PostgreSQL, so that neither overwrites the other). Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ P99_SPREAD_LIMIT = 3.0
 P99_STEADY_LIMIT_MS = 25.0
 MEMORY_GROWTH_LIMIT = 0.10
 MEMORY_SLACK_MIB = 50.0
-#: Every soak request's (send time, latency, ok), for a closer look at slow windows.
-TIMELINE = RESULTS_DIR / "soak-timeline.npy"
 #: ``--database``: SQLite (a copy of the catalogue's file) or PostgreSQL
 #: (``DRIFTREC_BENCH_POSTGRES_URL``'s server, database ``driftrec_soak``).
 DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+
+
+def result_path(database: str, suffix: str) -> Path:
+    """Where a soak on ``database`` writes its ``suffix`` file: ``soak.json`` and so on for
+    SQLite, ``soak-postgresql.json`` for PostgreSQL. ``-timeline.npy`` holds every soak
+    request's (send time, latency, ok), for a closer look at slow windows."""
+    stem = "soak" if database == "sqlite" else f"soak-{database}"
+    return RESULTS_DIR / f"{stem}{suffix}"
 
 
 def soak(
@@ -131,7 +138,7 @@ def soak(
             rate=rate,
             window=WINDOW_S,
             seed=2,
-            timeline=TIMELINE,
+            timeline=result_path(database, "-timeline.npy"),
         )
         events = start_events(duration, seed=3)
         began = time.monotonic()
@@ -149,7 +156,7 @@ def soak(
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
         watch.stop()
-        timeline = np.load(TIMELINE)
+        timeline = np.load(result_path(database, "-timeline.npy"))
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline, P99_STEADY_LIMIT_MS)
@@ -344,10 +351,12 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     recs, events, v = result["recommendations"], result["events"], result["verdict"]
+    database = result.get("database", "sqlite")  # absent from soaks before commit 04e8913
+    timeline_path = result_path(database, "-timeline.npy")
     lines = [
         f"Soak ({result['started_at']}, commit {result['commit']}, load average "
         f"{result['load_average_at_start']:.1f} at start): {result['size']:,} items on "
-        f"{DATABASE_NAMES[result.get('database', 'sqlite')]}, "
+        f"{DATABASE_NAMES[database]}, "
         f"{result['minutes']:g} min at {result['load']:.0%} of the maximum recommendation rate "
         f"({result['max_rate']['qps']:.0f} qps closed-loop -> {result['rate']:.1f} qps "
         f"open-loop), events in batches of 10 at {result['event_rate']:g}/s, `reindex --full` "
@@ -395,7 +404,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
         + (f": {listed}" if slow else "")
-        + f" (every request's send time and latency: `{TIMELINE.relative_to(REPO_ROOT)}`;"
+        + f" (every request's send time and latency: `{timeline_path.relative_to(REPO_ROOT)}`;"
         " steal: CPU time the host took from this VM in that second, from /proc/stat;"
         " queue: the most requests seen waiting in the server's accept queue for a worker"
         f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp;"
@@ -495,9 +504,9 @@ def main(argv: list[str] | None = None) -> None:
         **soak(args.size, args.minutes, args.load, args.event_rate, args.database),
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    Path(RESULTS_DIR / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    result_path(args.database, ".json").write_text(json.dumps(result, indent=2) + "\n")
     text = render(result)
-    Path(RESULTS_DIR / "soak.md").write_text(text + "\n")
+    result_path(args.database, ".md").write_text(text + "\n")
     print(text)
     sys.exit(0 if result["verdict"]["holds"] else 1)
 
