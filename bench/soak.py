@@ -87,6 +87,7 @@ def soak(
     # server to half its rate for ~30 s).
     os.sync()
     directory = Path(env["DRIFTREC_DATA_DIR"])
+    timeline_path = result_path(database, "-timeline.npy")
     duration = minutes * 60
     result: dict[str, Any] = {
         "size": size,
@@ -138,7 +139,7 @@ def soak(
             rate=rate,
             window=WINDOW_S,
             seed=2,
-            timeline=result_path(database, "-timeline.npy"),
+            timeline=timeline_path,
         )
         events = start_events(duration, seed=3)
         began = time.monotonic()
@@ -156,7 +157,7 @@ def soak(
             time.sleep(MEMORY_EVERY_S)
         result["recommendations"] = json.loads(recs.communicate()[0].strip().splitlines()[-1])
         watch.stop()
-        timeline = np.load(result_path(database, "-timeline.npy"))
+        timeline = np.load(timeline_path)
         # Wall-clock time of the first send: the timeline's and the windows' zero.
         origin = float(timeline[0, 0]) if len(timeline) else time.time()
         result["slow_seconds"] = slow_seconds(timeline, P99_STEADY_LIMIT_MS)
