@@ -22,6 +22,7 @@ from store.events import (
     add_pending,
     clear_pending,
     ensure_users,
+    event_targets,
     insert_events,
     insert_profiles,
     lock_profile_rows,
@@ -29,7 +30,7 @@ from store.events import (
     pending_events,
     update_profiles,
 )
-from store.items import current_vectors, live_items_with_vectors
+from store.items import current_vectors
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,11 @@ def _ingest(
 ) -> IngestResult:
     result = IngestResult(rejected=list(pre_rejected))
     positions = _positions(len(events) + len(pre_rejected), pre_rejected)
-    # Ids and vectors of the batch's items in one query (not an ORM object per item).
-    items = live_items_with_vectors(session, {e.item_id for e in events}, embedder_model)
+    # Ids and vectors of the batch's items and the ids of its known users in one query (not
+    # an ORM object per item): the users of events rejected below are read for nothing.
+    items, known_users = event_targets(
+        session, {e.item_id for e in events}, {e.user_id for e in events}, embedder_model
+    )
     valid: list[tuple[int, EventInput]] = []
     seen_ids: set[str] = set()
     for position, event in zip(positions, events, strict=True):
@@ -133,7 +137,7 @@ def _ingest(
     result.rejected.sort()
     if not valid:
         return result
-    users = ensure_users(session, {e.user_id for _, e in valid})
+    users = ensure_users(session, {e.user_id for _, e in valid}, known=known_users)
     rows = [
         EventRow(
             e.event_id,

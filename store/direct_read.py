@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Executable, Select
+from sqlalchemy import CompoundSelect, Executable, Select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -60,11 +60,11 @@ class _Compiled:
 
 
 class DirectRead:
-    """A SELECT with the bound parameters ``names``, compiled once per dialect
-    (literal-execute values such as a separator rendered in); `first` runs it on a pooled
-    DBAPI connection."""
+    """A SELECT (or a UNION of them) with the bound parameters ``names``, compiled once per
+    dialect (literal-execute values such as a separator rendered in); `first` runs it on a
+    pooled DBAPI connection."""
 
-    def __init__(self, statement: Select[Any], *names: str) -> None:
+    def __init__(self, statement: Select[Any] | CompoundSelect, *names: str) -> None:
         self._statement = statement
         self._names = names
         self._compiled: dict[str, _Compiled] = {}

@@ -225,32 +225,15 @@ def has_current_vector(model: Any) -> ColumnElement[bool]:
     )
 
 
-def _live_items_statement(dialect: str) -> Select[Any]:
-    """External id, id and the vector where it is current (made by the model from the current
-    text), else NULL (a stale vector must not count), of live items."""
+def live_items_select(dialect: str, ids: str) -> Select[Any]:
+    """External id, id and the vector where it is current (made by the bound ``model`` from
+    the current text), else NULL (a stale vector must not count), of the live items among the
+    bound list ``ids`` (`store.dialect.bound_list`)."""
     items = Item.__table__.c
     current = has_current_vector(bindparam("model"))
-    return select(items.external_id, items.id, case((current, items.vector), else_=None)).where(
-        in_bound_list(items.external_id, "ids", dialect), items.deleted_at.is_(None)
-    )
-
-
-_LIVE_ITEMS = {
-    dialect: DirectRead(_live_items_statement(dialect), "ids", "model")
-    for dialect in ("postgresql", "sqlite")
-}
-
-
-def live_items_with_vectors(
-    session: Session, external_ids: Iterable[str], model: str
-) -> dict[str, tuple[int, bytes | None]]:
-    """(internal id, current float32 vector bytes or None) of live items, by external id; one
-    statement in the session's transaction, past its per-statement work (event ingestion
-    needs both, for every batch)."""
-    dialect = session.get_bind().dialect.name
-    params = {"ids": bound_list(set(external_ids), dialect), "model": model}
-    rows = _LIVE_ITEMS[dialect].all_in(session, params)
-    return {external_id: (item_id, vector) for external_id, item_id, vector in rows}
+    return select(
+        items.external_id, items.id, case((current, items.vector), else_=None).label("vector")
+    ).where(in_bound_list(items.external_id, ids, dialect), items.deleted_at.is_(None))
 
 
 def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[int, bytes]:

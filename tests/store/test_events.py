@@ -15,6 +15,7 @@ from store.events import (
     count_events,
     delete_user,
     ensure_users,
+    event_targets,
     get_profile,
     get_user,
     insert_events,
@@ -26,7 +27,7 @@ from store.events import (
     update_profiles,
     user_events,
 )
-from store.items import ItemInput, catalogue_revision, upsert_items
+from store.items import ItemInput, catalogue_revision, delete_item, store_vectors, upsert_items
 from store.models import Profile, User
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -62,6 +63,35 @@ def test_ensure_users_creates_once(db: Database) -> None:
         assert get_user(session, "carol").id == again["carol"]
         with pytest.raises(NotFound):
             get_user(session, "dave")
+
+
+def test_event_targets_reads_live_items_and_known_users_at_once(db: Database) -> None:
+    users, items = _setup(db, ["alice", "bob"], items=4)
+    vector = bytes(range(8))
+    with db.write() as session:
+        rows = upsert_items(session, [ItemInput(f"i{n}", f"Item {n}") for n in range(4)])
+        # i0: current for "m"; i1: made by another model; i2: made from an older text.
+        store_vectors(session, "m", 2, [(rows[0].id, rows[0].content_hash, vector)])
+        store_vectors(session, "other", 2, [(rows[1].id, rows[1].content_hash, vector)])
+        store_vectors(session, "m", 2, [(rows[2].id, "an older text", vector)])
+        delete_item(session, "i3")
+    with db.write() as session:
+        found_items, found_users = event_targets(
+            session, ["i0", "i1", "i2", "i3", "nope"], ["alice", "bob", "carol"], "m"
+        )
+    assert found_items == {
+        "i0": (items[0], vector),
+        "i1": (items[1], None),
+        "i2": (items[2], None),
+    }
+    assert found_users == {"alice": users["alice"], "bob": users["bob"]}
+    with db.write() as session:
+        assert event_targets(session, [], [], "m") == ({}, {})
+        # Users it read need no second query; unknown ones are still created.
+        ensured = ensure_users(session, ["alice", "carol"], known=found_users)
+    assert ensured["alice"] == users["alice"]
+    with db.read() as session:
+        assert get_user(session, "carol").id == ensured["carol"]
 
 
 def test_insert_events_is_idempotent_by_event_id(db: Database) -> None:
