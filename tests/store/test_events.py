@@ -374,3 +374,36 @@ def test_profiles_inserted_together_report_only_those_created(db: Database) -> N
     with db.read() as session:
         counts = dict(session.execute(select(Profile.user_id, Profile.event_count)).all())
     assert counts == {first: 0, second: 2, third: 3}
+
+
+def test_attribution_reads_events_through_the_partial_recomm_id_index(sqlite_url: str) -> None:
+    """Migration 0010 keeps only events that name an answer in ``ix_events_recomm_id``: the
+    read of recently issued answers' ids (a comparison on the column, which implies it is not
+    NULL) must still use it, not scan the events."""
+    from sqlalchemy import text
+
+    from store.recommendations import unanswered_recent_ids
+
+    database = Database(sqlite_url)
+    statements: list[tuple[str, object]] = []
+
+    @event.listens_for(database.engine, "before_cursor_execute")
+    def _capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "recomm_id" in statement and statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    try:
+        with database.read() as session:
+            unanswered_recent_ids(session, T0.timestamp())
+        ((sql, params),) = statements
+        with database.engine.connect() as connection:
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+        plan = " ".join(str(row[-1]) for row in rows)
+        assert "INDEX ix_events_recomm_id" in plan, plan
+        with database.engine.connect() as connection:
+            (index_sql,) = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'ix_events_recomm_id'")
+            ).one()
+        assert "IS NOT NULL" in index_sql.upper()
+    finally:
+        database.dispose()
