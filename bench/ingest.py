@@ -30,7 +30,7 @@ import numpy as np
 from bench.data import BENCH_DIR, MODEL, N_USERS, build_catalogue
 from bench.data import runtime as runtime_for
 from bench.machine import OTHERS_SHOWN_MS, MachineWatch, slow_seconds
-from bench.postgres import fresh_database, vacuum_analyze
+from bench.postgres import WalWatch, fresh_database, vacuum_analyze
 from bench.server import Server, handled
 
 log = logging.getLogger(__name__)
@@ -218,12 +218,17 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
         env = _fresh_database(backend)
         n = 50_000 if quick else 200_000
         result: dict[str, Any] = {"bulk": bulk(env, n)}
+        # PostgreSQL: its WAL and checkpoints during the API points and the open-loop one.
+        wal_url = env["DRIFTREC_DATABASE_URL"] if backend == "postgresql" else None
         with Server(env, name=f"ingest-{backend}") as server:
             # The same server's /healthz at the same concurrency: what HTTP alone costs here,
             # the floor under a single event's latency.
+            api_wal = WalWatch(wal_url) if wal_url else None
             loads = server.load_in_turns(
                 ("healthz", "events1", "events100"), items=ITEMS, duration=duration
             )
+            if api_wal is not None:
+                result["api_wal"] = api_wal.stop()
             result["healthz"] = loads["healthz"]
             for batch in (1, 100):
                 result[f"api_{batch}"] = loads[f"events{batch}"]
@@ -231,7 +236,10 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
             # for a worker (the server is saturated by construction); a client sending single
             # events at half the rate the server sustained sees this (open loop, latency from
             # each request's scheduled time).
+            half_wal = WalWatch(wal_url) if wal_url else None
             result["api_1_half_load"] = half_load(server, loads["events1"]["qps"] / 2, duration)
+            if half_wal is not None:
+                result["api_1_half_load"]["wal"] = half_wal.stop()
             result["reads"] = reads_with_pending(server, env, duration)
         out[backend] = result
         b = result["bulk"]
@@ -342,7 +350,8 @@ def _half_load_row(label: str, half: dict[str, Any], closed: dict[str, Any]) -> 
             if "send_late_p99_ms" in half
             else ""
         )
-        + _slowest_second(half.get("slow_seconds") or []),
+        + _slowest_second(half.get("slow_seconds") or [])
+        + _wal_during(half),
         f"closed loop {closed['qps']:.0f} events/s, p99 {closed['p99_ms']:.1f} ms",
         f"p99 x{half['p99_ms'] / closed['p99_ms']:.2f}",
         f"p99 <= {SINGLE_EVENT_P99_MS:g} ms",
@@ -366,6 +375,19 @@ def _slowest_second(seconds: list[dict[str, Any]]) -> str:
         f"; {len(seconds)} s with p99 > {SINGLE_EVENT_P99_MS:g} ms, the worst "
         f"{worst['p99_ms']:.0f} ms at {worst['start_s']:.0f} s "
         f"({', '.join(beside) or 'nothing else seen'})"
+    )
+
+
+def _wal_during(half: dict[str, Any]) -> str:
+    """PostgreSQL's WAL an event and the checkpoints it started during the point, if watched."""
+    wal = half.get("wal")
+    if not wal or not half["requests"]:
+        return ""
+    started = wal["checkpoints_timed"] + wal["checkpoints_requested"]
+    return (
+        f"; PostgreSQL wrote {wal['wal_bytes'] / half['requests'] / 1024:.0f} KB of WAL an "
+        f"event and started {started} checkpoint{'' if started == 1 else 's'} "
+        f"({wal['checkpoints_requested']} forced by WAL volume)"
     )
 
 

@@ -44,3 +44,48 @@ def vacuum_analyze(url: str) -> None:
             connection.exec_driver_sql("VACUUM ANALYZE")
     finally:
         engine.dispose()
+
+
+class WalWatch:
+    """What a PostgreSQL server wrote to its WAL and how many checkpoints it started between
+    `__init__` and `stop` (the whole server's, not one database's: on these machines the
+    benchmark is its only writer). Requested checkpoints (here: forced by WAL volume past
+    ``max_wal_size``; the benchmarks issue no CHECKPOINT) are counted apart from timed ones:
+    each is followed by full-page images, and the one-second stalls of an open-loop point on
+    PostgreSQL began seconds after one started."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._start = self._read()
+
+    def stop(self) -> dict[str, int]:
+        end = self._read()
+        return {
+            "wal_bytes": end[0] - self._start[0],
+            "checkpoints_timed": end[1] - self._start[1],
+            "checkpoints_requested": end[2] - self._start[2],
+        }
+
+    def _read(self) -> tuple[int, int, int]:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(self._url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                lsn = connection.execute(
+                    text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+                ).scalar_one()
+                # pg_stat_checkpointer from PostgreSQL 17, pg_stat_bgwriter before.
+                newer = connection.execute(
+                    text("SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL")
+                ).scalar_one()
+                counts = (
+                    "SELECT num_timed, num_requested FROM pg_stat_checkpointer"
+                    if newer
+                    else "SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter"
+                )
+                timed, requested = connection.execute(text(counts)).one()
+        finally:
+            engine.dispose()
+        return int(lsn), int(timed), int(requested)
