@@ -30,6 +30,10 @@ OTHERS_SHOWN_MS = 100.0
 #: How often the server's accept queue is sampled (the most waiting per slow second); a read of
 #: /proc/net/tcp costs ~2 ms of CPU here, so not much more often.
 BACKLOG_EVERY_S = 0.25
+#: How often the kernel's I/O pressure (PSI) is sampled.
+IO_STALL_EVERY_S = 0.25
+#: Time some task spent stalled on I/O in a second is shown from this much.
+IO_STALL_SHOWN_MS = 10.0
 #: Processes outside the benchmark's tree that work for it: the PostgreSQL server's backends
 #: (a PostgreSQL run's own database work is not a neighbour's).
 SERVICE_PROCESSES = frozenset({"postgres"})
@@ -65,17 +69,42 @@ def steal_sampler() -> Sampler:
     return Sampler(machine_steal_ticks, STEAL_EVERY_S, "steal-sampler")
 
 
-def ticks_ms(sampler: Sampler, start: float, end: float) -> float | None:
-    """CPU milliseconds (all CPUs together) that a sampler of cumulative ticks (steal, other
-    processes) counted between wall-clock ``start`` and ``end``, from the samples nearest to
-    each (None without two distinct ones)."""
+def io_stall_sampler() -> Sampler:
+    """The kernel's I/O pressure (``/proc/pressure/io``, "some": wall time during which at
+    least one task waited for I/O, in microseconds), every `IO_STALL_EVERY_S`: a slow second
+    in which a commit's sync waited on the disk shows it."""
+    return Sampler(io_stall_us, IO_STALL_EVERY_S, "io-stall-sampler")
+
+
+def io_stall_us(path: str = "/proc/pressure/io") -> int | None:
+    """The cumulative "some" stall total of ``path`` (None where PSI is missing)."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith("some "):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def counted_ms(sampler: Sampler, start: float, end: float, unit_ms: float) -> float | None:
+    """What a sampler of a cumulative count counted between wall-clock ``start`` and ``end``,
+    in milliseconds (``unit_ms`` a count), from the samples nearest to each (None without two
+    distinct ones)."""
     if not sampler.samples:
         return None
     first = min(sampler.samples, key=lambda sample: abs(sample[0] - start))
     last = min(sampler.samples, key=lambda sample: abs(sample[0] - end))
     if last[0] <= first[0]:
         return None
-    return (last[1] - first[1]) * 1000 / os.sysconf("SC_CLK_TCK")
+    return (last[1] - first[1]) * unit_ms
+
+
+def ticks_ms(sampler: Sampler, start: float, end: float) -> float | None:
+    """CPU milliseconds (all CPUs together) that a sampler of cumulative ticks (steal, other
+    processes) counted between wall-clock ``start`` and ``end`` (`counted_ms`)."""
+    return counted_ms(sampler, start, end, 1000 / os.sysconf("SC_CLK_TCK"))
 
 
 def others_sampler() -> Sampler:
@@ -169,24 +198,26 @@ def slow_seconds(timeline: np.ndarray, limit_ms: float) -> list[dict[str, Any]]:
 
 
 class MachineWatch:
-    """The host's steal, other processes' CPU and the accept queue of the server on ``port``,
-    sampled on threads from creation until `stop`."""
+    """The host's steal, other processes' CPU, the kernel's I/O pressure and the accept queue
+    of the server on ``port``, sampled on threads from creation until `stop`."""
 
     def __init__(self, port: int) -> None:
         self.steal = steal_sampler()
         self.others = others_sampler()
+        self.io_stall = io_stall_sampler()
         self.backlog = accept_queue_sampler(port)
 
     def stop(self) -> None:
-        for sampler in (self.steal, self.others, self.backlog):
+        for sampler in (self.steal, self.others, self.io_stall, self.backlog):
             sampler.stop()
 
     def attribute(self, seconds: list[dict[str, Any]], origin: float) -> None:
-        """Add ``steal_ms``, ``others_ms`` and ``accept_queue`` (the most waiting) to each of
-        ``seconds`` (`slow_seconds`' rows, whose ``start_s`` counts from wall-clock
-        ``origin``)."""
+        """Add ``steal_ms``, ``others_ms``, ``io_stall_ms`` and ``accept_queue`` (the most
+        waiting) to each of ``seconds`` (`slow_seconds`' rows, whose ``start_s`` counts from
+        wall-clock ``origin``)."""
         for second in seconds:
             at = origin + second["start_s"]
             second["steal_ms"] = ticks_ms(self.steal, at, at + 1.0)
             second["others_ms"] = ticks_ms(self.others, at, at + 1.0)
+            second["io_stall_ms"] = counted_ms(self.io_stall, at, at + 1.0, 0.001)
             second["accept_queue"] = most_waiting(self.backlog, at, at + 1.0)

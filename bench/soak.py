@@ -47,7 +47,14 @@ from typing import Any
 import numpy as np
 
 from bench.data import BENCH_DIR, REPO_ROOT, Catalogue, build_catalogue
-from bench.machine import BACKLOG_EVERY_S, OTHERS_SHOWN_MS, MachineWatch, slow_seconds, ticks_ms
+from bench.machine import (
+    BACKLOG_EVERY_S,
+    IO_STALL_SHOWN_MS,
+    OTHERS_SHOWN_MS,
+    MachineWatch,
+    slow_seconds,
+    ticks_ms,
+)
 from bench.postgres import fresh_database, vacuum_analyze
 from bench.report import RESULTS_DIR
 from bench.server import DRIFTREC, Server, base_env, handled
@@ -396,6 +403,11 @@ def render(result: dict[str, Any]) -> str:
         + (
             f", others {s['others_ms']:.0f} ms"
             if (s.get("others_ms") or 0) >= OTHERS_SHOWN_MS
+            else ""
+        )
+        + (
+            f", I/O stall {s['io_stall_ms']:.0f} ms"
+            if (s.get("io_stall_ms") or 0) >= IO_STALL_SHOWN_MS
             else ""
         )
         + ")"
