@@ -7,25 +7,40 @@ benchmark drops and recreates its own database there.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 POSTGRES_ADMIN = os.environ.get(
     "DRIFTREC_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
 
-def fresh_database(name: str) -> str:
-    """Drop database ``name`` if it exists, create it empty (unmigrated); its URL."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+@contextmanager
+def _autocommit(url: str) -> Iterator[Connection]:
+    """One connection to ``url`` outside any transaction (what CREATE DATABASE and VACUUM
+    need), closed with its engine afterwards."""
+    from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    admin = create_engine(POSTGRES_ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        with engine.connect() as connection:
+            yield connection
     finally:
-        admin.dispose()
+        engine.dispose()
+
+
+def fresh_database(name: str) -> str:
+    """Drop database ``name`` if it exists, create it empty (unmigrated); its URL."""
+    from sqlalchemy.engine import make_url
+
+    with _autocommit(POSTGRES_ADMIN) as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     return make_url(POSTGRES_ADMIN).set(database=name).render_as_string(False)
 
 
@@ -35,15 +50,8 @@ def vacuum_analyze(url: str) -> None:
     benchmark would otherwise start on its setup's dead rows and without planner statistics,
     where a server with autovacuum on (PostgreSQL's default) would have cleaned up after an
     import. The dead rows the measured load leaves are not vacuumed while it runs."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql("VACUUM ANALYZE")
-    finally:
-        engine.dispose()
+    with _autocommit(url) as connection:
+        connection.exec_driver_sql("VACUUM ANALYZE")
 
 
 class WalWatch:
@@ -56,6 +64,16 @@ class WalWatch:
 
     def __init__(self, url: str) -> None:
         self._url = url
+        with _autocommit(url) as connection:
+            # pg_stat_checkpointer from PostgreSQL 17, pg_stat_bgwriter before.
+            newer = connection.exec_driver_sql(
+                "SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL"
+            ).scalar_one()
+        self._counts = (
+            "SELECT num_timed, num_requested FROM pg_stat_checkpointer"
+            if newer
+            else "SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter"
+        )
         self._start = self._read()
 
     def stop(self) -> dict[str, int]:
@@ -67,25 +85,9 @@ class WalWatch:
         }
 
     def _read(self) -> tuple[int, int, int]:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.pool import NullPool
-
-        engine = create_engine(self._url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as connection:
-                lsn = connection.execute(
-                    text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
-                ).scalar_one()
-                # pg_stat_checkpointer from PostgreSQL 17, pg_stat_bgwriter before.
-                newer = connection.execute(
-                    text("SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL")
-                ).scalar_one()
-                counts = (
-                    "SELECT num_timed, num_requested FROM pg_stat_checkpointer"
-                    if newer
-                    else "SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter"
-                )
-                timed, requested = connection.execute(text(counts)).one()
-        finally:
-            engine.dispose()
+        with _autocommit(self._url) as connection:
+            lsn = connection.exec_driver_sql(
+                "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
+            ).scalar_one()
+            timed, requested = connection.exec_driver_sql(self._counts).one()
         return int(lsn), int(timed), int(requested)

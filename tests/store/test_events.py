@@ -66,10 +66,11 @@ def test_ensure_users_creates_once(db: Database) -> None:
 
 
 def test_event_targets_reads_live_items_and_known_users_at_once(db: Database) -> None:
-    users, items = _setup(db, ["alice", "bob"], items=4)
     vector = bytes(range(8))
     with db.write() as session:
+        users = ensure_users(session, ["alice", "bob"])
         rows = upsert_items(session, [ItemInput(f"i{n}", f"Item {n}") for n in range(4)])
+        items = [row.id for row in rows]
         # i0: current for "m"; i1: made by another model; i2: made from an older text.
         store_vectors(session, "m", 2, [(rows[0].id, rows[0].content_hash, vector)])
         store_vectors(session, "other", 2, [(rows[1].id, rows[1].content_hash, vector)])
