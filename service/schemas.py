@@ -47,6 +47,9 @@ MAX_EVENT_TYPE_LENGTH = 64
 MAX_RECOMM_ID_LENGTH = 64
 MAX_QUERY_LENGTH = 1_000
 MAX_EXAMPLE_WEIGHT = 1e6
+#: Bound on each number of an example's vector: the session profile sums weight x vector and
+#: the search casts it to float32 (whose largest value is ~3.4e38); both must stay finite.
+MAX_VECTOR_COMPONENT = 1e6
 
 
 EventType = text(max_length=MAX_EVENT_TYPE_LENGTH, non_empty=True)
@@ -164,7 +167,10 @@ class ExampleInput(Entry):
 
     item_id: Id | None = None
     text: Query | None = None
-    vector: list[FiniteFloat] | None = None
+    vector: (
+        list[Annotated[FiniteFloat, Field(ge=-MAX_VECTOR_COMPONENT, le=MAX_VECTOR_COMPONENT)]]
+        | None
+    ) = None
     weight: Annotated[FiniteFloat, Field(ge=-MAX_EXAMPLE_WEIGHT, le=MAX_EXAMPLE_WEIGHT)] = 1.0
 
     @model_validator(mode="after")

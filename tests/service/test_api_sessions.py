@@ -187,6 +187,8 @@ def test_anonymous_recommendations_by_example(client, runtime, embedder):
         {"examples": [{"text": ""}]},
         {"examples": [{"vector": [1.0, 2.0]}]},
         {"examples": [{"vector": ["a"]}]},
+        # Finite, but past float32's range (the search's): an overflow, not a vector.
+        {"examples": [{"vector": [1e39] + [0.0] * 383}]},
         {"examples": [{"item_id": "a", "weight": "heavy"}]},
         {"examples": [{"item_id": "a", "colour": "red"}]},
         {"examples": [{"item_id": "a\x00"}]},
