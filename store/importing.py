@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import math
+import re
 import secrets
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,11 @@ class ImportStats:
 # --- values -------------------------------------------------------------------------------------
 
 
+#: A plain decimal number (epoch seconds): read as one without trying ISO 8601 first, and an
+#: ISO 8601 text is parsed without a failed float() first (a raised exception per line).
+_EPOCH_SECONDS = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
 def parse_timestamp(value: object) -> datetime:
     """ISO 8601 (naive means UTC) or epoch seconds (number or numeric string) -> aware UTC."""
     if isinstance(value, bool):
@@ -101,13 +107,17 @@ def parse_timestamp(value: object) -> datetime:
         return _from_epoch(float(value))
     if isinstance(value, str):
         text = value.strip()
-        try:
+        if _EPOCH_SECONDS.fullmatch(text):
             return _from_epoch(float(text))
-        except ValueError:
-            pass
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
+            # What float() reads beyond plain numbers ("nan", "1_000", "inf") is epoch seconds
+            # too, as it always was, with its own errors.
+            try:
+                return _from_epoch(float(text))
+            except ValueError:
+                pass
             raise ValueError(
                 f"timestamp must be ISO 8601 or epoch seconds, got {value!r}"
             ) from None
@@ -187,6 +197,28 @@ def _csv_rows(
     path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = "utf-8"
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Numbered rows of a CSV file with a header that names ``required`` (+ ``optional``)."""
+    for number, header, row in _csv_lines(path, required, optional, encoding):
+        yield number, dict(zip(header, row, strict=True))
+
+
+def _csv_fields(
+    path: Path, fields: Sequence[str], optional: Sequence[str] = ()
+) -> Iterator[tuple[int, list[str | None]]]:
+    """Numbered rows of a CSV file as lists of its values in the order of ``fields`` (the
+    required ones, then ``optional``), None for an optional column the header lacks."""
+    order: list[int | None] | None = None
+    for number, header, row in _csv_lines(path, fields, optional):
+        if order is None:
+            where = {name: position for position, name in enumerate(header)}
+            order = [where.get(name) for name in (*fields, *optional)]
+        yield number, [None if i is None else row[i] for i in order]
+
+
+def _csv_lines(
+    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = "utf-8"
+) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(line number, header, values) of each row of a CSV file whose header names
+    ``required`` (+ ``optional``)."""
     with open(path, encoding=encoding, newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -204,7 +236,7 @@ def _csv_rows(
                 raise ImportFormatError(
                     path, reader.line_num, f"expected {len(header)} fields, got {len(row)}"
                 )
-            yield reader.line_num, dict(zip(header, row, strict=True))
+            yield reader.line_num, header, row
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -269,8 +301,40 @@ def read_events(path: str | Path) -> Iterator[EventRecord]:
 
 def read_events_csv(path: str | Path) -> Iterator[EventRecord]:
     path = Path(path)
-    rows = _csv_rows(path, REQUIRED_EVENT_FIELDS, optional=("value",))
-    return _parse_lines(path, rows, _event_from_mapping)
+    rows = _csv_fields(path, REQUIRED_EVENT_FIELDS, optional=("value",))
+    return _parse_lines(path, rows, _event_from_csv)
+
+
+_CSV_EVENT_FIELDS = (*REQUIRED_EVENT_FIELDS, "value")
+
+
+def _event_from_csv(row: list[str | None]) -> EventRecord:
+    """An event from a CSV row in ``_CSV_EVENT_FIELDS`` order: what `_event_from_mapping`
+    makes of it, without its per-field checks where the values plainly pass them (the header
+    was checked, so no field is unknown; text decoded as UTF-8 holds no lone surrogate)."""
+    event_id, user_id, item_id, event_type, timestamp, value = row
+    if (
+        event_id
+        and user_id
+        and item_id
+        and event_type
+        and timestamp
+        and max(len(event_id), len(user_id), len(item_id)) <= EXTERNAL_ID_LENGTH
+        and len(event_type) <= EVENT_TYPE_LENGTH
+        and "\x00" not in f"{event_id}{user_id}{item_id}{event_type}"
+    ):
+        return EventRecord(
+            event_id,
+            user_id,
+            item_id,
+            event_type,
+            _optional_float(value, "value"),
+            parse_timestamp(timestamp),
+        )
+    # Something to report: the general path's checks, in its order, with its messages.
+    return _event_from_mapping(
+        {name: v for name, v in zip(_CSV_EVENT_FIELDS, row, strict=True) if v is not None}
+    )
 
 
 def read_events_jsonl(path: str | Path) -> Iterator[EventRecord]:

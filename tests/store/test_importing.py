@@ -128,6 +128,73 @@ def test_parse_timestamp_rejects(raw: object) -> None:
         parse_timestamp(raw)
 
 
+def _epoch_first(text: str) -> datetime | str:
+    """How a timestamp string was read before ISO 8601 texts skipped the float() attempt:
+    epoch seconds when float() takes it, else ISO 8601 (naive means UTC), else its error."""
+    try:
+        seconds = float(text.strip())
+    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(text.strip())
+        except ValueError:
+            return "error"
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return "error"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1709294400",
+        "+1709294400",
+        "-86400",
+        "1709294400.",
+        ".5",
+        "1.7e9",
+        "1.7E+9",
+        " 42 ",
+        "20240301",
+        "2024",
+        "1_709_294_400",
+        "inf",
+        "nan",
+        "1e300",
+        "0x10",
+        "١٧٠٩٢٩٤٤٠٠",
+        "2024-03-01",
+        "2024-03-01T12:00",
+        "2024-03-01T12:00:00.25+05:30",
+        "20240301T120000Z",
+        "2024-W09-5",
+        "12:00",
+        "-",
+        "e5",
+        "1.2.3",
+        "",
+    ],
+)
+def test_parse_timestamp_reads_strings_as_epoch_first_did(raw: str) -> None:
+    try:
+        parsed: datetime | str = parse_timestamp(raw)
+    except ValueError:
+        parsed = "error"
+    assert parsed == _epoch_first(raw)
+
+
+def test_events_csv_columns_in_any_order_value_optional(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "timestamp,type,item_id,user_id,id\n1709294400,view,i1,u1,e1\n2024-03-01,like,i2,u2,e2\n"
+    )
+    assert list(read_events(path)) == [
+        EventRecord("e1", "u1", "i1", "view", None, datetime(2024, 3, 1, 12, tzinfo=UTC)),
+        EventRecord("e2", "u2", "i2", "like", None, datetime(2024, 3, 1, tzinfo=UTC)),
+    ]
+
+
 def test_items_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "items.jsonl"
     lines = [
@@ -210,6 +277,8 @@ def test_events_csv_and_jsonl(tmp_path: Path) -> None:
         # Ids every database can store: bound id lists go through SQLite's JSON functions,
         # which end a string at a NUL; PostgreSQL refuses NUL outright.
         ("e3,u\x001,i1,view,,2024-03-01", "user_id must not contain NUL"),
+        ("e3,u1," + "i" * 300 + ",view,,2024-03-01", "item_id is longer than 256"),
+        ("e3,u1,i1," + "t" * 65 + ",,2024-03-01", "type is longer than 64"),
     ],
 )
 def test_bad_events_csv_line_names_the_line(tmp_path: Path, row: str, message: str) -> None:
