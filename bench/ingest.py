@@ -17,10 +17,12 @@ has folded in.
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,27 +90,45 @@ def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
     ]
 
 
+def _write_csv(records: Sequence[Any], path: Path) -> Path:
+    """``records`` as a `driftrec import events` CSV file (ISO 8601 timestamps)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("id", "user_id", "item_id", "type", "value", "timestamp"))
+        for r in records:
+            value = "" if r.value is None else r.value
+            stamp = r.timestamp.isoformat()
+            writer.writerow((r.event_id, r.user_id, r.item_id, r.type, value, stamp))
+    return path
+
+
 def bulk(env: dict[str, str], n: int) -> dict[str, Any]:
-    """What `driftrec import events` does (`Runtime.import_events`: the events inserted a batch
-    at a time, then folded into their users' profiles), against a raw executemany of the same
-    rows into the same table, after deleting them again."""
+    """What `driftrec import events FILE` does (`Runtime.import_events` on `read_events`: the
+    CSV file parsed as it goes, the events inserted a batch at a time, then folded into their
+    users' profiles), against a raw executemany of the same rows into the same table, after
+    deleting them again."""
     from sqlalchemy import delete, select, text
 
+    from store.importing import read_events
     from store.items import ids_by_external
     from store.models import Event, User
 
     records = _records(n, "bulk")
+    # A daily increment: a tenth as many events again, onto the profiles the first builds.
+    more = _records(n // 10, "more")
+    directory = Path(env["DRIFTREC_DATA_DIR"])
+    files = _write_csv(records, directory / "events.csv"), _write_csv(more, directory / "more.csv")
     runtime = runtime_for(env)
     db = runtime.db
     try:
+        # What `driftrec import events FILE` does once started: the file read and parsed as
+        # the import goes, its events loaded.
         started = time.perf_counter()
-        done = runtime.import_events(records)
+        done = runtime.import_events(read_events(files[0]))
         total_s = time.perf_counter() - started
         stats = done.stats
-        # A daily increment: a tenth as many events again, onto the profiles just built.
-        more = _records(n // 10, "more")
         started = time.perf_counter()
-        increment = runtime.import_events(more)
+        increment = runtime.import_events(read_events(files[1]))
         increment_s = time.perf_counter() - started
         with db.read() as session:
             users = dict(session.execute(select(User.external_id, User.id)).all())
@@ -274,7 +294,7 @@ def run_ingest(*, duration: float, quick: bool) -> dict[str, Any]:
         out["rows"].append(
             (
                 "ingest",
-                f"{label} `driftrec import events`: {b['events']} events, "
+                f"{label} `driftrec import events FILE.csv`: {b['events']} events, "
                 f"{b['profiles_updated']} profiles updated",
                 f"{b['import_eps']:.0f} events/s",
                 f"raw executemany {raw:.0f} events/s",
