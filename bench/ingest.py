@@ -31,7 +31,7 @@ import numpy as np
 
 from bench.data import BENCH_DIR, MODEL, N_USERS, build_catalogue
 from bench.data import runtime as runtime_for
-from bench.machine import IO_STALL_SHOWN_MS, OTHERS_SHOWN_MS, MachineWatch, slow_seconds
+from bench.machine import MachineWatch, beside, slow_seconds
 from bench.postgres import WalWatch, fresh_database, vacuum_analyze
 from bench.server import Server, handled
 
@@ -384,19 +384,10 @@ def _slowest_second(seconds: list[dict[str, Any]]) -> str:
     if not seconds:
         return ""
     worst = max(seconds, key=lambda second: second["p99_ms"])
-    beside = []
-    if worst.get("accept_queue") is not None:
-        beside.append(f"up to {worst['accept_queue']} waiting for a worker")
-    if worst.get("steal_ms"):
-        beside.append(f"steal {worst['steal_ms']:.0f} ms")
-    if (worst.get("others_ms") or 0) >= OTHERS_SHOWN_MS:
-        beside.append(f"other processes {worst['others_ms']:.0f} ms of CPU")
-    if (worst.get("io_stall_ms") or 0) >= IO_STALL_SHOWN_MS:
-        beside.append(f"tasks stalled on I/O for {worst['io_stall_ms']:.0f} ms")
     return (
         f"; {len(seconds)} s with p99 > {SINGLE_EVENT_P99_MS:g} ms, the worst "
         f"{worst['p99_ms']:.0f} ms at {worst['start_s']:.0f} s "
-        f"({', '.join(beside) or 'nothing else seen'})"
+        f"({', '.join(beside(worst)) or 'nothing else seen'})"
     )
 
 

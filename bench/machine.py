@@ -197,6 +197,22 @@ def slow_seconds(timeline: np.ndarray, limit_ms: float) -> list[dict[str, Any]]:
     ]
 
 
+def beside(second: dict[str, Any]) -> list[str]:
+    """What else went on in a slow second (`MachineWatch.attribute`'s fields), in the reports'
+    words: requests waiting for a worker, the host's steal, other processes' CPU and time stalled
+    on I/O (the last two from their thresholds)."""
+    parts = []
+    if second.get("accept_queue") is not None:
+        parts.append(f"up to {second['accept_queue']} waiting for a worker")
+    if second.get("steal_ms"):
+        parts.append(f"steal {second['steal_ms']:.0f} ms")
+    if (second.get("others_ms") or 0) >= OTHERS_SHOWN_MS:
+        parts.append(f"other processes {second['others_ms']:.0f} ms of CPU")
+    if (second.get("io_stall_ms") or 0) >= IO_STALL_SHOWN_MS:
+        parts.append(f"tasks stalled on I/O for {second['io_stall_ms']:.0f} ms")
+    return parts
+
+
 class MachineWatch:
     """The host's steal, other processes' CPU, the kernel's I/O pressure and the accept queue
     of the server on ``port``, sampled on threads from creation until `stop`."""

@@ -52,6 +52,7 @@ from bench.machine import (
     IO_STALL_SHOWN_MS,
     OTHERS_SHOWN_MS,
     MachineWatch,
+    beside,
     slow_seconds,
     ticks_ms,
 )
@@ -395,20 +396,11 @@ def render(result: dict[str, Any]) -> str:
             f"{_yes(reindex['served_after_s'] is not None)} |"
         )
     slow = result.get("slow_seconds", [])
-    listed = ", ".join(
-        f"{s['start_s']:.0f} s ({s['p99_ms']:.0f} ms"
-        + (f", job: {s['job_phase']}" if s.get("job_phase") else "")
-        + (f", steal {s['steal_ms']:.0f} ms" if s.get("steal_ms") else "")
-        + (f", queue {s['accept_queue']}" if s.get("accept_queue") is not None else "")
-        + (
-            f", others {s['others_ms']:.0f} ms"
-            if (s.get("others_ms") or 0) >= OTHERS_SHOWN_MS
-            else ""
-        )
-        + (
-            f", I/O stall {s['io_stall_ms']:.0f} ms"
-            if (s.get("io_stall_ms") or 0) >= IO_STALL_SHOWN_MS
-            else ""
+    listed = "; ".join(
+        f"{s['start_s']:.0f} s ("
+        + ", ".join(
+            [f"{s['p99_ms']:.0f} ms", *([f"job: {s['job_phase']}"] if s.get("job_phase") else [])]
+            + beside(s)
         )
         + ")"
         for s in slow
@@ -418,12 +410,13 @@ def render(result: dict[str, Any]) -> str:
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
         + (f": {listed}" if slow else "")
         + f" (every request's send time and latency: `{timeline_path.relative_to(REPO_ROOT)}`;"
+        " waiting for a worker: the most requests seen in the server's accept queue that"
+        f" second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp;"
         " steal: CPU time the host took from this VM in that second, from /proc/stat;"
-        " queue: the most requests seen waiting in the server's accept queue for a worker"
-        f" that second, sampled every {BACKLOG_EVERY_S:g} s from /proc/net/tcp;"
-        " others: CPU time of the machine's processes outside this soak (not its server, load"
-        " generators or job, nor a PostgreSQL server's) in that second, from /proc, shown from"
-        f" {OTHERS_SHOWN_MS:g} ms)."
+        " other processes: CPU time of the machine's processes outside this soak (not its"
+        " server, load generators or job, nor a PostgreSQL server's) in that second, from"
+        f" /proc, shown from {OTHERS_SHOWN_MS:g} ms; stalled on I/O: time some task waited for"
+        f" I/O in that second, from /proc/pressure/io, shown from {IO_STALL_SHOWN_MS:g} ms)."
         + (
             f" Steal over the whole run: {result['steal_ms_total']:.0f} ms."
             if result.get("steal_ms_total") is not None
