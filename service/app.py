@@ -100,6 +100,10 @@ def _after_request(response: Response) -> Response:
     index = get_runtime().index
     if index.loaded:
         metrics.index_size.set(len(index))
+    # The app's own time (W3C Server-Timing): a client can tell it from the time its request
+    # waited for a worker, to be accepted and parsed, which is most of a slow request's latency
+    # on a busy server (README, Benchmarks).
+    response.headers["Server-Timing"] = f"app;dur={seconds * 1000:.2f}"
     # Only method, rule and status: paths carry user ids and headers may carry credentials.
     log.info(
         "request method=%s endpoint=%s status=%d duration_ms=%.1f",

@@ -235,3 +235,15 @@ def test_refuses_to_start_on_an_unmigrated_database(tmp_path):
     settings = Settings(database_url=f"sqlite:///{tmp_path}/empty.db", data_dir=tmp_path)
     with pytest.raises(SchemaOutOfDate, match="driftrec db upgrade"):
         create_app({"settings": settings})
+
+
+def test_every_answer_carries_the_apps_own_time(client):
+    """Server-Timing ``app;dur=<ms>`` on answers and errors alike: what a client needs to tell
+    the app's time from the wait before it."""
+    for response in (
+        client.get("/healthz"),
+        client.get("/v1/items/no-such-item"),
+        client.post("/v1/search", json={}),
+    ):
+        name, duration = response.headers["Server-Timing"].split(";dur=")
+        assert name == "app" and 0 <= float(duration) < 60_000, response.headers
