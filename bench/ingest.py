@@ -92,9 +92,11 @@ def _records(n: int, tag: str):  # type: ignore[no-untyped-def]
 
 def _write_csv(records: Sequence[Any], path: Path) -> Path:
     """``records`` as a `driftrec import events` CSV file (ISO 8601 timestamps)."""
+    from store.importing import EVENT_FIELDS
+
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("id", "user_id", "item_id", "type", "value", "timestamp"))
+        writer.writerow(EVENT_FIELDS)
         for r in records:
             value = "" if r.value is None else r.value
             stamp = r.timestamp.isoformat()

@@ -69,25 +69,23 @@ class WalWatch:
             newer = connection.exec_driver_sql(
                 "SELECT to_regclass('pg_catalog.pg_stat_checkpointer') IS NOT NULL"
             ).scalar_one()
-        self._counts = (
-            "SELECT num_timed, num_requested FROM pg_stat_checkpointer"
-            if newer
-            else "SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter"
-        )
-        self._start = self._read()
+            self._counts = (
+                "SELECT num_timed, num_requested FROM pg_stat_checkpointer"
+                if newer
+                else "SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter"
+            )
+            self._start = self._read(connection)
 
     def stop(self) -> dict[str, int]:
-        end = self._read()
+        with _autocommit(self._url) as connection:
+            end = self._read(connection)
         return {
             "wal_bytes": end[0] - self._start[0],
             "checkpoints_timed": end[1] - self._start[1],
             "checkpoints_requested": end[2] - self._start[2],
         }
 
-    def _read(self) -> tuple[int, int, int]:
-        with _autocommit(self._url) as connection:
-            lsn = connection.exec_driver_sql(
-                "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
-            ).scalar_one()
-            timed, requested = connection.exec_driver_sql(self._counts).one()
+    def _read(self, connection: Connection) -> tuple[int, int, int]:
+        lsn = connection.exec_driver_sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").scalar_one()
+        timed, requested = connection.exec_driver_sql(self._counts).one()
         return int(lsn), int(timed), int(requested)

@@ -396,15 +396,7 @@ def render(result: dict[str, Any]) -> str:
             f"{_yes(reindex['served_after_s'] is not None)} |"
         )
     slow = result.get("slow_seconds", [])
-    listed = "; ".join(
-        f"{s['start_s']:.0f} s ("
-        + ", ".join(
-            [f"{s['p99_ms']:.0f} ms", *([f"job: {s['job_phase']}"] if s.get("job_phase") else [])]
-            + beside(s)
-        )
-        + ")"
-        for s in slow
-    )
+    listed = "; ".join(_slow_second(s) for s in slow)
     lines += [
         "",
         f"Seconds with p99 over {P99_STEADY_LIMIT_MS:g} ms: {len(slow)}"
@@ -457,6 +449,14 @@ def render(result: dict[str, Any]) -> str:
             f"{'-' if busy is None else f'{busy:.0%}'} |"
         )
     return "\n".join(lines)
+
+
+def _slow_second(second: dict[str, Any]) -> str:
+    """A second over the limit: its p99, the job's phase then, and what else went on."""
+    parts = [f"{second['p99_ms']:.0f} ms"]
+    if second.get("job_phase"):
+        parts.append(f"job: {second['job_phase']}")
+    return f"{second['start_s']:.0f} s ({', '.join(parts + beside(second))})"
 
 
 def _others_total(ms: float | None) -> str:

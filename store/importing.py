@@ -301,11 +301,12 @@ def read_events(path: str | Path) -> Iterator[EventRecord]:
 
 def read_events_csv(path: str | Path) -> Iterator[EventRecord]:
     path = Path(path)
-    rows = _csv_fields(path, REQUIRED_EVENT_FIELDS, optional=("value",))
+    rows = _csv_fields(path, REQUIRED_EVENT_FIELDS, optional=_OPTIONAL_EVENT_FIELDS)
     return _parse_lines(path, rows, _event_from_csv)
 
 
-_CSV_EVENT_FIELDS = (*REQUIRED_EVENT_FIELDS, "value")
+_OPTIONAL_EVENT_FIELDS = ("value",)
+_CSV_EVENT_FIELDS = (*REQUIRED_EVENT_FIELDS, *_OPTIONAL_EVENT_FIELDS)
 
 
 def _event_from_csv(row: list[str | None]) -> EventRecord:
