@@ -22,10 +22,17 @@ def _holds(ok: bool | None) -> str:
     return "-" if ok is None else ("yes" if ok else "NO")
 
 
-def _cpu(summary: dict[str, Any]) -> str:
-    """The server's CPU time per request, where the run measured it."""
+def _server_side(summary: dict[str, Any]) -> str:
+    """The server's CPU time per request and its own handling time, where the run measured
+    them."""
     cpu = summary.get("server_cpu_ms")
-    return f", server CPU {cpu:.2f} ms/req" if cpu is not None else ""
+    text = f", server CPU {cpu:.2f} ms/req" if cpu is not None else ""
+    if summary.get("handler_p99_ms") is not None:
+        text += (
+            f", handled in p50 {summary['handler_p50_ms']:.1f} / "
+            f"p99 {summary['handler_p99_ms']:.1f} ms"
+        )
+    return text
 
 
 def rows(results: dict[str, Any]) -> list[Row]:
@@ -39,7 +46,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 "serving",
                 f"{label} /healthz",
                 f"{health['qps']:.0f} qps, p50 {health['p50_ms']:.1f} ms, "
-                f"p99 {health['p99_ms']:.1f} ms, {health['errors']} err{_cpu(health)}",
+                f"p99 {health['p99_ms']:.1f} ms, {health['errors']} err{_server_side(health)}",
                 "",
                 "",
                 "",
@@ -59,7 +66,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
                     "serving",
                     f"{label} {mode}",
                     f"{m['qps']:.0f} qps, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-                    f"{m['errors']} err{_cpu(m)}",
+                    f"{m['errors']} err{_server_side(m)}",
                     f"healthz {health['qps']:.0f} qps",
                     f"{ratio:.0%}",
                     target,

@@ -12,11 +12,18 @@ import numpy as np
 
 from bench.data import Catalogue, build_catalogue
 from bench.data import runtime as runtime_for
-from bench.server import Server
+from bench.server import Server, handled
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = ("healthz", "recommendations", "similar", "search")
+#: Each endpoint's route as the server's request log names it (`bench.server.handled`).
+ROUTES = {
+    "healthz": "/healthz",
+    "recommendations": "/v1/users/<user_id>/recommendations",
+    "similar": "/v1/items/<item_id>/similar",
+    "search": "/v1/search",
+}
 
 
 def reindex(catalogue: Catalogue, *, full: bool) -> dict[str, Any]:
@@ -134,11 +141,29 @@ def serve(catalogue: Catalogue, *, duration: float, warmup: float) -> dict[str, 
         for mode in ("search", "recommendations", "similar"):  # every worker loads everything
             server.load(mode, items=catalogue.size, duration=warmup, concurrency=4, seed=99)
         out["auth"] = "bearer key" if server.token else "disabled"
+        measured_from = server.log_path.stat().st_size  # the warm-up's lines left out
         out.update(server.load_in_turns(ENDPOINTS, items=catalogue.size, duration=duration))
+        with open(server.log_path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(measured_from)
+            log_text = handle.read()
         for mode in ENDPOINTS:
+            out[mode].update(handling_figures(log_text, ROUTES[mode]))
             log.info("bench served size=%d %s", catalogue.size, out[mode])
         out["memory"] = server.memory()
     return out
+
+
+def handling_figures(log_text: str, route: str) -> dict[str, float]:
+    """p50 and p99 of the server's own time for the requests to ``route`` in ``log_text``
+    (`bench.server.handled`): against the client's latency, what the requests spent waiting
+    for a worker, the connection and the parse rather than being handled."""
+    ms = np.array([duration for _, duration in handled(log_text, route)])
+    if not len(ms):
+        return {}
+    return {
+        "handler_p50_ms": float(np.percentile(ms, 50)),
+        "handler_p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def run_size(
