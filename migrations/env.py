@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from store.db import make_engine
-from store.models import Base
+from store.models import ITEM_NAMES_INDEX, Base
 from store.settings import load_settings
 
 target_metadata = Base.metadata
@@ -14,6 +14,11 @@ config = context.config
 
 def _url() -> str:
     return config.attributes.get("database_url") or load_settings().database_url
+
+
+def _compared(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001, ARG001 (alembic's hook)
+    """Autogenerate compares everything but the SQLite-only index, which the models leave out."""
+    return not (type_ == "index" and name == ITEM_NAMES_INDEX)
 
 
 def run_migrations_offline() -> None:
@@ -28,7 +33,10 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     with engine.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            include_object=_compared,
         )
         with context.begin_transaction():
             context.run_migrations()

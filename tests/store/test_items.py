@@ -11,6 +11,7 @@ from store.db import Database
 from store.errors import NotFound
 from store.items import (
     ItemInput,
+    _names_statement,
     catalogue_revision,
     content_hash,
     count_live_items,
@@ -23,6 +24,7 @@ from store.items import (
     store_vectors,
     upsert_items,
 )
+from store.models import ITEM_NAMES_INDEX
 
 
 def test_upsert_inserts_then_updates(db: Database) -> None:
@@ -170,6 +172,24 @@ def test_item_names_names_one_or_many_ids_deleted_items_too(db: Database) -> Non
     assert item_names(db, []) == {}
     assert item_names(db, [ids[0]]) == {ids[0]: ("i0", "Title 0")}
     assert item_names(db, [*ids, 10**9]) == {i: (f"i{n}", f"Title {n}") for n, i in enumerate(ids)}
+
+
+def test_item_names_follow_renames_and_read_only_the_covering_index_on_sqlite(
+    db: Database,
+) -> None:
+    """A renamed item is named anew (the index is kept current with its rows); on SQLite the
+    statement reads the covering index alone, never the item rows with their vectors."""
+    with db.write() as session:
+        [row] = upsert_items(session, [ItemInput("a", "Before")])
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "After")])
+    assert item_names(db, [row.id]) == {row.id: ("a", "After")}
+    if db.dialect == "sqlite":
+        sql = str(_names_statement("sqlite").compile(dialect=db.engine.dialect))
+        with db.engine.connect() as connection:
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", ("[1]",)).all()
+        details = " | ".join(str(step[-1]) for step in plan)
+        assert f"SEARCH items USING COVERING INDEX {ITEM_NAMES_INDEX}" in details, details
 
 
 def test_current_catalogue_revision_follows_catalogue_changes(db: Database) -> None:
