@@ -3,9 +3,14 @@ logs and written by a thread of its own; every line is written by the time the p
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from service.app import BackgroundLogHandler
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +74,26 @@ def test_a_forked_child_writes_its_own_lines():
     lines = stderr_of(FORKING).splitlines()
     messages = [line.split('msg="', 1)[1].rstrip('"') for line in lines]
     assert sorted(messages) == ["child 0", "child 1", "child 2", "parent after", "parent before"]
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("probe", logging.INFO, __file__, 1, message, None, None)
+
+
+def test_lines_are_written_while_running_and_at_once_past_capacity():
+    """The writer thread writes waiting lines within its interval; with `capacity` lines
+    waiting the logging thread writes them itself (here after the writer has stopped)."""
+    stream = io.StringIO()
+    handler = BackgroundLogHandler(stream, capacity=3, interval=0.02)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.emit(_record("a"))
+    deadline = time.monotonic() + 10
+    while not stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.getvalue() == "a\n"
+    handler.stop()
+    handler.emit(_record("b"))
+    handler.emit(_record("c"))
+    assert stream.getvalue() == "a\n"  # two wait
+    handler.emit(_record("d"))
+    assert stream.getvalue() == "a\nb\nc\nd\n"
