@@ -24,6 +24,9 @@ from bench.data import BENCH_DIR, N_USERS, REPO_ROOT
 from bench.loadgen import latency_figures
 
 DRIFTREC = str(Path(sys.executable).with_name("driftrec"))
+#: How long a server's log lines may wait before they are written, with a margin (each process
+#: writes what waited every 50 ms: `service.app.BackgroundLogHandler`).
+LOG_LAG_S = 0.15
 #: Turns per mode in `Server.load_in_turns`.
 TURNS = 3
 
@@ -112,6 +115,18 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def log_size(self) -> int:
+        """The server log's length once the lines logged so far are written."""
+        time.sleep(LOG_LAG_S)
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int = 0) -> str:
+        """The server log from ``offset`` on, once the lines logged so far are written."""
+        time.sleep(LOG_LAG_S)
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(offset)
+            return handle.read()
 
     def get(self, path: str, timeout: float = 120.0) -> tuple[int, dict[str, object]]:
         request = urllib.request.Request(self.url + path)

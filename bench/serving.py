@@ -141,11 +141,9 @@ def serve(catalogue: Catalogue, *, duration: float, warmup: float) -> dict[str, 
         for mode in ("search", "recommendations", "similar"):  # every worker loads everything
             server.load(mode, items=catalogue.size, duration=warmup, concurrency=4, seed=99)
         out["auth"] = "bearer key" if server.token else "disabled"
-        measured_from = server.log_path.stat().st_size  # the warm-up's lines left out
+        measured_from = server.log_size()  # the warm-up's lines left out
         out.update(server.load_in_turns(ENDPOINTS, items=catalogue.size, duration=duration))
-        with open(server.log_path, encoding="utf-8", errors="replace") as handle:
-            handle.seek(measured_from)
-            log_text = handle.read()
+        log_text = server.log_since(measured_from)
         for mode in ENDPOINTS:
             out[mode].update(handling_figures(log_text, ROUTES[mode]))
             log.info("bench served size=%d %s", catalogue.size, out[mode])

@@ -182,7 +182,7 @@ def soak(
             ]
         result["events"] = json.loads(events.communicate()[0].strip().splitlines()[-1])
         result["memory"] = memory
-        handled = handler_p99_by_window(server.log_path.read_text(), origin)
+        handled = handler_p99_by_window(server.log_since(), origin)
         busy = cpu_busy_by_window(memory)
         for window in result["recommendations"]["windows"]:
             index = int(window["start_s"] // WINDOW_S)
