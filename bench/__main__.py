@@ -52,6 +52,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _command(argv: list[str]) -> str:
+    """The command that reproduces this run: a make target, or the options it was given (a
+    partial run's table must not read as the full one's)."""
+    targets = {(): "make bench", ("--quick",): "make bench-quick"}
+    return targets.get(tuple(argv), " ".join(["python -m bench", *argv]))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="reduced run (a few minutes)")
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
-        "command": "make bench-quick" if quick else "make bench",
+        "command": _command(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
         "duration_s": duration,
         "concurrency": 8,
