@@ -187,7 +187,7 @@ class BackgroundLogHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)
             return
-        self._lines.append(line)  # deque appends are atomic: no lock, no wake-up
+        self._lines.append(line)  # atomic against the writer's popleft: no wake-up needed
         if len(self._lines) >= self.capacity:
             self.write_waiting()
 

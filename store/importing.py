@@ -305,7 +305,7 @@ def read_events_csv(path: str | Path) -> Iterator[EventRecord]:
     return _parse_lines(path, rows, _event_from_csv)
 
 
-_OPTIONAL_EVENT_FIELDS = ("value",)
+_OPTIONAL_EVENT_FIELDS = tuple(name for name in EVENT_FIELDS if name not in REQUIRED_EVENT_FIELDS)
 _CSV_EVENT_FIELDS = (*REQUIRED_EVENT_FIELDS, *_OPTIONAL_EVENT_FIELDS)
 
 

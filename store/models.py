@@ -91,13 +91,9 @@ Index(
 )
 
 
-#: A covering index of the columns that name an answer's items (`store.items.item_names`), on
-#: SQLite only (migration 0011): a name lookup then reads this compact index (~60 bytes an item)
-#: instead of the item rows, ~1.5 KB each with their vectors, which the OS page cache does not
-#: keep for long at 1M items (2.2 GB: 1.2 ms for 10 names from disk against 0.06 from the index).
-#: PostgreSQL limits an index entry to ~2.7 KB and titles have no length limit, so it has none.
-#: Not in this metadata (the index exists on one dialect): migrations/env.py leaves it out of
-#: the autogenerate comparison.
+#: The covering index that names an answer's items (`store.items.item_names`), on SQLite only:
+#: why, and why not on PostgreSQL, in migration 0011. Not in this metadata (it exists on one
+#: dialect): migrations/env.py leaves it out of the autogenerate comparison.
 ITEM_NAMES_INDEX = "ix_items_names"
 
 
