@@ -77,8 +77,29 @@ class Runtime:
             check_interval_s=settings.reload_interval_s,
         )
 
+    def content_recommender(self) -> Recommender:
+        """The recommender semantic search and similar items answer from: nearest items by
+        their text vectors.
+
+        A trained model's index holds the model's item vectors, whose directions come from
+        co-occurrence and whose extra coordinates carry popularity: a text query, or an item,
+        searched there finds the popular items, not the matching ones. So while a model is
+        active these requests go to the newest plain index, which `reindex` keeps beside the
+        model's; to the active index when it is the plain one, or while no plain one exists
+        (a model activated before this was built: the next `reindex` builds it). No query per
+        request: the plain index loads on the first such request of the process, then its
+        watcher follows new versions.
+        """
+        if self.index.model_version_id is None:
+            return self.recommender
+        content = self.experiments.treatment(None)
+        if not content.index.loaded:
+            content.index.refresh()
+        return content if content.index.version_id is not None else self.recommender
+
     def _treatment_recommender(self, model_version_id: int | None) -> Recommender:
-        """A recommender on the newest index built for ``model_version_id`` (an experiment's)."""
+        """A recommender on the newest index built for ``model_version_id`` (an experiment's,
+        or None: the plain index of `content_recommender`)."""
         embedder_model = self.settings.embedder_model
         index = LiveIndex(
             self.db,
@@ -189,7 +210,9 @@ class Runtime:
         progress: bool = False,
     ) -> ReindexResult:
         """Build the index for the active model (or the plain blend) and publish it; while an
-        experiment runs, also the index its treatment model serves from.
+        experiment runs, also the index its treatment model serves from; while a model is
+        active, also the plain index semantic search and similar items answer from
+        (`content_recommender`).
 
         Vectors are committed every ``batch_size`` items (default: the embedder's batch size).
         """
@@ -206,8 +229,11 @@ class Runtime:
             batch_size=batch_size,
             progress=progress,
         )
-        if treatment_id != model_id:
-            self.build_treatment_index(treatment_id, full=full, retrain=retrain, progress=progress)
+        beside = [treatment_id] if treatment_id != model_id else []
+        if None not in (model_id, treatment_id):
+            beside.append(None)
+        for other_id in beside:
+            self.build_treatment_index(other_id, full=full, retrain=retrain, progress=progress)
         return result
 
     def build_treatment_index(
@@ -218,8 +244,8 @@ class Runtime:
         retrain: bool = False,
         progress: bool = False,
     ) -> ReindexResult:
-        """Build (unless unchanged) the index an experiment's ``model_version_id`` serves from,
-        beside the active one."""
+        """Build (unless unchanged) the index ``model_version_id`` serves from beside the active
+        one: an experiment's treatment, or (None) the plain index for content queries."""
         return self._build_index(
             model_version_id, activate=False, full=full, retrain=retrain, progress=progress
         )

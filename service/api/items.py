@@ -81,7 +81,7 @@ def delete(item_id: str) -> Response:
 @operation("Nearest items to this one", query=SimilarQuery, response=SimilarAnswer, path=ITEM_ID)
 def similar(item_id: str, query: SimilarQuery) -> dict[str, Any]:
     runtime = get_runtime()
-    found = runtime.recommender.similar(
+    found = runtime.content_recommender().similar(
         path_id(item_id, "item"), query.k, categories=query.category
     )
     return {"item_id": item_id, **ranked(found)}

@@ -20,5 +20,5 @@ def search(body: SearchBody) -> dict[str, Any]:
     """Body ``{"query": str, "k"?: int, "categories"?: [str]}``; answers ranked ``items``."""
     runtime = get_runtime()
     vector = runtime.embedder.embed([body.query])[0]
-    found = runtime.recommender.search_vector(vector, body.k, categories=body.categories)
+    found = runtime.content_recommender().search_vector(vector, body.k, categories=body.categories)
     return {"query": body.query, **ranked(found)}
