@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $@
 
+# `make demo PORT=8001` when 8000 is taken.
 demo: install
-	$(VENV)/bin/driftrec demo
+	$(VENV)/bin/driftrec demo $(if $(PORT),--port $(PORT))
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider

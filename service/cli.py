@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import urllib.request
 import zipfile
@@ -514,6 +515,7 @@ def is_loopback(host: str) -> bool:
 def serve(app: App, host: str, port: int, workers: int, dev: bool) -> None:
     """Serve the HTTP API with gunicorn (refuses to start on an out-of-date schema)."""
     app.check_schema()
+    check_port_free(host, port)
     if not app.settings.auth_enabled and not is_loopback(host):
         message = (
             f"WARNING: DRIFTREC_AUTH=disabled and listening on {host}: anyone who can reach "
@@ -546,6 +548,22 @@ def serve(app: App, host: str, port: int, workers: int, dev: bool) -> None:
     os.execv(argv[0], argv)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a ``host:port`` that something already listens on, with a message that says what
+    to do (gunicorn itself retries for a few seconds, then exits with "Can't connect")."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gunicorn binds: a port whose last connections are still in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): stop what uses it or pass "
+                "--port (make demo PORT=...)"
+            ) from exc
+
+
 # -- demo --------------------------------------------------------------------------------------
 DEMO_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 #: sha256 of the files in GroupLens' ml-latest-small (the release of 2018-09).
@@ -572,6 +590,8 @@ def demo(
 ) -> None:
     """Migrate, import MovieLens, build the index and serve it; rerunning skips finished work."""
     app: App = ctx.find_object(App)
+    if not no_serve:  # before minutes of work, not after them
+        check_port_free(host, port)
     if not os.environ.get("DRIFTREC_TORCH_THREADS"):  # one job on the whole machine
         app.settings = app.settings.replace(torch_threads=os.cpu_count() or 1)
     click.secho("== database", bold=True)

@@ -155,3 +155,22 @@ def test_a_connection_that_cannot_be_peeked_at_lingers_as_gunicorn_does(monkeypa
     sock = TlsLike()
     http_close.close_after_answer(sock)  # type: ignore[arg-type]
     assert lingered == [sock]
+
+
+def test_serve_and_demo_refuse_a_port_in_use_before_doing_anything(cli_env, tmp_path, monkeypatch):
+    def no_exec(*args: object) -> None:
+        raise AssertionError("serve went on to start gunicorn")
+
+    monkeypatch.setattr("service.cli.os.execv", no_exec)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        ok(invoke(cli_env, "db", "upgrade"))
+        for args in (("serve", "--port", port), ("demo", "--port", port, "--data", str(tmp_path))):
+            result = invoke(cli_env, *args)
+            assert result.exit_code == 1, result.output
+            assert f"cannot listen on 127.0.0.1:{port}" in result.output
+            assert "--port" in result.output
+            # The demo stopped before its first step (the database).
+            assert "== database" not in result.output
