@@ -34,6 +34,7 @@ from store.direct_read import DirectRead, DirectWrite, execute_driver_sql, execu
 from store.errors import NotFound
 from store.items import REVISION_COLUMN, has_current_vector, live_items_select
 from store.models import Event, Item, PendingEvent, Profile, StaleProfile, User
+from store.recommendations import delete_user_sessions
 from store.types import UTCDateTime, utc_bind_processor, utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads.
@@ -267,7 +268,7 @@ def get_user(session: Session, external_id: str) -> User:
 
 
 def delete_user(session: Session, external_id: str) -> None:
-    """Remove the user with their events and profile."""
+    """Remove the user with their events, profile and the answers they were given."""
     user = get_user(session, external_id)
     # The user's row first, as rebuilds and import folds take it (`lock_users`): taking the
     # profile first deadlocked against them on PostgreSQL.
@@ -275,6 +276,7 @@ def delete_user(session: Session, external_id: str) -> None:
     session.execute(delete(PendingEvent).where(PendingEvent.user_id == user.id))
     session.execute(delete(Event).where(Event.user_id == user.id))
     session.execute(delete(Profile).where(Profile.user_id == user.id))
+    delete_user_sessions(session, external_id)
     session.delete(user)
     session.flush()
 

@@ -296,3 +296,14 @@ class RecommendationSession(Base):
     arm: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# Erasing a user deletes their answers (`store.recommendations.delete_user_sessions`): without
+# this, a scan of every answer kept (one row per recommendation request, for 30 days). Anonymous
+# answers name no user and get no entry.
+Index(
+    "ix_recommendation_sessions_user",
+    RecommendationSession.user_external_id,
+    sqlite_where=RecommendationSession.user_external_id.is_not(None),
+    postgresql_where=RecommendationSession.user_external_id.is_not(None),
+)

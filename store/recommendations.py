@@ -39,6 +39,14 @@ def issued_at(recomm_id: str) -> float | None:
         return None
 
 
+def delete_user_sessions(session: Session, user_external_id: str) -> int:
+    """Delete the answers given to a user (erasure); return how many. An answer still waiting
+    in a server's session writer (`service.session_writer`, up to ~50 ms) is written after."""
+    table = RecommendationSession.__table__
+    result = session.execute(delete(table).where(table.c.user_external_id == user_external_id))
+    return int(result.rowcount or 0)
+
+
 def unanswered_recent_ids(session: Session, issued_since: float) -> set[str]:
     """``recomm_id``s on events that `new_recomm_id` issued since ``issued_since`` and that have
     no session row (yet). Its ids sort by issue time, so this is a range of the events'

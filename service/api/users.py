@@ -126,9 +126,9 @@ def show(user_id: str) -> dict[str, Any]:
 
 
 @bp.delete("/<user_id>")
-@operation("Erase the user, their events and profile", status=204, path=USER_ID)
+@operation("Erase the user, their events, profile and answers", status=204, path=USER_ID)
 def delete(user_id: str) -> Response:
-    """Remove the user with their events and profile (for erasure requests)."""
+    """Remove the user with their events, profile and answers (for erasure requests)."""
     runtime = get_runtime()
     with runtime.db.write() as session:
         delete_user(session, path_id(user_id, "user"))

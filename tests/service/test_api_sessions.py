@@ -347,3 +347,19 @@ def test_stats_count_an_event_whose_answer_another_worker_is_still_writing(
     finally:
         release.set()
         other.extensions["driftrec"].close()
+
+
+def test_erasing_a_user_deletes_the_answers_they_were_given(client, runtime):
+    user, other = new_user_id(), new_user_id()
+    for who in (user, other):
+        _like(client, who, ["space-0"])
+    mine = _ok(client.get(f"/v1/users/{user}/recommendations?k=2"))["recomm_id"]
+    theirs = _ok(client.get(f"/v1/users/{other}/recommendations?k=2"))["recomm_id"]
+    runtime.sessions.flush()
+
+    assert client.delete(f"/v1/users/{user}").status_code == 204
+    assert client.get(f"/v1/recommendations/{mine}/next").status_code == 404
+    _ok(client.get(f"/v1/recommendations/{theirs}/next"))
+    with runtime.db.read() as session:
+        names = select(RecommendationSession.user_external_id)
+        assert user not in set(session.scalars(names))
