@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,11 @@ from interest.recommend import COLD_START, Recommendation
 from service.errors import ValidationError
 from service.recommend_params import RecommendParams
 from service.runtime import Runtime
-from store.errors import NotFound
+from store.errors import Conflict, NotFound
 from store.items import ids_by_external
 from store.models import Item, RecommendationSession
 from store.recommendations import (
-    add_shown,
+    add_page,
     get_session,
     issued_at,
     new_recomm_id,
@@ -36,6 +37,9 @@ SERVED_BY_COLD_START = "cold_start"
 #: How long a read waits for the row of an answer another process has just given (its session
 #: writer commits within ~50 ms; this bounds the wait for an id that never arrives).
 JUST_ISSUED_WAIT_S = 1.0
+#: How often a next page is computed again when concurrent requests on the same answer keep
+#: claiming pages first (`store.recommendations.add_page`); then 409.
+NEXT_PAGE_ATTEMPTS = 8
 
 
 def served_by(found: Recommendation) -> str:
@@ -246,22 +250,30 @@ def next_page(runtime: Runtime, recomm_id: str, k: int | None) -> dict[str, Any]
     params = RecommendParams.from_json(stored)
     if k is not None:
         params = params.with_k(k)
-    if user_id is not None:
-        found = for_user(runtime, user_id, params, shown=shown)
-        skipped: list[dict[str, Any]] | None = None
-    else:
-        parsed = [Example(**example) for example in examples or []]
-        found, skipped = for_examples(runtime, parsed, params, shown=shown)
-
-    def work(session):  # type: ignore[no-untyped-def]
-        return add_shown(
-            session,
-            recomm_id,
-            [item.item_id for item in found.items],
-            ttl_s=runtime.settings.recommendation_ttl_s,
+    parsed = [Example(**example) for example in examples or []]
+    skipped: list[dict[str, Any]] | None = None
+    # Optimistic: the page is computed outside any lock and claimed only if no other request
+    # added one meanwhile; else computed again after the items shown now.
+    for _ in range(NEXT_PAGE_ATTEMPTS):
+        if user_id is not None:
+            found = for_user(runtime, user_id, params, shown=shown)
+        else:
+            found, skipped = for_examples(runtime, parsed, params, shown=shown)
+        page = [item.item_id for item in found.items]
+        newer = runtime.db.run_write(
+            partial(
+                add_page,
+                recomm_id=recomm_id,
+                item_ids=page,
+                after=shown,
+                ttl_s=runtime.settings.recommendation_ttl_s,
+            )
         )
-
-    runtime.db.run_write(work)
+        if newer is None:
+            break
+        shown = newer
+    else:
+        raise Conflict(f"answer {recomm_id!r} is being paged by other requests: try again")
     body: dict[str, Any] = {"recomm_id": recomm_id}
     if user_id is not None:
         body["user_id"] = user_id

@@ -122,18 +122,28 @@ def get_session(
     return row
 
 
-def add_shown(
-    session: Session, recomm_id: str, item_ids: Sequence[int], *, ttl_s: float
-) -> RecommendationSession:
-    """Append answered items (those not already there) and extend the expiry."""
+def add_page(
+    session: Session,
+    recomm_id: str,
+    item_ids: Sequence[int],
+    *,
+    after: Sequence[int],
+    ttl_s: float,
+) -> list[int] | None:
+    """Append a page of answered items, computed when the answer had shown ``after``, and
+    extend the expiry; None when done. When another request added a page since (the row no
+    longer holds ``after``), nothing is written and the items shown now are returned: the
+    caller computes its page again, so that concurrent next pages never repeat an item.
+    The row is locked (``FOR UPDATE``; SQLite's write transaction) for the check and write."""
     row = get_session(session, recomm_id, for_update=True)
-    known = set(row.shown)
-    shown = list(row.shown) + [i for i in item_ids if i not in known]
+    if list(row.shown) != list(after):
+        return list(row.shown)
+    shown = [*after, *item_ids]
     row.shown = shown
     row.shown_count = len(shown)
     row.expires_at = utcnow() + timedelta(seconds=ttl_s)
     session.flush()
-    return row
+    return None
 
 
 def delete_expired(session: Session, *, before: datetime | None = None) -> int:

@@ -14,7 +14,7 @@ from flask import Blueprint
 from service import recommending
 from service.api.common import get_runtime
 from service.contract import operation, path_id
-from service.schemas import ExamplesBody, NextPageQuery, Recommendations
+from service.schemas import Error, ExamplesBody, NextPageQuery, Recommendations
 
 bp = Blueprint("recommendations", __name__, url_prefix="/v1/recommendations")
 
@@ -47,6 +47,7 @@ def by_examples(body: ExamplesBody) -> dict[str, Any]:
     query=NextPageQuery,
     response=Recommendations,
     path={"recomm_id": "From an earlier recommendation answer"},
+    responses={409: (Error, "Other requests kept paging this answer at the same time; retry")},
 )
 def next_page(recomm_id: str, query: NextPageQuery) -> dict[str, Any]:
     """The next ``k`` (default: the first request's) items, none answered before."""

@@ -363,3 +363,25 @@ def test_erasing_a_user_deletes_the_answers_they_were_given(client, runtime):
     with runtime.db.read() as session:
         names = select(RecommendationSession.user_external_id)
         assert user not in set(session.scalars(names))
+
+
+def test_concurrent_next_pages_of_one_answer_never_repeat_an_item(app, client):
+    user = new_user_id()
+    _like(client, user, ["space-0"])
+    first = _ok(client.get(f"/v1/users/{user}/recommendations?k=3"))
+    pages: list[list[str]] = []
+    start = threading.Barrier(4)
+
+    def next_page() -> None:
+        own = admin_client(app)
+        start.wait()
+        pages.append(_ids(_ok(own.get(f"/v1/recommendations/{first['recomm_id']}/next?k=3"))))
+
+    threads = [threading.Thread(target=next_page) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shown = _ids(first) + [item for page in pages for item in page]
+    assert len(pages) == 4 and all(len(page) == 3 for page in pages), pages
+    assert len(shown) == len(set(shown)), pages
