@@ -170,6 +170,10 @@ class Recommender:
         encoder = self.encoders.get(model_version)
         state = self._with_text_vectors(state, encoder)
         query = encoder.encode([state], now)[0]
+        if not query.any():
+            # Nothing to rank by (events of value 0, items without vectors yet): an index
+            # search would order every item by a score of 0. Popular items instead.
+            return self._cold_start(k, exclude, categories, now, controls=controls)
         if controls is not None:
             return self._for_state_controlled(
                 state, encoder, query, k, exclude, categories, now, controls

@@ -191,6 +191,21 @@ def test_unknown_user_gets_cold_start(client):
     assert all(set(item) == {"id", "title", "score"} for item in body["items"])
 
 
+def test_events_that_carry_no_interest_leave_the_user_on_cold_start(client):
+    user = new_user_id()
+    event = {"id": uuid.uuid4().hex, "user_id": user, "item_id": "space-0", "type": "rating"}
+    accepted = client.post(
+        "/v1/events", json={"events": [{**event, "value": 0, "timestamp": time.time()}]}
+    )
+    assert accepted.get_json()["accepted"] == 1
+    body = _recommend(client, user, "k=3")
+    assert body["strategy"] == "cold_start" and body["served_by"] == "cold_start"
+    assert "space-0" not in {item["id"] for item in body["items"]}  # seen, still excluded
+    examples = {"examples": [{"item_id": "space-0", "weight": 0}]}
+    anonymous = client.post("/v1/recommendations", json=examples)
+    assert anonymous.status_code == 200 and anonymous.get_json()["strategy"] == "cold_start"
+
+
 def test_category_filter_repeats_or_commas(client):
     user = new_user_id()
     _post(client, [_event(user, "music-0", "like")])
