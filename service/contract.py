@@ -30,7 +30,7 @@ from pydantic_core import ErrorDetails
 
 from service.errors import PayloadTooLarge, ValidationError
 from service.fields import REF_TEMPLATE, SETTING_LIMIT_KEY, Entries, Id
-from service.validation import check_raw_path, json_body
+from service.validation import check_raw_path, check_raw_query, json_body
 from store.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -67,6 +67,7 @@ def operation(summary: str, **declared: Any) -> Callable[[Callable[..., Any]], C
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def endpoint(**kwargs: Any) -> Any:
+            check_raw_query()
             if spec.query is not None:
                 kwargs["query"] = validate(spec.query, query_values(spec.query, request.args))
             if spec.body is not None:

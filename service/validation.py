@@ -3,7 +3,8 @@
 What a body or a query must hold is declared once, as pydantic models (`service.schemas`,
 `service.recommend_params`), and checked by `service.contract`. This module only gets the body
 to them: 415 unless it is declared JSON, 400 when it will not parse, 413 past
-``MAX_CONTENT_LENGTH``; and refuses URLs whose percent-escapes are not UTF-8.
+``MAX_CONTENT_LENGTH``; and refuses URLs (path or query string) whose percent-escapes are not
+UTF-8.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def check_raw_path(what: str) -> None:
         environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
     except UnicodeError as exc:  # invalid UTF-8, or characters that were never bytes
         raise ValidationError(f"{what} id in the URL is not valid UTF-8") from exc
+
+
+def check_raw_query() -> None:
+    """As `check_raw_path`, for the query string: ``?category=%FF`` would read as U+FFFD."""
+    raw = request.environ.get("QUERY_STRING", "")
+    if "%" not in raw and raw.isascii():
+        return
+    try:
+        unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeError as exc:
+        raise ValidationError("the query string in the URL is not valid UTF-8") from exc
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -108,3 +108,14 @@ def test_oversized_body_with_default_limit_is_413_json(app, client):
         413,
         "payload_too_large",
     )
+
+
+def test_invalid_utf8_in_the_query_string_is_refused(client):
+    for query in ("category=%FF", "exclude=%FF", "k=5&exclude=a%C3%28"):
+        message = _error(
+            client.get(f"/v1/users/q/recommendations?{query}"), 422, "validation_error"
+        )
+        assert "query string in the URL is not valid UTF-8" in message
+    _error(client.get("/v1/items/space-0/similar?category=%ED%A0%80"), 422, "validation_error")
+    ok = client.get("/v1/users/q/recommendations?category=caf%C3%A9&exclude=%E2%82%AC")
+    assert ok.status_code == 200
