@@ -10,6 +10,7 @@ checks raise `PydanticCustomError` with a message that reads after the field nam
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -201,14 +202,23 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 # -- query parameters (text) -----------------------------------------------------------------
+_QUERY_INT = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() and int() take any script's
+
+
 def query_int(raw: object) -> object:
+    """Text of ASCII digits with an optional minus -> int; the field's bounds say the rest."""
     if isinstance(raw, str):
         text = raw.strip()
-        if not text.lstrip("+-").isdigit() or len(text) > 12:
+        if not _QUERY_INT.fullmatch(text):
             raise PydanticCustomError(
                 "query_int", "must be an integer, got {value}", {"value": repr(raw[:64])}
             )
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise PydanticCustomError(
+                "query_int", "is out of range, got {value}", {"value": repr(raw[:64])}
+            ) from None
     return raw
 
 

@@ -59,6 +59,17 @@ def test_bad_k_is_422(client, query):
     _error(client.get(f"/v1/items/space-0/similar?{query}"), 422, "validation_error")
 
 
+def test_query_k_accepts_ascii_digits_only_and_says_why(client, runtime):
+    limit = runtime.settings.max_k
+    for query, says in [
+        ("k=--5", "k must be an integer, got '--5'"),
+        ("k=%C2%B2", "k must be an integer"),  # superscript two: str.isdigit() says yes
+        ("k=%EF%BC%95", "k must be an integer"),  # full-width five: int() takes it
+        ("k=99999999999999", f"k must be at most {limit}, got 99999999999999"),
+    ]:
+        assert _error(client.get(f"{REC}?{query}"), 422, "validation_error").startswith(says)
+
+
 def test_k_bounds_are_inclusive(client):
     assert client.get(f"{REC}?k=1").status_code == 200
     assert client.get(f"{REC}?k=1000").status_code == 200
