@@ -29,7 +29,7 @@ from pydantic.json_schema import models_json_schema
 from pydantic_core import ErrorDetails
 
 from service.errors import PayloadTooLarge, ValidationError
-from service.fields import REF_TEMPLATE, SETTING_LIMIT_KEY, Entries, Id
+from service.fields import REF_TEMPLATE, SETTING_LIMIT_KEY, Entries, Id, shown
 from service.validation import check_raw_path, check_raw_query, json_body
 from store.settings import Settings
 
@@ -176,16 +176,18 @@ def _message(error: ErrorDetails, root: str) -> str:
         parent = _field(loc[:-1])
         return f"unknown {parent + ' ' if parent else ''}field {loc[-1]!r}"
     template = _MESSAGES.get(kind)
+    given = error.get("input")
+    if kind == "float_type" and isinstance(given, int) and not isinstance(given, bool):
+        template = "is out of range: {input} is beyond the range of a float (~1.8e308)"
     if kind == "too_short" and (error.get("ctx") or {}).get("min_length") == 1:
         template = "must not be empty"
     if template is not None:
         ctx = dict(error.get("ctx") or {})
-        given = error.get("input")
         try:
             text = template.format(
                 **ctx,
                 got=_type_name(given),
-                input=repr(given[:64]) if isinstance(given, str) else given,
+                input=repr(given[:64]) if isinstance(given, str) else shown(given),
             )
         except (KeyError, IndexError):  # a context this template did not expect
             text = error["msg"]

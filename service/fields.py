@@ -67,7 +67,9 @@ class AtMost:
                 )
         elif value > limit:
             raise PydanticCustomError(
-                "at_most", "must be at most {limit}, got {value}", {"limit": limit, "value": value}
+                "at_most",
+                "must be at most {limit}, got {value}",
+                {"limit": limit, "value": shown(value)},
             )
         return value
 
@@ -119,7 +121,25 @@ NonEmptyText = text(non_empty=True)
 #: A caller's id (item, user, event): non-empty, at most the column's length.
 Id = text(max_length=EXTERNAL_ID_LENGTH, non_empty=True)
 
+
 # -- numbers ---------------------------------------------------------------------------------
+def float_range(value: int) -> bool:
+    """Whether an integer converts to a float: JSON allows any number of digits, but one past
+    ~1.8e308 cannot be compared with a float or stored as one (``OverflowError``)."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def shown(value: object) -> object:
+    """``value`` for a message: an integer of hundreds of digits as its order of magnitude."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"about {'-' if value < 0 else ''}1e{int(value.bit_length() * math.log10(2))}"
+    return value
+
+
 #: A JSON number that is neither NaN nor infinite.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 #: How many items to answer: 1 up to ``DRIFTREC_MAX_K``.
@@ -134,13 +154,13 @@ def to_datetime(raw: object) -> datetime:
     if isinstance(raw, bool):
         raise PydanticCustomError("timestamp_type", "must be an ISO 8601 string or epoch seconds")
     if isinstance(raw, int | float):
-        if not math.isfinite(raw):
+        if isinstance(raw, float) and not math.isfinite(raw):
             raise PydanticCustomError("not_finite", "must be a finite number of epoch seconds")
-        try:
+        try:  # an integer past the float range overflows too
             return datetime.fromtimestamp(raw, UTC)
         except (OverflowError, OSError, ValueError):
             raise PydanticCustomError(
-                "timestamp_range", "is out of range: {value}", {"value": repr(raw)}
+                "timestamp_range", "is out of range: {value}", {"value": shown(raw)}
             ) from None
     if isinstance(raw, str):
         try:
@@ -183,6 +203,10 @@ def _plain_json(value: Any, depth: int = 0) -> None:
         _storable(value)
     elif isinstance(value, float) and not math.isfinite(value):
         raise PydanticCustomError("not_finite", "must not contain NaN or infinite numbers")
+    elif isinstance(value, int) and not float_range(value):
+        raise PydanticCustomError(
+            "number_range", "must not contain integers beyond the range of a float (~1.8e308)"
+        )
     elif isinstance(value, dict):
         for key, inner in value.items():
             _storable(key)
@@ -197,7 +221,8 @@ def _json_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-#: A JSON object PostgreSQL accepts: finite numbers, storable strings, bounded nesting.
+#: A JSON object PostgreSQL accepts and filters can compare: finite numbers within the float
+#: range, storable strings, bounded nesting.
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 

@@ -110,6 +110,28 @@ def test_oversized_body_with_default_limit_is_413_json(app, client):
     )
 
 
+#: An integer JSON allows but a float cannot hold (float() raises OverflowError).
+HUGE = 10**400
+
+
+def test_integers_beyond_the_float_range_are_422_naming_the_field(client):
+    event = {"id": "huge-ts", "user_id": "huge", "item_id": "space-0", "type": "view"}
+    events = [{**event, "timestamp": HUGE}, {**event, "id": "huge-value", "value": HUGE}]
+    rejected = client.post("/v1/events", json={"events": events}).get_json()["rejected"]
+    assert "timestamp is out of range: about 1e400" in rejected[0]["error"]
+    assert "value is out of range" in rejected[1]["error"]  # not "must be a number, got a number"
+    for field, value in (("expires_at", HUGE), ("properties", {"p": [1, {"q": -HUGE}]})):
+        item = {"id": "huge-item", "title": "t", field: value}
+        response = client.put("/v1/items", json={"items": [item]})
+        _error(response, 422, "validation_error")
+        detail = response.get_json()["error"]["details"][0]["error"]
+        assert detail.startswith(field) and "range" in detail, detail
+    message = _error(
+        client.post("/v1/search", json={"query": "x", "k": HUGE}), 422, "validation_error"
+    )
+    assert "k must be at most" in message and len(message) < 200
+
+
 def test_invalid_utf8_in_the_query_string_is_refused(client):
     for query in ("category=%FF", "exclude=%FF", "k=5&exclude=a%C3%28"):
         message = _error(
