@@ -113,6 +113,15 @@ def _check_condition(name: str, condition: Any) -> None:
             isinstance(operand, bool) or not isinstance(operand, int | float | str)
         ):
             raise FilterError(f"{operator!r} on property {name!r} needs a number or a date")
+        if (
+            operator in RANGE_OPERATORS
+            and isinstance(operand, int | float)
+            and not _is_number(operand)
+        ):
+            raise FilterError(
+                f"{operator!r} on property {name!r} needs a finite number within the range "
+                "of a float (~1.8e308)"
+            )
 
 
 def _satisfies(value: Any, condition: Any) -> bool:
@@ -162,7 +171,14 @@ def _compare(value: Any, operand: Any) -> int | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A number comparable as a float: not a bool, NaN, infinity or an integer past the float
+    range (one stored before upserts refused them is simply not comparable)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large to convert to float
+        return False
 
 
 def _moment(text: str) -> float | None:

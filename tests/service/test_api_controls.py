@@ -214,6 +214,29 @@ def test_negative_feedback_pushes_away_and_excludes(client):
     assert not {"food-1", "food-2"} & set(_ids(body))
 
 
+def test_a_stored_integer_beyond_the_float_range_matches_no_range_filter(
+    client, runtime, space_fan
+):
+    """Upserts refuse such an integer now; one stored before must not turn filters into 500s."""
+    from store.items import get_item
+
+    def set_huge(value):
+        with runtime.db.write() as session:
+            item = get_item(session, "shop-red-coat")
+            item.properties = {**item.properties, "huge": value}
+
+    set_huge(10**400)
+    try:
+        huge = {"k": 10, "filter": {"properties": {"huge": {"gte": 1}}}}
+        assert _post(client, space_fan, huge)["items"] == []
+        anonymous = client.post("/v1/recommendations", json={**huge, "examples": [{"text": "x"}]})
+        assert anonymous.status_code == 200 and anonymous.get_json()["items"] == []
+        price = {"k": 10, "filter": {"properties": {"price": {"gt": 100}}}}
+        assert _ids(_post(client, space_fan, price)) == ["shop-red-coat"]
+    finally:
+        set_huge(1)
+
+
 @pytest.mark.parametrize(
     ("method", "query_or_body", "message"),
     [
@@ -224,6 +247,7 @@ def test_negative_feedback_pushes_away_and_excludes(client):
         ("post", {"filter": {"properties": {"price": {"between": [1, 2]}}}}, "unknown operator"),
         ("post", {"filter": {"properties": {"size": {"in": "S"}}}}, "'in'"),
         ("post", {"filter": {"properties": {"price": {"gte": [1]}}}}, "number or a date"),
+        ("post", {"filter": {"properties": {"price": {"lt": 10**400}}}}, "range of a float"),
         ("post", {"filter": {"colour": "red"}}, "unknown filter field"),
         ("post", {"excluded": ["a"]}, "unknown field"),
         ("post", {"exclude": "a,b"}, "exclude"),
