@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 
 from store.models import EXTERNAL_ID_LENGTH
-from store.types import unstorable_text
+from store.types import path_id_problem, unstorable_text
 
 #: The JSON-schema key a settings-bound limit leaves in a schema; `service.contract` replaces it
 #: with ``maximum``/``maxItems`` from the app's settings.
@@ -120,6 +120,19 @@ Text = Annotated[StrictStr, AfterValidator(_storable)]
 NonEmptyText = text(non_empty=True)
 #: A caller's id (item, user, event): non-empty, at most the column's length.
 Id = text(max_length=EXTERNAL_ID_LENGTH, non_empty=True)
+
+
+def _path_segment(value: str) -> str:
+    problem = path_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("path_id", problem)
+    return value
+
+
+#: The id of an item or a user, which URL paths name (`/v1/items/<id>`, `/v1/users/<id>`): an
+#: `Id` without "/", which a server decodes from %2F into a separator before routing, so such
+#: an item or user could be created but never read, recommended to or erased.
+PathId = Annotated[Id, AfterValidator(_path_segment)]
 
 
 # -- numbers ---------------------------------------------------------------------------------

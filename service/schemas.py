@@ -28,6 +28,7 @@ from service.fields import (
     JsonObject,
     K,
     NonEmptyText,
+    PathId,
     QueryK,
     QueryList,
     QueryTimestamp,
@@ -66,9 +67,9 @@ class Entry(BaseModel):
 
 # -- requests --------------------------------------------------------------------------------
 class ItemEntry(Entry):
-    """One catalogue item; `id` is the caller's."""
+    """One catalogue item; `id` is the caller's (no "/": URL paths name it)."""
 
-    id: Id
+    id: PathId
     title: NonEmptyText
     text: Text | None = Field(None, description="Embedded with the title")
     categories: list[Text] | None = None
@@ -92,7 +93,7 @@ class EventEntry(Entry):
     """One event; an unknown item or event type rejects the entry, not the batch."""
 
     id: Id = Field(description="Idempotency key: a stored id is a duplicate")
-    user_id: Id
+    user_id: PathId
     item_id: Id
     type: EventType = Field(description="One of the types in DRIFTREC_EVENT_WEIGHTS")
     value: Annotated[FiniteFloat, Field(ge=-MAX_EVENT_VALUE, le=MAX_EVENT_VALUE)] | None = None
@@ -159,7 +160,7 @@ class StatsQuery(BaseModel):
 
 class MergeBody(Entry):
     from_: Id = Field(alias="from", description="The anonymous user, deleted afterwards")
-    into: Id = Field(description="The user who keeps the events")
+    into: PathId = Field(description="The user who keeps the events")
 
 
 class ExampleInput(Entry):

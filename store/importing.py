@@ -34,7 +34,7 @@ from store.errors import ImportFormatError
 from store.events import EventRow, ensure_users, insert_events, lock_users, mark_profiles_stale
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
-from store.types import unstorable_text, utcnow
+from store.types import path_id_problem, unstorable_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,15 @@ def _from_epoch(seconds: float) -> datetime:
         return datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError) as exc:
         raise ValueError(f"timestamp {seconds!r} is out of range") from exc
+
+
+def _path_identifier(value: object, name: str) -> str:
+    """An item's or a user's id: `_identifier`, and no "/" (`store.types.path_id_problem`)."""
+    text = _identifier(value, name)
+    problem = path_id_problem(text)
+    if problem is not None:
+        raise ValueError(f"{name} {problem}")
+    return text
 
 
 def _identifier(value: object, name: str, max_length: int = EXTERNAL_ID_LENGTH) -> str:
@@ -278,7 +287,7 @@ def _item_from_json(obj: dict[str, Any]) -> ItemInput:
         raise ValueError("available must be true or false")
     expires_at = obj.get("expires_at")
     return ItemInput(
-        external_id=_identifier(obj.get("id"), "id"),
+        external_id=_path_identifier(obj.get("id"), "id"),
         title=title,
         text=text,
         categories=_string_list(obj.get("categories"), "categories"),
@@ -323,6 +332,7 @@ def _event_from_csv(row: list[str | None]) -> EventRecord:
         and max(len(event_id), len(user_id), len(item_id)) <= EXTERNAL_ID_LENGTH
         and len(event_type) <= EVENT_TYPE_LENGTH
         and "\x00" not in f"{event_id}{user_id}{item_id}{event_type}"
+        and "/" not in user_id
     ):
         return EventRecord(
             event_id,
@@ -352,7 +362,7 @@ def _event_from_mapping(obj: dict[str, Any]) -> EventRecord:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     return EventRecord(
         event_id=_identifier(obj["id"], "id"),
-        user_id=_identifier(obj["user_id"], "user_id"),
+        user_id=_path_identifier(obj["user_id"], "user_id"),
         item_id=_identifier(obj["item_id"], "item_id"),
         type=_identifier(obj["type"], "type", EVENT_TYPE_LENGTH),
         value=_optional_float(obj.get("value"), "value"),

@@ -68,6 +68,12 @@ def utc_bind_processor(dialect: Dialect) -> Callable[[datetime | None], Any]:
     return fast if all(fast(probe) == official(probe) for probe in probes) else official
 
 
+def path_id_problem(value: str) -> str | None:
+    """Why ``value`` cannot be an item's or a user's id, or None: a "/" (URL paths name items
+    and users, and servers decode an escaped one, %2F, into a separator before routing)."""
+    return "must not contain '/' (URL paths name items and users)" if "/" in value else None
+
+
 def unstorable_text(value: str) -> tuple[str, str] | None:
     """Why every database cannot store ``value`` as text, as (code, message), or None: a NUL
     character (PostgreSQL refuses it; SQLite's JSON functions, which bound id lists go

@@ -115,6 +115,25 @@ def test_huge_ids_are_refused(client):
     assert body["accepted"] == 0 and body["rejected"][0]["index"] == 0
 
 
+def test_item_and_user_ids_with_a_slash_are_refused(client):
+    """URL paths name items and users, and a server decodes %2F into a separator before
+    routing: such an item or user could be created but never read, recommended to or erased."""
+    item = {"id": "shop/1", "title": "t"}
+    refused = client.put("/v1/items", json={"items": [item]})
+    _error(refused, 422, "validation_error")
+    assert "must not contain '/'" in refused.get_json()["error"]["details"][0]["error"]
+    event = {"id": "e/1", "user_id": "org/7", "item_id": "space-0", "type": "view"}
+    body = client.post("/v1/events", json={"events": [{**event, "timestamp": 0}]}).get_json()
+    assert body["accepted"] == 0 and "must not contain '/'" in body["rejected"][0]["error"]
+    # Event ids never appear in a path: a slash is fine there.
+    accepted = client.post(
+        "/v1/events", json={"events": [{**event, "user_id": "org-7", "timestamp": 0}]}
+    )
+    assert accepted.get_json()["accepted"] == 1
+    merge = {"from": "org-7", "into": "org/8"}
+    _error(client.post("/v1/users/merge", json=merge), 422, "validation_error")
+
+
 def test_bad_event_values_are_rejected_by_index(client):
     now = time.time()
     base = {"user_id": "bad-values", "item_id": "space-0", "type": "rating", "timestamp": now}

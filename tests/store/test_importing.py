@@ -233,6 +233,7 @@ def test_items_jsonl(tmp_path: Path) -> None:
         ('{"id": "b", "title": "B", "categories": "x"}', "categories must be a list"),
         ('{"id": "b", "title": "B", "expires_at": "soon"}', "timestamp"),
         ('{"id": "", "title": "B"}', "id must not be empty"),
+        ('{"id": "b/c", "title": "B"}', "id must not contain '/'"),
     ],
 )
 def test_bad_items_jsonl_line_names_the_line(tmp_path: Path, line: str, message: str) -> None:
@@ -279,6 +280,7 @@ def test_events_csv_and_jsonl(tmp_path: Path) -> None:
         ("e3,u\x001,i1,view,,2024-03-01", "user_id must not contain NUL"),
         ("e3,u1," + "i" * 300 + ",view,,2024-03-01", "item_id is longer than 256"),
         ("e3,u1,i1," + "t" * 65 + ",,2024-03-01", "type is longer than 64"),
+        ("e3,org/u1,i1,view,,2024-03-01", "user_id must not contain '/'"),
     ],
 )
 def test_bad_events_csv_line_names_the_line(tmp_path: Path, row: str, message: str) -> None:
