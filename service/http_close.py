@@ -34,7 +34,13 @@ def close_after_answer(sock: socket.socket, timeout: float = 2.0, max_drain: int
 
 def _has_unread_bytes(sock: socket.socket) -> bool:
     """Whether request bytes wait unread, looked at without waiting; True where it cannot look
-    (a TLS socket refuses flags on recv): such connections linger as gunicorn's do."""
+    (a TLS socket refuses flags on recv): such connections linger as gunicorn's do.
+
+    A socket with a timeout (`service.client_timeout`) would first wait for data that long,
+    whatever the flags: it peeks in non-blocking mode, then gets its timeout back."""
+    timeout = sock.gettimeout()
+    if timeout:
+        sock.settimeout(0)
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))  # b"": client closed
     except BlockingIOError:
@@ -43,6 +49,9 @@ def _has_unread_bytes(sock: socket.socket) -> bool:
         return True
     except OSError:
         return False  # reset or gone: nothing to protect
+    finally:
+        if timeout:
+            sock.settimeout(timeout)
 
 
 def install() -> None:

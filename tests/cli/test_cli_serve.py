@@ -147,6 +147,9 @@ def test_a_connection_that_cannot_be_peeked_at_lingers_as_gunicorn_does(monkeypa
     from service import http_close
 
     class TlsLike:
+        def gettimeout(self):
+            return None
+
         def recv(self, size, flags=0):  # noqa: ARG002 - the shape of ssl.SSLSocket.recv
             raise ValueError("non-zero flags not allowed in calls to recv()")
 
@@ -155,6 +158,21 @@ def test_a_connection_that_cannot_be_peeked_at_lingers_as_gunicorn_does(monkeypa
     sock = TlsLike()
     http_close.close_after_answer(sock)  # type: ignore[arg-type]
     assert lingered == [sock]
+
+
+def test_a_connection_with_a_read_timeout_is_peeked_at_without_waiting():
+    """A socket with a timeout polls for that long before any recv, MSG_DONTWAIT or not."""
+    from service import http_close
+
+    server_side, client_side = socket.socketpair()
+    with server_side, client_side:
+        server_side.settimeout(3)
+        started = time.monotonic()
+        assert not http_close._has_unread_bytes(server_side)
+        assert time.monotonic() - started < 0.5
+        assert server_side.gettimeout() == 3
+        client_side.sendall(b"x")
+        assert http_close._has_unread_bytes(server_side)
 
 
 def test_serve_and_demo_refuse_a_port_in_use_before_doing_anything(cli_env, tmp_path, monkeypatch):
