@@ -35,7 +35,7 @@ JSON = "application/json"
 DOCUMENT_KEY = "driftrec.openapi"
 
 ERRORS = {
-    "400": "Body is not valid JSON (`invalid_json`)",
+    "400": "Body is not valid JSON (`invalid_json`), or malformed (`bad_request`)",
     "401": "Missing, invalid or revoked API key (`unauthorized`)",
     "403": "The key lacks the scope this endpoint needs (`forbidden`)",
     "404": "Unknown id or route (`not_found`)",

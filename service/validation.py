@@ -2,9 +2,9 @@
 
 What a body or a query must hold is declared once, as pydantic models (`service.schemas`,
 `service.recommend_params`), and checked by `service.contract`. This module only gets the body
-to them: 415 unless it is declared JSON, 400 when it will not parse, 413 past
-``MAX_CONTENT_LENGTH``; and refuses URLs (path or query string) whose percent-escapes are not
-UTF-8.
+to them: 415 unless it is declared JSON, 400 when it will not parse (as JSON, or as HTTP: a
+malformed chunked body), 413 past ``MAX_CONTENT_LENGTH``; and refuses URLs (path or query
+string) whose percent-escapes are not UTF-8.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import request
+from gunicorn.http.errors import ParseException
 
-from service.errors import InvalidJson, UnsupportedMediaType, ValidationError
+from service.errors import BadRequest, InvalidJson, UnsupportedMediaType, ValidationError
 
 
 def json_body() -> Any:
@@ -30,11 +31,20 @@ def json_body() -> Any:
         raise UnsupportedMediaType(
             f"expected a JSON body (Content-Type: application/json), got {mimetype or 'none'!r}"
         )
-    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    raw = _body()
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise InvalidJson(f"request body is not valid JSON: {_short(exc)}") from exc
+
+
+def _body() -> bytes:
+    """The raw body: 413 past ``MAX_CONTENT_LENGTH``, 400 for a chunked body gunicorn cannot
+    parse (its exceptions would otherwise reach the catch-all as a 500)."""
+    try:
+        return request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    except ParseException as exc:  # InvalidChunkSize, ChunkMissingTerminator, InvalidHeader, ...
+        raise BadRequest(f"malformed request body: {_short(exc)}") from exc
 
 
 def check_raw_path(what: str) -> None:

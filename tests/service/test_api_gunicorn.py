@@ -68,6 +68,10 @@ class Http:
 
 @pytest.fixture
 def server(tmp_path):
+    yield from _serve(tmp_path)
+
+
+def _serve(tmp_path, extra_env=None, extra_args=()):
     url = f"sqlite:///{tmp_path}/driftrec.db"
     upgrade(url)
     port = _free_port()
@@ -79,6 +83,7 @@ def server(tmp_path):
         "HF_HUB_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO_ROOT),
+        **(extra_env or {}),
     }
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
@@ -92,6 +97,7 @@ def server(tmp_path):
                 "--timeout",
                 "180",
                 "--no-control-socket",  # its default path is shared by every gunicorn on the host
+                *extra_args,
                 "service.app:create_app()",
             ],
             cwd=REPO_ROOT,
@@ -175,3 +181,68 @@ def test_items_written_through_one_worker_are_served_by_every_worker(server):
     log = log_path.read_text()
     assert "level=ERROR" not in log and "Traceback" not in log, log
     assert http.key not in log and "Bearer" not in log
+
+
+# --- Hostile clients, against the server as `driftrec serve` configures it -----------------
+
+
+@pytest.fixture(scope="module")
+def configured_server(tmp_path_factory):
+    """gunicorn with `service.gunicorn_conf`, as `driftrec serve` runs it."""
+    yield from _serve(
+        tmp_path_factory.mktemp("configured"),
+        extra_args=("--config", "python:service.gunicorn_conf"),
+    )
+
+
+def _port(http: Http) -> int:
+    return int(http.base.rsplit(":", 1)[1])
+
+
+def _post_head(http: Http, path: str, framing: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {http.key}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+        + framing
+        + b"\r\n"
+    )
+
+
+def _exchange(http: Http, data: bytes, timeout: float = 5) -> tuple[bytes, float]:
+    """Send raw bytes; everything the server sends until it closes, and how long that took."""
+    with socket.create_connection(("127.0.0.1", _port(http)), timeout=timeout) as sock:
+        started = time.monotonic()
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks), time.monotonic() - started
+
+
+def _status_and_error(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)["error"]
+
+
+def _assert_quiet_log(log_path: Path) -> None:
+    log = log_path.read_text()
+    for noise in ("level=ERROR", "[ERROR]", "Traceback", "WORKER TIMEOUT"):
+        assert noise not in log, log
+
+
+def test_a_malformed_chunked_body_is_a_json_400(configured_server):
+    """gunicorn's body parser raised its own exceptions through the app: a 500 and a traceback."""
+    http, log_path = configured_server
+    head = _post_head(http, "/v1/search", b"Transfer-Encoding: chunked\r\n")
+    bodies = {
+        "Invalid chunk size": b"ZZ\r\nabc\r\n0\r\n\r\n",
+        "extension": b'd;\x01\r\n{"query":"x"}\r\n0\r\n\r\n',
+        "terminator": b'd\r\n{"query":"x"}XX0\r\n\r\n',
+        "Header": b'd\r\n{"query":"x"}\r\n0\r\nno colon\r\n\r\n',
+    }
+    for fault, body in bodies.items():
+        answer, _ = _exchange(http, head + body)
+        status, error = _status_and_error(answer)
+        assert (status, error["code"]) == (400, "bad_request"), answer
+        assert error["message"].startswith("malformed request body: ") and fault in error["message"]
+    _assert_quiet_log(log_path)
