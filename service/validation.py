@@ -3,8 +3,8 @@
 What a body or a query must hold is declared once, as pydantic models (`service.schemas`,
 `service.recommend_params`), and checked by `service.contract`. This module only gets the body
 to them: 415 unless it is declared JSON, 400 when it will not parse (as JSON, or as HTTP: a
-malformed chunked body), 413 past ``MAX_CONTENT_LENGTH``; and refuses URLs (path or query
-string) whose percent-escapes are not UTF-8.
+malformed chunked body), 413 past ``MAX_CONTENT_LENGTH`` (chunked bodies included); and
+refuses URLs (path or query string) whose percent-escapes are not UTF-8.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 from flask import request
 from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from service.errors import BadRequest, InvalidJson, UnsupportedMediaType, ValidationError
 
@@ -39,10 +40,21 @@ def json_body() -> Any:
 
 
 def _body() -> bytes:
-    """The raw body: 413 past ``MAX_CONTENT_LENGTH``, 400 for a chunked body gunicorn cannot
-    parse (its exceptions would otherwise reach the catch-all as a 500)."""
+    """The raw body: 413 past ``MAX_CONTENT_LENGTH`` (werkzeug checks a declared length before
+    reading; a chunked body it cuts at the limit, so one more byte is asked for), 400 for a
+    chunked body gunicorn cannot parse (its exceptions would otherwise reach the catch-all as a
+    500)."""
     try:
-        return request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+        raw = request.get_data(cache=True)  # raises 413 past a declared Content-Length
+        limit = request.max_content_length
+        if request.content_length is None and limit is not None and len(raw) >= limit:
+            try:
+                more = request.environ["wsgi.input"].read(1)
+            except OSError as exc:  # gunicorn's NoMoreData: the body was cut off
+                raise ClientDisconnected() from exc
+            if more:
+                raise RequestEntityTooLarge()
+        return raw
     except ParseException as exc:  # InvalidChunkSize, ChunkMissingTerminator, InvalidHeader, ...
         raise BadRequest(f"malformed request body: {_short(exc)}") from exc
 

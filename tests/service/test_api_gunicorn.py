@@ -208,6 +208,14 @@ def _post_head(http: Http, path: str, framing: bytes) -> bytes:
     )
 
 
+def _chunked(body: bytes, size: int = 1 << 20) -> bytes:
+    pieces = [
+        f"{len(body[at : at + size]):x}\r\n".encode() + body[at : at + size] + b"\r\n"
+        for at in range(0, len(body), size)
+    ]
+    return b"".join(pieces) + b"0\r\n\r\n"
+
+
 def _exchange(http: Http, data: bytes, timeout: float = 5) -> tuple[bytes, float]:
     """Send raw bytes; everything the server sends until it closes, and how long that took."""
     with socket.create_connection(("127.0.0.1", _port(http)), timeout=timeout) as sock:
@@ -245,4 +253,21 @@ def test_a_malformed_chunked_body_is_a_json_400(configured_server):
         status, error = _status_and_error(answer)
         assert (status, error["code"]) == (400, "bad_request"), answer
         assert error["message"].startswith("malformed request body: ") and fault in error["message"]
+    _assert_quiet_log(log_path)
+
+
+def test_a_chunked_body_past_the_size_limit_is_a_413(configured_server):
+    """Werkzeug cut a chunked body at MAX_CONTENT_LENGTH and went on with what it had read."""
+    http, log_path = configured_server
+    limit = 32 * 1024 * 1024
+    head = _post_head(http, "/v1/events", b"Transfer-Encoding: chunked\r\n")
+    declared = _post_head(http, "/v1/events", f"Content-Length: {limit + 1}\r\n".encode())
+    status, too_large = _status_and_error(_exchange(http, declared)[0])
+    assert (status, too_large["code"]) == (413, "payload_too_large")
+    at_limit = b'{"events":[]}'.ljust(limit)
+    answer, _ = _exchange(http, head + _chunked(at_limit + b"garbage"), timeout=30)
+    assert _status_and_error(answer) == (413, too_large), answer[:300]
+    # A chunked body of exactly the limit is read whole.
+    answer, _ = _exchange(http, head + _chunked(at_limit), timeout=30)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     _assert_quiet_log(log_path)
