@@ -29,6 +29,7 @@ HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     414: "uri_too_long",
@@ -71,6 +72,10 @@ class BadRequest(ApiError):
 
 class InvalidJson(ApiError):
     status, code = 400, "invalid_json"
+
+
+class RequestTimeout(ApiError):
+    status, code = 408, "request_timeout"
 
 
 class ApiNotFound(ApiError):

@@ -12,7 +12,9 @@ from service.http_close import install as install_prompt_close
 wsgi_app = "service.app:create_app()"
 # Requests are CPU-bound (vector math): one request at a time per worker, one worker per core.
 # (gthread with keep-alive, one thread: 7% fewer recommendations per second here.)
-worker_class = "sync"
+# gunicorn's sync worker with a read timeout per connection (DRIFTREC_CLIENT_TIMEOUT_S), so a
+# client that stalls mid-request is dropped instead of holding the worker (service.client_timeout).
+worker_class = "service.client_timeout.SyncWorker"
 # Not preloaded: each worker opens its own database connections; none cross a fork.
 preload_app = False
 # The first search in a worker loads the embedding model: under a second from the cached

@@ -35,11 +35,12 @@ JSON = "application/json"
 DOCUMENT_KEY = "driftrec.openapi"
 
 ERRORS = {
-    "400": "Body is not valid JSON (`invalid_json`), or malformed (`bad_request`)",
+    "400": "Body is not valid JSON (`invalid_json`), or malformed or cut short (`bad_request`)",
     "401": "Missing, invalid or revoked API key (`unauthorized`)",
     "403": "The key lacks the scope this endpoint needs (`forbidden`)",
     "404": "Unknown id or route (`not_found`)",
     "405": "Method not allowed on this path (`method_not_allowed`)",
+    "408": "The client stopped sending the body (`request_timeout`)",
     "409": "A concurrent write conflicted; retry (`conflict`)",
     "413": "Body or batch over the limit (`payload_too_large`)",
     "415": "Body is not `application/json` (`unsupported_media_type`)",
@@ -47,7 +48,7 @@ ERRORS = {
     "503": "Database or embedding model unavailable; retry (`unavailable`)",
 }
 READ_ERRORS = ("401", "403", "404", "405", "422", "503")
-BODY_ERRORS = ("400", "401", "403", "404", "405", "409", "413", "415", "422", "503")
+BODY_ERRORS = ("400", "401", "403", "404", "405", "408", "409", "413", "415", "422", "503")
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 What a body or a query must hold is declared once, as pydantic models (`service.schemas`,
 `service.recommend_params`), and checked by `service.contract`. This module only gets the body
 to them: 415 unless it is declared JSON, 400 when it will not parse (as JSON, or as HTTP: a
-malformed chunked body), 413 past ``MAX_CONTENT_LENGTH`` (chunked bodies included); and
-refuses URLs (path or query string) whose percent-escapes are not UTF-8.
+malformed chunked body), 413 past ``MAX_CONTENT_LENGTH`` (chunked bodies included), 408 when the
+client stalled while sending it; and refuses URLs (path or query string) whose percent-escapes
+are not UTF-8.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from flask import request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from service.errors import BadRequest, InvalidJson, UnsupportedMediaType, ValidationError
+from service.client_timeout import stalled
+from service.errors import (
+    BadRequest,
+    InvalidJson,
+    RequestTimeout,
+    UnsupportedMediaType,
+    ValidationError,
+)
 
 
 def json_body() -> Any:
@@ -43,20 +51,29 @@ def _body() -> bytes:
     """The raw body: 413 past ``MAX_CONTENT_LENGTH`` (werkzeug checks a declared length before
     reading; a chunked body it cuts at the limit, so one more byte is asked for), 400 for a
     chunked body gunicorn cannot parse (its exceptions would otherwise reach the catch-all as a
-    500)."""
+    500), 408 when the client stalled (`service.client_timeout`), 400 when it closed early."""
     try:
         raw = request.get_data(cache=True)  # raises 413 past a declared Content-Length
         limit = request.max_content_length
         if request.content_length is None and limit is not None and len(raw) >= limit:
             try:
                 more = request.environ["wsgi.input"].read(1)
-            except OSError as exc:  # gunicorn's NoMoreData: the body was cut off
+            except OSError as exc:  # gunicorn's NoMoreData: the body was cut off, or stalled
                 raise ClientDisconnected() from exc
             if more:
                 raise RequestEntityTooLarge()
-        return raw
     except ParseException as exc:  # InvalidChunkSize, ChunkMissingTerminator, InvalidHeader, ...
         raise BadRequest(f"malformed request body: {_short(exc)}") from exc
+    except ClientDisconnected:
+        if stalled(request.environ):
+            raise RequestTimeout("the client stopped sending the request body") from None
+        raise
+    # Werkzeug reads a body whose client went quiet or closed early as ended: check both.
+    if stalled(request.environ):
+        raise RequestTimeout("the client stopped sending the request body")
+    if request.content_length is not None and len(raw) < request.content_length:
+        raise BadRequest("the request body ended before its Content-Length")
+    return raw
 
 
 def check_raw_path(what: str) -> None:

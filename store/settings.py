@@ -83,6 +83,9 @@ class Settings:
     #: How long a server trusts an API key it has checked (seconds) before looking it up again:
     #: a revoked key keeps working for at most this long. 0 looks every request up.
     auth_cache_s: float = 5.0
+    #: How long a server waits on a client that has stopped sending its request (seconds, per
+    #: read) before it drops the connection; see `service.client_timeout`.
+    client_timeout_s: float = 5.0
     #: How long a recommendation answer's next pages stay available (seconds since last page).
     recommendation_ttl_s: float = 3600.0
     #: CPU priority of background jobs (reindex, train, import, ...): a nice value, 0-19, applied
@@ -102,6 +105,11 @@ class Settings:
             raise SettingsError(
                 f"DRIFTREC_JOB_CPU_SHARE={self.job_cpu_share} is not valid: use more than 0, "
                 "at most 1"
+            )
+        if not 0 < self.client_timeout_s < float("inf"):
+            raise SettingsError(
+                f"DRIFTREC_CLIENT_TIMEOUT_S={self.client_timeout_s} is not valid: use a number "
+                "of seconds above 0"
             )
         if self.auth not in AUTH_MODES:
             raise SettingsError(
@@ -152,6 +160,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         "DRIFTREC_COLD_START_WINDOW": ("cold_start_window", float),
         "DRIFTREC_AUTH": ("auth", lambda raw: raw.strip().lower()),
         "DRIFTREC_AUTH_CACHE_S": ("auth_cache_s", float),
+        "DRIFTREC_CLIENT_TIMEOUT_S": ("client_timeout_s", float),
         "DRIFTREC_RECOMMENDATION_TTL_S": ("recommendation_ttl_s", float),
         "DRIFTREC_JOB_NICE": ("job_nice", int),
         "DRIFTREC_JOB_CPU_SHARE": ("job_cpu_share", float),

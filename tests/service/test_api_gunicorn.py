@@ -23,6 +23,7 @@ import pytest
 from store.db import Database
 from store.keys import create_key
 from store.migrate import upgrade
+from store.settings import SettingsError, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -186,13 +187,26 @@ def test_items_written_through_one_worker_are_served_by_every_worker(server):
 # --- Hostile clients, against the server as `driftrec serve` configures it -----------------
 
 
+CLIENT_TIMEOUT_S = 1.0
+
+
 @pytest.fixture(scope="module")
 def configured_server(tmp_path_factory):
-    """gunicorn with `service.gunicorn_conf`, as `driftrec serve` runs it."""
+    """gunicorn with `service.gunicorn_conf`, as `driftrec serve` runs it (its worker class), with
+    a 1 s client timeout."""
     yield from _serve(
         tmp_path_factory.mktemp("configured"),
-        extra_args=("--config", "python:service.gunicorn_conf"),
+        {"DRIFTREC_CLIENT_TIMEOUT_S": str(CLIENT_TIMEOUT_S)},
+        ("--config", "python:service.gunicorn_conf"),
     )
+
+
+def test_client_timeout_setting():
+    assert load_settings({}).client_timeout_s == 5.0
+    assert load_settings({"DRIFTREC_CLIENT_TIMEOUT_S": "0.5"}).client_timeout_s == 0.5
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        with pytest.raises(SettingsError, match="DRIFTREC_CLIENT_TIMEOUT_S"):
+            load_settings({"DRIFTREC_CLIENT_TIMEOUT_S": bad})
 
 
 def _port(http: Http) -> int:
@@ -236,6 +250,50 @@ def _assert_quiet_log(log_path: Path) -> None:
     log = log_path.read_text()
     for noise in ("level=ERROR", "[ERROR]", "Traceback", "WORKER TIMEOUT"):
         assert noise not in log, log
+
+
+def test_clients_that_stall_mid_request_are_dropped_while_others_are_served(configured_server):
+    """Each sync worker used to wait in recv for gunicorn's worker timeout (60 s, then a 500):
+    two such clients stopped the server. Now a read waits DRIFTREC_CLIENT_TIMEOUT_S."""
+    http, log_path = configured_server
+    port = _port(http)
+    # Headers without their blank line, one connection per worker.
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+    try:
+        for sock in stalled:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)  # each worker is reading one of them
+        started = time.monotonic()
+        assert http.call("GET", "/healthz", timeout=5)[0] == 200
+        assert time.monotonic() - started < CLIENT_TIMEOUT_S + 1.5
+        for sock in stalled:  # dropped without an answer (no 500)
+            assert sock.recv(65536) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+
+    # A body shorter than its Content-Length, a chunk that never comes: 408 once it stalls.
+    short = _post_head(http, "/v1/events", b"Content-Length: 1000\r\n") + b'{"events":[]}'
+    endless = _post_head(http, "/v1/events", b"Transfer-Encoding: chunked\r\n")
+    for request in (short, endless + b"ffffffffffffffffffff\r\n{", endless + b"d\r\n{"):
+        answer, took = _exchange(http, request)
+        assert _status_and_error(answer) == (
+            408,
+            {"code": "request_timeout", "message": "the client stopped sending the request body"},
+        ), answer
+        assert CLIENT_TIMEOUT_S - 0.1 < took < CLIENT_TIMEOUT_S + 1.5
+
+    # The same short body from a client that then closes its side: a 400 at once, not the
+    # truncated body taken as the whole one.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(short)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert _status_and_error(answer) == (
+        400,
+        {"code": "bad_request", "message": "the request body ended before its Content-Length"},
+    ), answer
+    _assert_quiet_log(log_path)
 
 
 def test_a_malformed_chunked_body_is_a_json_400(configured_server):
