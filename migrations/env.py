@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from store.db import make_engine
-from store.models import ITEM_NAMES_INDEX, Base
+from store.models import SQLITE_ONLY_INDEXES, Base
 from store.settings import load_settings
 
 target_metadata = Base.metadata
@@ -17,8 +17,8 @@ def _url() -> str:
 
 
 def _compared(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001, ARG001 (alembic's hook)
-    """Autogenerate compares everything but the SQLite-only index, which the models leave out."""
-    return not (type_ == "index" and name == ITEM_NAMES_INDEX)
+    """Autogenerate compares everything but the SQLite-only indexes, which the models leave out."""
+    return not (type_ == "index" and name in SQLITE_ONLY_INDEXES)
 
 
 def run_migrations_offline() -> None:

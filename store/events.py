@@ -11,16 +11,19 @@ from typing import Any, NamedTuple
 import numpy as np
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     String,
     bindparam,
     case,
     cast,
+    column,
     delete,
     func,
     literal_column,
     null,
     select,
+    text,
     type_coerce,
     union_all,
     update,
@@ -33,11 +36,20 @@ from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_co
 from store.direct_read import DirectRead, DirectWrite, execute_driver_sql, executemany_driver_sql
 from store.errors import NotFound
 from store.items import REVISION_COLUMN, has_current_vector, live_items_select
-from store.models import Event, Item, PendingEvent, Profile, StaleProfile, User
+from store.models import (
+    PROFILE_VERSIONS_INDEX,
+    Event,
+    Item,
+    PendingEvent,
+    Profile,
+    StaleProfile,
+    User,
+)
 from store.recommendations import delete_user_sessions
 from store.types import UTCDateTime, utc_bind_processor, utcnow
 
-#: The profile columns `interest.profile.state_from_row` reads.
+#: The profile columns `interest.profile.state_from_row` reads, and the version (which a
+#: writer that folded outside a transaction compares, `profile_versions`).
 PROFILE_STATE_COLUMNS = (
     "user_id",
     "dim",
@@ -47,6 +59,7 @@ PROFILE_STATE_COLUMNS = (
     "ref_time",
     "recent",
     "event_count",
+    "version",
 )
 
 
@@ -404,6 +417,36 @@ def _profile_rows(
     dialect = session.get_bind().dialect.name
     read = _profiles_read(dialect, state, for_update)
     return {row.user_id: row for row in read.all_in(session, {"ids": bound_list(wanted, dialect)})}
+
+
+def profile_versions(session: Session, ids: Iterable[int]) -> dict[int, int]:
+    """The version of each of these users' profiles (those that exist), in the session's
+    transaction; on SQLite from `store.models.PROFILE_VERSIONS_INDEX`, not the 18 KB rows."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    dialect = session.get_bind().dialect.name
+    rows = _PROFILE_VERSIONS[dialect].all_in(session, {"ids": bound_list(wanted, dialect)})
+    return {user_id: version for user_id, version in rows}
+
+
+def _profile_versions_statement(dialect: str) -> Select[Any]:
+    profiles = Profile.__table__.c
+    if dialect == "sqlite":
+        # Named, as the planner would rather read the rows by their key (see
+        # `store.items._names_statement`).
+        ids, version = column("user_id", profiles.user_id.type), column("version", Integer())
+        source = text(f"profiles INDEXED BY {PROFILE_VERSIONS_INDEX}")
+        return select(ids, version).select_from(source).where(in_bound_list(ids, "ids", dialect))
+    return select(profiles.user_id, profiles.version).where(
+        in_bound_list(profiles.user_id, "ids", dialect)
+    )
+
+
+_PROFILE_VERSIONS = {
+    dialect: DirectRead(_profile_versions_statement(dialect), "ids")
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 @functools.cache

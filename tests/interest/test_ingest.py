@@ -198,11 +198,17 @@ def test_a_profile_created_meanwhile_is_folded_into_not_overwritten(catalogue, m
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
 
 
-@pytest.mark.parametrize("config", [CONFIG, LAGGING], ids=["eager", "lagging"])
-def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue, config):
+@pytest.mark.parametrize(
+    ("config", "size"),
+    [(CONFIG, 4), (LAGGING, 4), (CONFIG, 12)],
+    ids=["eager", "lagging", "folded-ahead"],
+)
+def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue, config, size):
     """Writers post batches spanning several users (some new) while profiles are rebuilt from
     the log at the same time: every event ends up in its profile exactly once. The rebuilds
-    stop before the writers' last batches, so no late rebuild can hide an update it lost."""
+    stop before the writers' last batches, so no late rebuild can hide an update it lost.
+    Batches of 12 fold ahead of the write lock on SQLite (`interest.ingest._fold_ahead`),
+    racing the other writers and the rebuilds between their read and their write."""
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -232,11 +238,11 @@ def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue, config):
                         f"r{(n + k) % 5}",
                         f"i{(worker * 3 + n + k) % 20}",
                         "click" if k % 2 else "view",
-                        T0 + timedelta(seconds=worker * 50 + n * 5 + k),
+                        T0 + timedelta(seconds=worker * 50 + n * size + k),
                     )
-                    for k in range(4)
+                    for k in range(size)
                 ]
-                assert ingest_events(catalogue, batch, config, MODEL).accepted == 4
+                assert ingest_events(catalogue, batch, config, MODEL).accepted == size
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             errors.append(exc)
 
@@ -247,7 +253,76 @@ def test_batches_and_a_concurrent_rebuild_lose_no_update(catalogue, config):
     for thread in threads:
         thread.join()
     assert not errors
-    assert sum(_profile(catalogue, f"r{u}").event_count for u in range(5)) == 4 * 12 * 4
+    assert sum(_profile(catalogue, f"r{u}").event_count for u in range(5)) == 4 * 12 * size
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == 5 and report.drifted == []
+
+
+def _batch(tag: str, users: list[str], minute: int = 0) -> list[EventInput]:
+    """Two events for each user, enough for the batch to fold ahead of the lock on SQLite."""
+    return [
+        EventInput(
+            f"{tag}-{user}-{k}", user, f"i{(n + k) % 20}", "click", T0 + timedelta(minutes=minute)
+        )
+        for n, user in enumerate(users)
+        for k in range(2)
+    ]
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "event", "duplicate", "item", "user deleted"])
+def test_a_batch_folded_ahead_writes_only_what_nothing_changed_since(
+    catalogue, monkeypatch, meanwhile
+):
+    """Between a batch's read and its write another writer posts an event for one of its users,
+    or the batch repeats a stored event, or an item changes, or a user is deleted (and so
+    created anew by the batch): the profiles concerned are folded under the write lock, the
+    others written as folded ahead, and every profile equals its rebuild from the log."""
+    if catalogue.dialect != "sqlite":
+        pytest.skip("only SQLite batches fold ahead of the write lock")
+    users = [f"a{n}" for n in range(5)]
+    ingest_events(catalogue, _batch("first", users), CONFIG, MODEL)
+    batch = _batch("second", users, minute=10)
+    if meanwhile == "duplicate":
+        batch[0] = _batch("first", users)[0]  # a0's first event, stored already
+    real_fold_ahead, real_write = ingest_module._fold_ahead, ingest_module._write_folded_ahead
+    written: list[set[int]] = []
+
+    def interfere(db, events, config, model):  # type: ignore[no-untyped-def]
+        ahead = real_fold_ahead(db, events, config, model)
+        if meanwhile == "event":
+            ingest_events(catalogue, [_event(99, "a1", minutes=5)], CONFIG, MODEL)
+        elif meanwhile == "item":
+            with catalogue.write() as session:  # the same content: its vector stays current
+                upsert_items(session, [ItemInput("i3", "Item 3")])
+        elif meanwhile == "user deleted":
+            with catalogue.write() as session:
+                delete_user(session, "a2")
+        return ahead
+
+    def spy(session, ahead, fresh):  # type: ignore[no-untyped-def]
+        written.append(real_write(session, ahead, fresh))
+        return written[-1]
+
+    monkeypatch.setattr(ingest_module, "_fold_ahead", interfere)
+    monkeypatch.setattr(ingest_module, "_write_folded_ahead", spy)
+    result = ingest_events(catalogue, batch, CONFIG, MODEL)
+
+    assert result.accepted == len(batch) - (meanwhile == "duplicate")
+    with catalogue.read() as session:
+        ids = user_ids(session, users)
+    folded_here = {
+        "nothing": set(),
+        "event": {"a1"},
+        "duplicate": {"a0"},
+        "user deleted": {"a2"},
+    }
+    if meanwhile == "item":
+        assert written == []  # the catalogue changed: everything was read and folded here
+    else:
+        assert written == [{ids[u] for u in users} - {ids[u] for u in folded_here[meanwhile]}]
+    expected_events = {"nothing": 4, "event": 4, "duplicate": 4, "item": 4, "user deleted": 2}
+    assert _profile(catalogue, "a3").event_count == expected_events["nothing"]
+    assert _profile(catalogue, "a2").event_count == expected_events[meanwhile]
     report = verify_profiles(catalogue, CONFIG, MODEL)
     assert report.checked == 5 and report.drifted == []
 
