@@ -45,9 +45,17 @@ class ItemInput:
     expires_at: datetime | None = None
 
 
+#: The embedder sees at most this many characters of an item. Sentence-transformers models
+#: read a few hundred tokens (256 for the bundled MiniLM, ~1,300 characters of English) and
+#: drop the rest after tokenizing all of it: an 8 MB text held a worker for 9 s. A token
+#: spans at most 100 characters (WordPiece's longest word), so only text of long runs of
+#: spaces or symbols embeds differently when cut here.
+EMBEDDING_TEXT_MAX_CHARS = 32_000
+
+
 def embedding_text(title: str, text: str | None) -> str:
-    """The text the embedder sees for an item."""
-    return f"{title}. {text}" if text else title
+    """The text the embedder sees for an item (and its content hash is made from)."""
+    return (f"{title}. {text}" if text else title)[:EMBEDDING_TEXT_MAX_CHARS]
 
 
 def content_hash(title: str, text: str | None) -> str:

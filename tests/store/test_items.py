@@ -10,6 +10,7 @@ import pytest
 from store.db import Database
 from store.errors import NotFound
 from store.items import (
+    EMBEDDING_TEXT_MAX_CHARS,
     ItemInput,
     _names_statement,
     catalogue_revision,
@@ -17,6 +18,7 @@ from store.items import (
     count_live_items,
     current_catalogue_revision,
     delete_item,
+    embedding_text,
     get_item,
     ids_by_external,
     item_names,
@@ -66,6 +68,19 @@ def test_content_hash_changes_only_when_embedded_text_changes(db: Database) -> N
         changed = get_item(session, "a").content_hash
     assert changed != first
     assert changed == content_hash("Alpha", "new text")
+
+
+def test_only_the_start_of_a_long_text_is_embedded(db: Database) -> None:
+    """The embedder reads a few hundred tokens: the rest of a text is not tokenized at all, and
+    changing it changes nothing that is embedded."""
+    long = "word " * 1_000_000  # 5 MB
+    assert len(embedding_text("Long", long)) == EMBEDDING_TEXT_MAX_CHARS
+    assert content_hash("Long", long) == content_hash("Long", long + "more at the end")
+    assert content_hash("Long", long) != content_hash("Long", "other " + long)
+    with db.write() as session:
+        upsert_items(session, [ItemInput("long", "Long", long)])
+    with db.read() as session:
+        assert get_item(session, "long").text == long  # stored whole
 
 
 def test_delete_hides_item_and_upsert_revives_it(db: Database) -> None:
