@@ -36,6 +36,20 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 @pytest.fixture
 def catalogue(db):
     """Twenty items with random unit vectors stored as if embedded by MODEL."""
+    return _with_catalogue(db)
+
+
+@pytest.fixture
+def sqlite_catalogue(sqlite_url):
+    """`catalogue` on SQLite only (for what only SQLite does)."""
+    database = Database(sqlite_url)
+    try:
+        yield _with_catalogue(database)
+    finally:
+        database.dispose()
+
+
+def _with_catalogue(db):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(20, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -271,14 +285,14 @@ def _batch(tag: str, users: list[str], minute: int = 0) -> list[EventInput]:
 
 @pytest.mark.parametrize("meanwhile", ["nothing", "event", "duplicate", "item", "user deleted"])
 def test_a_batch_folded_ahead_writes_only_what_nothing_changed_since(
-    catalogue, monkeypatch, meanwhile
+    sqlite_catalogue, monkeypatch, meanwhile
 ):
     """Between a batch's read and its write another writer posts an event for one of its users,
     or the batch repeats a stored event, or an item changes, or a user is deleted (and so
     created anew by the batch): the profiles concerned are folded under the write lock, the
-    others written as folded ahead, and every profile equals its rebuild from the log."""
-    if catalogue.dialect != "sqlite":
-        pytest.skip("only SQLite batches fold ahead of the write lock")
+    others written as folded ahead, and every profile equals its rebuild from the log.
+    (Only SQLite batches fold ahead of the write lock.)"""
+    catalogue = sqlite_catalogue
     users = [f"a{n}" for n in range(5)]
     ingest_events(catalogue, _batch("first", users), CONFIG, MODEL)
     batch = _batch("second", users, minute=10)
