@@ -143,6 +143,8 @@ def render(runtime: Runtime, found: Recommendation, params: RecommendParams) -> 
 
 
 def _facts(runtime: Runtime, item_ids: set[int]) -> dict[int, tuple[str, str, list[str], dict]]:
+    """Id, title, categories and properties of the live items among ``item_ids``: a deleted
+    item is never named again, not even as the reason for another (``because``)."""
     if not item_ids:
         return {}
     items = Item.__table__.c
@@ -150,7 +152,7 @@ def _facts(runtime: Runtime, item_ids: set[int]) -> dict[int, tuple[str, str, li
         rows = session.execute(
             select(
                 items.id, items.external_id, items.title, items.categories, items.properties
-            ).where(items.id.in_(list(item_ids)))
+            ).where(items.id.in_(list(item_ids)), items.deleted_at.is_(None))
         )
         return {
             item_id: (external_id, title, list(cats or []), dict(props or {}))

@@ -195,6 +195,22 @@ def test_explain_names_the_users_items_and_the_path(client):
     )
 
 
+def test_explanations_never_name_a_deleted_item(client):
+    user = new_user_id()
+    gone = {"id": f"space-gone-{user}", "title": "Comets", "text": "Icy bodies orbit the sun."}
+    assert client.put("/v1/items", json={"items": [gone]}).status_code == 200
+    _events(client, user, [gone["id"], "space-1"])
+
+    def named(body: dict) -> set[str]:
+        return {c["id"] for item in body["items"] for c in item["explanation"]["because"]}
+
+    assert gone["id"] in named(_get(client, user, "k=5&explain=true"))
+    assert client.delete(f"/v1/items/{gone['id']}").status_code == 204
+    after = _get(client, user, "k=5&explain=true")
+    assert after["items"] and gone["id"] not in named(after)
+    assert "space-1" in named(after)
+
+
 def test_negative_feedback_pushes_away_and_excludes(client):
     user = new_user_id()
     _events(client, user, ["space-0", "food-0"])
