@@ -4,6 +4,7 @@ JSON answer (chosen item fields, explanations).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,34 @@ JUST_ISSUED_WAIT_S = 1.0
 #: How often a next page is computed again when concurrent requests on the same answer keep
 #: claiming pages first (`store.recommendations.add_page`); then 409.
 NEXT_PAGE_ATTEMPTS = 8
+
+
+class WaitBudget:
+    """How long this process may still spend waiting for just-issued answers: ``share`` of its
+    time, up to ``cap`` seconds saved up. An id carries its issue time, so anyone can make one
+    that looks just issued and whose row never comes: without a budget, each such request held
+    a sync worker for `JUST_ISSUED_WAIT_S`, and two a second stopped a two-worker server. With
+    it they get their 404 at once once the budget is spent; a real answer's row comes within
+    ~50 ms and rarely needs any wait."""
+
+    def __init__(self, share: float = 0.1, cap: float = 2 * JUST_ISSUED_WAIT_S) -> None:
+        self.share, self.cap = share, cap
+        self._left, self._at = cap, time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, seconds: float) -> bool:
+        """Spend ``seconds`` of waiting if the budget holds them."""
+        with self._lock:
+            now = time.monotonic()
+            self._left = min(self.cap, self._left + (now - self._at) * self.share)
+            self._at = now
+            if self._left < seconds:
+                return False
+            self._left -= seconds
+            return True
+
+
+_WAITS = WaitBudget()
 
 
 def served_by(found: Recommendation) -> str:
@@ -236,9 +265,9 @@ def _just_issued_deadline(recomm_ids: Collection[str], now: float) -> float:
 
 def _pauses_until(deadline: float) -> Iterator[bool]:
     """Sleeps of 2 ms growing to 50 ms, one per ``next`` (which gives True), while one more
-    fits before ``deadline``; then exhausted."""
+    fits before ``deadline`` and in this process's `WaitBudget`; then exhausted."""
     pause = 0.002
-    while time.time() + pause <= deadline:
+    while time.time() + pause <= deadline and _WAITS.take(pause):
         time.sleep(pause)
         yield True
         pause = min(pause * 1.5, 0.05)

@@ -25,6 +25,15 @@ from tests.service.conftest import (
 api_database_url = pytest.fixture(scope="module", params=BACKENDS)(both_backends)
 
 
+@pytest.fixture(autouse=True)
+def fresh_wait_budget(monkeypatch):
+    """Each test waits as a fresh worker would (`service.recommending.WaitBudget`): tests that
+    hold an answer's row back would otherwise spend the one budget of this test process."""
+    from service import recommending
+
+    monkeypatch.setattr(recommending, "_WAITS", recommending.WaitBudget())
+
+
 def _like(client, user: str, items: list[str], **extra) -> None:
     events = [
         {
@@ -385,3 +394,16 @@ def test_concurrent_next_pages_of_one_answer_never_repeat_an_item(app, client):
     shown = _ids(first) + [item for page in pages for item in page]
     assert len(pages) == 4 and all(len(page) == 3 for page in pages), pages
     assert len(shown) == len(set(shown)), pages
+
+
+def test_ids_that_only_look_just_issued_cannot_hold_a_worker(client, monkeypatch):
+    """Anyone can make an id that looks just issued and whose row never comes: waiting for such
+    ids takes at most a share of a process's time, then they are refused at once."""
+    from service import recommending
+
+    monkeypatch.setattr(recommending, "_WAITS", recommending.WaitBudget(share=0.0, cap=0.3))
+    started = time.monotonic()
+    for _ in range(5):
+        forged = recommending.new_recomm_id()
+        assert client.get(f"/v1/recommendations/{forged}/next").status_code == 404
+    assert time.monotonic() - started < 0.3 + 0.5  # the budget, then no waiting at all
