@@ -369,15 +369,17 @@ def rebuild_profiles(app: App, users: tuple[str, ...]) -> None:
 )
 @pass_app
 def purge_sessions(app: App, older_than_days: float) -> None:
-    """Delete expired recommendation sessions (one row per answer; run it from a scheduler)."""
+    """Delete expired recommendation sessions (one row per answer; run it from a scheduler),
+    and empty the requests of those kept for stats."""
     from datetime import timedelta
 
-    from store.recommendations import delete_expired
+    from store.recommendations import clear_expired_requests, delete_expired
     from store.types import utcnow
 
     before = utcnow() - timedelta(days=older_than_days)
     deleted = app.runtime.db.run_write(lambda session: delete_expired(session, before=before))
-    click.echo(f"purge-sessions deleted={deleted}")
+    cleared = app.runtime.db.run_write(clear_expired_requests)
+    click.echo(f"purge-sessions deleted={deleted} requests_cleared={cleared}")
 
 
 @cli.command()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import String, bindparam, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from store.direct_read import DirectWrite
@@ -144,6 +144,24 @@ def add_page(
     row.expires_at = utcnow() + timedelta(seconds=ttl_s)
     session.flush()
     return None
+
+
+def clear_expired_requests(session: Session, *, before: datetime | None = None) -> int:
+    """Empty the request (``params``: controls, an anonymous request's examples) and the items
+    shown of sessions that expired before ``before`` (default now); return how many. Only
+    `/next` reads them, and an expired answer has no next page; `/v1/stats` needs the rest of
+    the row, which stays until `delete_expired`. An anonymous request's examples can be ~1 MB
+    (100 vectors): kept for the whole stats window, a read key could fill the disk."""
+    table = RecommendationSession.__table__
+    result = session.execute(
+        update(table)
+        .where(
+            table.c.expires_at < (before or utcnow()),
+            cast(table.c.params, String) != "{}",
+        )
+        .values(params={}, shown=[])
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def delete_expired(session: Session, *, before: datetime | None = None) -> int:
