@@ -7,6 +7,8 @@ and the data directory (servers stay stateless).
 from __future__ import annotations
 
 import functools
+import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +72,9 @@ class Runtime:
         )
         self.recommender = Recommender(self.db, settings, self.index, self.encoders)
         self.sessions = SessionWriter(self.db)
+        #: Whether a plain index exists, and when that was last looked up (`content_recommender`).
+        self._plain_index_seen = False
+        self._plain_index_checked_at = -math.inf
         self.experiments = ExperimentRouter(
             self.db,
             self.recommender,
@@ -90,12 +95,27 @@ class Runtime:
         request: the plain index loads on the first such request of the process, then its
         watcher follows new versions.
         """
-        if self.index.model_version_id is None:
+        if self.index.model_version_id is None or not self._plain_index_built():
             return self.recommender
         content = self.experiments.treatment(None)
         if not content.index.loaded:
             content.index.refresh()
-        return content if content.index.version_id is not None else self.recommender
+        return content
+
+    def _plain_index_built(self) -> bool:
+        """Whether a plain index exists: looked up at most every reload interval until one
+        does. (A live index with no version to load would instead hold every item of the
+        catalogue in its exact overlay.)"""
+        if self._plain_index_seen:
+            return True
+        now = time.monotonic()
+        if now - self._plain_index_checked_at < self.settings.reload_interval_s:
+            return False
+        self._plain_index_checked_at = now
+        with self.db.read() as session:
+            newest = latest_index_version_for_model(session, None, self.settings.embedder_model)
+        self._plain_index_seen = newest is not None
+        return self._plain_index_seen
 
     def _treatment_recommender(self, model_version_id: int | None) -> Recommender:
         """A recommender on the newest index built for ``model_version_id`` (an experiment's,
