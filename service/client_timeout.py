@@ -12,17 +12,23 @@ disconnection (a debug line, no traceback, no 500), and a body read by the app c
 (`service.validation` answers 408 when `stalled` says why). The timeout bounds each wait, not
 the whole request: a client that trickles a byte now and then still holds a worker; only a
 buffering proxy in front (nginx) protects against many slow clients.
+
+The worker also answers what gunicorn refuses before the app (a request line too long, a
+malformed header) in the API's JSON error shape (`SyncWorker.handle_error`), not as HTML.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers import sync
 
+from service.errors import HTTP_CODES
 from store.settings import load_settings
 
 
@@ -46,6 +52,13 @@ class SyncWorker(sync.SyncWorker):
         super().__init__(*args, **kwargs)
         self.client_timeout = load_settings().client_timeout_s
 
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's own answers to what it refuses before the app (a request line past 4,094
+        bytes: 414; a malformed header: 400; too many headers: 431) in the API's JSON error
+        shape instead of an HTML page."""
+        with _json_errors():
+            super().handle_error(req, client, addr, exc)
+
     def accept(self, listener: socket.socket) -> None:  # as SyncWorker.accept, plus the timeout
         accepted, addr = listener.accept()
         client = ClientSocket(accepted.family, accepted.type, accepted.proto, accepted.detach())
@@ -57,3 +70,26 @@ class SyncWorker(sync.SyncWorker):
 def stalled(environ: Mapping[str, Any]) -> bool:
     """Whether this request's client went quiet for the read timeout while it was read."""
     return bool(getattr(environ.get("gunicorn.socket"), "stalled", False))
+
+
+def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """What `gunicorn.util.write_error` writes, as ``{"error": {"code", "message"}}``."""
+    code = HTTP_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+@contextlib.contextmanager
+def _json_errors() -> Iterator[None]:
+    """gunicorn's error writer swapped for `write_json_error` (a sync worker runs one request
+    at a time, so nothing else writes an error meanwhile)."""
+    html = util.write_error
+    util.write_error = write_json_error
+    try:
+        yield
+    finally:
+        util.write_error = html

@@ -329,3 +329,18 @@ def test_a_chunked_body_past_the_size_limit_is_a_413(configured_server):
     answer, _ = _exchange(http, head + _chunked(at_limit), timeout=30)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     _assert_quiet_log(log_path)
+
+
+def test_what_gunicorn_refuses_before_the_app_is_answered_in_json(configured_server):
+    """A request line past gunicorn's limit (4,094 bytes), a malformed header: answered by
+    gunicorn itself, in the API's error shape rather than an HTML page."""
+    http, log_path = configured_server
+    long_line = f"GET /v1/items/{'x' * 5000} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answer, _ = _exchange(http, long_line)
+    status, error = _status_and_error(answer)
+    assert (status, error["code"]) == (414, "uri_too_long"), answer[:300]
+    assert b"Content-Type: application/json" in answer.partition(b"\r\n\r\n")[0]
+    answer, _ = _exchange(http, b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+    status, error = _status_and_error(answer)
+    assert (status, error["code"]) == (400, "bad_request") and error["message"], answer[:300]
+    _assert_quiet_log(log_path)
