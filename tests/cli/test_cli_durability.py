@@ -157,8 +157,11 @@ def test_concurrent_events_are_stored_exactly_once(tmp_path, catalogue_env):
             if sent and rng.random() < 0.3:
                 batch = rng.choice(sent)  # a client retrying a batch it already sent
             else:
-                # ids shared by pairs of threads: two workers race to insert the same event
-                batch = [event(f"w{worker // 2}-b{n}-e{i}", rng, now) for i in range(5)]
+                # ids shared by pairs of threads: two workers race to insert the same event.
+                # Batches of 10 fold ahead of SQLite's write lock (`interest.ingest`), those
+                # of 5 under it.
+                size = 10 if n % 2 else 5
+                batch = [event(f"w{worker // 2}-b{n}-e{i}", rng, now) for i in range(size)]
                 sent.append(batch)
             status, body = server.call("POST", "/v1/events", {"events": batch})
             with lock:
