@@ -605,7 +605,7 @@ def demo(
     ctx.invoke(reindex)
     click.secho("== model", bold=True)
     _demo_model(ctx, app)
-    _print_curl_lines(app, f"http://{host}:{port}", _demo_key(app))
+    _print_curl_lines(app, f"http://{host}:{port}", _demo_key(app), serving=not no_serve)
     if not no_serve:
         click.secho(f"== serving on http://{host}:{port} (Ctrl-C stops)", bold=True)
         ctx.invoke(serve, host=host, port=port, workers=workers, dev=False)
@@ -697,19 +697,24 @@ def _demo_model(ctx: click.Context, app: App) -> None:
 
 
 def _demo_key(app: App) -> str | None:
-    """A fresh read+write key for the printed requests (None when auth is disabled)."""
+    """A fresh read+write key for the printed requests (None when auth is disabled), named
+    after the moment (each run of the demo makes one; `keys revoke NAME` takes a unique name)."""
     if not app.settings.auth_enabled:
         return None
+    from datetime import UTC, datetime
+
     from store.keys import create_key
 
+    name = f"demo-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     with app.runtime.db.write() as session:
-        row, token = create_key(session, "demo", ["read", "write"])
-        click.echo(f"api key created prefix={row.prefix} name=demo scopes={row.scopes}")
+        row, token = create_key(session, name, ["read", "write"])
+        click.echo(f"api key created prefix={row.prefix} name={name} scopes={row.scopes}")
     return token
 
 
-def _print_curl_lines(app: App, base: str, key: str | None = None) -> None:
-    """Copy-paste requests for the first user and the most popular item they have not rated."""
+def _print_curl_lines(app: App, base: str, key: str | None = None, *, serving: bool) -> None:
+    """Copy-paste requests for the first user and the most popular item they have not rated
+    (``serving``: the demo goes on to start the server)."""
     from store.events import popular_item_ids, seen_item_ids
     from store.items import items_by_ids
     from store.models import User
@@ -730,7 +735,8 @@ def _print_curl_lines(app: App, base: str, key: str | None = None) -> None:
         f'"timestamp": \'"$(date +%s)"\'}}]}}'
     )
     auth = f"-H 'Authorization: Bearer {key}' " if key else ""
-    click.secho("\n== try it (in another shell)", bold=True)
+    where = "in another shell" if serving else "once `driftrec serve` runs"
+    click.secho(f"\n== try it ({where})", bold=True)
     if key:
         click.echo("# the key below (read+write) is shown once; `driftrec keys list` lists keys")
     click.echo(f"# user {user.external_id}'s recommendations now:")
