@@ -11,19 +11,16 @@ from typing import Any, NamedTuple
 import numpy as np
 from sqlalchemy import (
     ColumnElement,
-    Integer,
     Select,
     String,
     bindparam,
     case,
     cast,
-    column,
     delete,
     func,
     literal_column,
     null,
     select,
-    text,
     type_coerce,
     union_all,
     update,
@@ -32,7 +29,13 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from store.db import Database
-from store.dialect import bound_list, in_bound_list, in_list, insert_ignoring_conflicts
+from store.dialect import (
+    bound_list,
+    covering_select,
+    in_bound_list,
+    in_list,
+    insert_ignoring_conflicts,
+)
 from store.direct_read import DirectRead, DirectWrite, execute_driver_sql, executemany_driver_sql
 from store.errors import NotFound
 from store.items import REVISION_COLUMN, has_current_vector, live_items_select
@@ -430,21 +433,18 @@ def profile_versions(session: Session, ids: Iterable[int]) -> dict[int, int]:
     return {user_id: version for user_id, version in rows}
 
 
-def _profile_versions_statement(dialect: str) -> Select[Any]:
-    profiles = Profile.__table__.c
-    if dialect == "sqlite":
-        # Named, as the planner would rather read the rows by their key (see
-        # `store.items._names_statement`).
-        ids, version = column("user_id", profiles.user_id.type), column("version", Integer())
-        source = text(f"profiles INDEXED BY {PROFILE_VERSIONS_INDEX}")
-        return select(ids, version).select_from(source).where(in_bound_list(ids, "ids", dialect))
-    return select(profiles.user_id, profiles.version).where(
-        in_bound_list(profiles.user_id, "ids", dialect)
-    )
-
-
 _PROFILE_VERSIONS = {
-    dialect: DirectRead(_profile_versions_statement(dialect), "ids")
+    dialect: DirectRead(
+        covering_select(
+            Profile.__table__,
+            PROFILE_VERSIONS_INDEX,
+            "user_id",
+            "version",
+            param="ids",
+            dialect=dialect,
+        ),
+        "ids",
+    )
     for dialect in ("postgresql", "sqlite")
 }
 

@@ -17,17 +17,20 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    column,
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session
 
 from store.db import Database
-from store.dialect import bound_list, in_bound_list, insert_ignoring_conflicts
+from store.dialect import (
+    bound_list,
+    covering_select,
+    in_bound_list,
+    insert_ignoring_conflicts,
+)
 from store.direct_read import DirectRead
 from store.errors import NotFound
 from store.models import ITEM_NAMES_INDEX, Counter, Item, unservable_condition
@@ -175,16 +178,9 @@ def item_vector(db: Database, external_id: str) -> ItemVectorRow:
 
 
 def _names_statement(dialect: str) -> Select[Any]:
-    items = Item.__table__.c
-    if dialect == "sqlite":
-        # SQLite's planner prefers the rowid to a covering index: named, the index is read
-        # alone (`store.models.ITEM_NAMES_INDEX`).
-        ids = column("id", items.id.type)
-        named = column("external_id", items.external_id.type), column("title", items.title.type)
-        source = text(f"items INDEXED BY {ITEM_NAMES_INDEX}")
-        return select(ids, *named).select_from(source).where(in_bound_list(ids, "ids", dialect))
-    wanted = in_bound_list(items.id, "ids", dialect)
-    return select(items.id, items.external_id, items.title).where(wanted)
+    return covering_select(
+        Item.__table__, ITEM_NAMES_INDEX, "id", "external_id", "title", param="ids", dialect=dialect
+    )
 
 
 _NAMES = {
