@@ -146,9 +146,9 @@ def add_page(
     return None
 
 
-def clear_expired_requests(session: Session, *, before: datetime | None = None) -> int:
+def clear_expired_requests(session: Session) -> int:
     """Empty the request (``params``: controls, an anonymous request's examples) and the items
-    shown of sessions that expired before ``before`` (default now); return how many. Only
+    shown of sessions that have expired; return how many. Only
     `/next` reads them, and an expired answer has no next page; `/v1/stats` needs the rest of
     the row, which stays until `delete_expired`. An anonymous request's examples can be ~1 MB
     (100 vectors): kept for the whole stats window, a read key could fill the disk."""
@@ -156,7 +156,7 @@ def clear_expired_requests(session: Session, *, before: datetime | None = None) 
     result = session.execute(
         update(table)
         .where(
-            table.c.expires_at < (before or utcnow()),
+            table.c.expires_at < utcnow(),
             cast(table.c.params, String) != "{}",
         )
         .values(params={}, shown=[])
