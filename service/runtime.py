@@ -54,10 +54,15 @@ class Runtime:
         self, settings: Settings, db: Database | None = None, *, serving: bool = False
     ) -> None:
         """``serving``: for a server process, whose indexes load newly activated versions in
-        the background (`indexer.live.LiveIndex`) instead of in a request."""
+        the background (`indexer.live.LiveIndex`) instead of in a request.
+
+        Servers and jobs alike copy the SQLite WAL into the database from a thread of their
+        own (`store.db.WalCheckpointer`): a job's commits then leave that copy and its sync
+        to the other core (bulk import of 200k events: 35.6-39.9k -> 39.5-44.0k events/s).
+        """
         self.settings = settings
         self._serving = serving
-        self.db = db or Database(settings.database_url, background_checkpoints=serving)
+        self.db = db or Database(settings.database_url, background_checkpoints=True)
         self.encoders = EncoderRegistry(self.db, settings)
         self.index = LiveIndex(
             self.db,

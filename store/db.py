@@ -127,9 +127,10 @@ def is_sqlite(engine: Engine) -> bool:
 class Database:
     """An engine with a read session factory and a write session factory.
 
-    ``background_checkpoints`` (servers): on an SQLite file, a thread of this process copies
-    the WAL into the database (`WalCheckpointer`) instead of the transaction whose commit
-    crossed SQLite's threshold, so that a request does not wait for it.
+    ``background_checkpoints`` (servers and jobs): on an SQLite file, a thread of this process
+    copies the WAL into the database (`WalCheckpointer`) instead of the transaction whose
+    commit crossed SQLite's threshold, so that a request (or a job's next batch) does not wait
+    for it.
     """
 
     def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:

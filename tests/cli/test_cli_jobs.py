@@ -147,3 +147,20 @@ def test_unmigrated_database_names_the_fix(cli_env):
     assert served.returncode == 3
     assert "run `driftrec db upgrade`" in served.stderr
     assert "Traceback" not in served.stderr
+
+
+def test_a_jobs_sqlite_database_checkpoints_in_the_background(cli_env):
+    """Jobs (bulk import, reindex, rebuilds) leave the WAL's copy into the database to a thread
+    of their own, as servers do: their commits do not carry the checkpoints."""
+    from service.cli import App
+    from store.settings import load_settings
+
+    Path(cli_env["DRIFTREC_DATA_DIR"]).mkdir()
+    ok(invoke(cli_env, "db", "upgrade"))
+    app = App(load_settings(cli_env))
+    runtime = app.runtime
+    try:
+        assert runtime.db._checkpointer is not None
+    finally:
+        runtime.close()
+    assert not runtime.db._checkpointer._thread.is_alive()
