@@ -165,10 +165,10 @@ def fold_columns(
 ) -> dict[int, ProfileState]:
     """Fresh states of ``users`` holding ``events`` (ordered by user, then time); a user
     without events gets an empty state."""
-    states = {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
     n = len(events)
     if n == 0:
-        return states
+        return {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
+    found: dict[int, ProfileState] = {}
     known = vectors.get(session, events.item_ids)
     weights = np.array(
         [
@@ -199,9 +199,12 @@ def fold_columns(
             config.buffer_size,
         )
         for uid, state in zip(events.user_ids[starts[first:last]].tolist(), chunk, strict=True):
-            states[uid] = state
+            found[uid] = state
         first = last
-    return states
+    return {
+        uid: found[uid] if uid in found else ProfileState.empty(config.half_lives, config.dim)
+        for uid in users
+    }
 
 
 class VectorCache:
