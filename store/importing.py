@@ -42,10 +42,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Events per transaction of a bulk import (what a killed import loses, ~15 MB of records):
-#: against 10,000, a fifth of the commits and per-batch user lookups (200k events on SQLite,
-#: with the changes of the same commit: 47-50k against 40-42k events/s).
-EVENT_BATCH_SIZE = 50_000
+#: Events per transaction of a bulk import. Larger batches mean fewer commits and per-batch
+#: user lookups (200k events on SQLite, three rounds: 10,000 39.7-40.7k events/s, 25,000
+#: 42.7-43.4k, 50,000 43.0-46.0k), but a batch holds SQLite's write lock (on PostgreSQL its
+#: users' row locks) for its whole transaction, ~0.35 s at 25,000 on a Zen 5 core: events
+#: posted to a server meanwhile wait for it.
+EVENT_BATCH_SIZE = 25_000
 ITEM_BATCH_SIZE = 2_000
 USER_CHUNK = 5_000  # external ids per ensure_users call: far below bound-parameter limits
 BULK_CACHE_KIB = 16_384  # SQLite page cache of an import's connection (see insert_event_batch)
