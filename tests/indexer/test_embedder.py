@@ -37,19 +37,28 @@ TEXTS = [
     "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
     "",
 ]
+# Past the runtime backends' prefix (12 characters a token of the 256-token window): one whose
+# prefix fills the window, one whose prefix does not (runs of spaces) and is encoded whole.
+LONG_TEXTS = [
+    " ".join(f"Amélie{i} naïve café {i * 7919 % 1000} 東京 détective" for i in range(600)),
+    "rare " + "x" + " " * 40 + "".join(f"w{i}" + " " * 40 for i in range(200)) + "end",
+]
 
 
 def _check_runtime_backend(embedder, *, min_cosine: float, same_alone_atol: float) -> None:
     """What an inference-runtime backend owes: the model's name and shape, normalised float32
     vectors within ``min_cosine`` of float32 sentence-transformers, and for each text in a
     batch of mixed lengths the vector it gets alone."""
-    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
+    torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS + LONG_TEXTS)
     vectors = embedder.embed(TEXTS)
+    long_vectors = embedder.embed(LONG_TEXTS)
     assert embedder.model_name == MODEL and embedder.dim == 384
-    assert vectors.shape == torch_vectors.shape and vectors.dtype == np.float32
+    assert vectors.shape == (len(TEXTS), 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert np.min(np.sum(vectors * torch_vectors, axis=1)) > min_cosine
+    together = np.vstack([vectors, long_vectors])
+    assert np.min(np.sum(together * torch_vectors, axis=1)) > min_cosine
     assert np.allclose(embedder.embed(TEXTS[2:3])[0], vectors[2], atol=same_alone_atol)
+    assert np.allclose(embedder.embed(LONG_TEXTS[1:])[0], long_vectors[1], atol=same_alone_atol)
     assert embedder.embed([]).shape == (0, 384)
 
 
@@ -98,6 +107,21 @@ def test_openvino_backend_matches_sentence_transformers(tmp_path):
     float32 = OpenVinoEmbedder(MODEL, cache_dir=cache, precision="f32")
     _check_runtime_backend(float32, min_cosine=0.9999, same_alone_atol=1e-5)
     assert cache.stat().st_mtime_ns == listed  # converted once, then reused
+
+
+def test_runtime_backends_tokenize_long_texts_from_a_prefix_as_if_whole():
+    """What `_RuntimeEmbedder._encode` gives a long text (from a prefix, where that fills the
+    window) is token for token the tokenizer's encoding of the whole text."""
+    from indexer.embedder import PREFIX_CHARS_PER_TOKEN, _RuntimeEmbedder
+
+    encoder = _RuntimeEmbedder(MODEL)
+    limit = 256 * PREFIX_CHARS_PER_TOKEN
+    texts = [*TEXTS, *LONG_TEXTS, "word " * 2_000, "x" * (limit + 10)]
+    assert all(len(text) > limit for text in texts[len(TEXTS) :])
+    encoded = encoder._encode(texts)
+    whole = encoder._tokenizer.encode_batch(texts)
+    assert [e.ids for e in encoded] == [e.ids for e in whole]
+    assert max(len(e.ids) for e in encoded) == 256
 
 
 def test_bf16_backend_stays_close_to_float32():
