@@ -193,6 +193,11 @@ def test_events_csv_columns_in_any_order_value_optional(tmp_path: Path) -> None:
         EventRecord("e1", "u1", "i1", "view", None, datetime(2024, 3, 1, 12, tzinfo=UTC)),
         EventRecord("e2", "u2", "i2", "like", None, datetime(2024, 3, 1, tzinfo=UTC)),
     ]
+    # Every column named, in another order (the fields are picked per row in C then).
+    path.write_text("value,timestamp,type,item_id,user_id,id\n4.5,1709294400,rating,i1,u1,e1\n")
+    assert list(read_events(path)) == [
+        EventRecord("e1", "u1", "i1", "rating", 4.5, datetime(2024, 3, 1, 12, tzinfo=UTC)),
+    ]
 
 
 def test_items_jsonl(tmp_path: Path) -> None:
