@@ -167,6 +167,7 @@ class SentenceTransformerEmbedder:
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size
         self.bfloat16 = bfloat16
+        self._window_tokenizer = _window_tokenizer(self._model)
         if bfloat16:
             # Autocast would cast every Linear weight to bfloat16 on every call (22M values: for
             # one short text, several times the product itself); cast once, ahead. The numbers
@@ -182,15 +183,35 @@ class SentenceTransformerEmbedder:
 
         # Autocast runs the linear layers in bfloat16 and keeps softmax, layer norms and the
         # pooling in float32, which is what keeps the vectors this close to float32's.
+        texts = list(texts)
+        if self._window_tokenizer is not None:  # long texts cut where that keeps their window
+            windows = _long_text_windows(self._window_tokenizer, texts, self._model.max_seq_length)
+            for i, (text, _) in windows.items():
+                texts[i] = text
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
             vectors = self._model.encode(
-                list(texts),
+                texts,
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 show_progress_bar=progress,
                 convert_to_numpy=True,
             )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _window_tokenizer(model: Any) -> Any:
+    """A copy of a sentence-transformers model's fast tokenizer (`tokenizers.Tokenizer`),
+    truncating to the model's window, for `_long_text_windows`; None for a tokenizer without
+    one (long texts are then tokenized whole)."""
+    backend = getattr(getattr(model, "tokenizer", None), "backend_tokenizer", None)
+    if backend is None or not getattr(model, "max_seq_length", None):
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(backend.to_str())
+    tokenizer.enable_truncation(int(model.max_seq_length))
+    tokenizer.no_padding()
+    return tokenizer
 
 
 class LazyEmbedder:
@@ -266,38 +287,52 @@ class _RuntimeEmbedder:
 
     def _encode(self, texts: Sequence[str]) -> list[Any]:
         """The tokenizer's encodings of ``texts`` (truncated to the model's window), the same as
-        of the whole texts, at a fraction of the cost for long ones.
-
-        The tokenizer reads a whole text before it keeps the window (256 tokens for the bundled
-        model, ~1,300 characters of English): 32,000 characters took ~9 ms, several times the
-        model's own pass over the window. So a text longer than `PREFIX_CHARS_PER_TOKEN` per
-        token of the window is first encoded from a prefix that ends before a space. What the
-        tokenizer does before it splits words acts on each character (a space is a boundary
-        even for Unicode normalisation), and a space ends every word before it: the prefix's
-        tokens are the whole text's first tokens. When they overflow the window, it holds
-        exactly what the whole text's would; a prefix that does not fill it (long runs of
-        spaces, say) is encoded again, whole.
-        """
-        limit = self._max_length * PREFIX_CHARS_PER_TOKEN
-        cut = [_prefix_before_space(text, limit) for text in texts]
-        encodings = self._tokenizer.encode_batch(cut)
-        again = [
-            i
-            for i, encoding in enumerate(encodings)
-            if cut[i] is not texts[i] and not encoding.overflowing
-        ]
-        if again:
-            whole = self._tokenizer.encode_batch([texts[i] for i in again])
-            for i, encoding in zip(again, whole, strict=True):
-                encodings[i] = encoding
+        of the whole texts; long ones through `_long_text_windows`."""
+        windows = _long_text_windows(self._tokenizer, texts, self._max_length)
+        short = [i for i in range(len(texts)) if i not in windows]
+        encodings: list[Any] = [None] * len(texts)
+        for i, encoding in zip(
+            short, self._tokenizer.encode_batch([texts[i] for i in short]), strict=True
+        ):
+            encodings[i] = encoding
+        for i, (_, encoding) in windows.items():
+            encodings[i] = encoding
         return encodings
 
 
+def _long_text_windows(
+    tokenizer: Any, texts: Sequence[str], max_length: int
+) -> dict[int, tuple[str, Any]]:
+    """For each text longer than `PREFIX_CHARS_PER_TOKEN` per token of the window, by its
+    position: the text to tokenize for the same window at a fraction of the cost, and its
+    encoding by ``tokenizer`` (a `tokenizers.Tokenizer` truncating to ``max_length``).
+
+    A tokenizer reads a whole text before it keeps the window (256 tokens for the bundled
+    model, ~1,300 characters of English): 32,000 characters took ~9 ms, several times the
+    model's own pass over the window. So a long text is first encoded from a prefix that ends
+    before a space. What the tokenizer does before it splits words acts on each character (a
+    space is a boundary even for Unicode normalisation), and a space ends every word before
+    it: the prefix's tokens are the whole text's first tokens. When they overflow the window,
+    it holds exactly what the whole text's would; a prefix that does not fill it (long runs of
+    spaces, say) gives way to the whole text.
+    """
+    limit = max_length * PREFIX_CHARS_PER_TOKEN
+    long = [i for i, text in enumerate(texts) if len(text) > limit]
+    if not long:
+        return {}
+    cut = [_prefix_before_space(texts[i], limit) for i in long]
+    windows = dict(zip(long, zip(cut, tokenizer.encode_batch(cut), strict=True), strict=True))
+    again = [i for i in long if windows[i][0] is not texts[i] and not windows[i][1].overflowing]
+    if again:
+        whole = tokenizer.encode_batch([texts[i] for i in again])
+        for i, encoding in zip(again, whole, strict=True):
+            windows[i] = (texts[i], encoding)
+    return windows
+
+
 def _prefix_before_space(text: str, limit: int) -> str:
-    """``text`` itself when at most ``limit`` characters long, else its longest prefix within
-    them that ends before a space (``text`` itself where there is none)."""
-    if len(text) <= limit:
-        return text
+    """The longest prefix of ``text`` within ``limit`` characters that ends before a space
+    (``text`` itself where there is none)."""
     end = text.rfind(" ", 0, limit)
     return text[:end] if end > 0 else text
 

@@ -124,6 +124,19 @@ def test_runtime_backends_tokenize_long_texts_from_a_prefix_as_if_whole():
     assert max(len(e.ids) for e in encoded) == 256
 
 
+def test_sentence_transformers_backends_embed_long_texts_as_if_whole():
+    """`torch` (and `bf16`) cut a long text to its prefix only where that keeps the window:
+    the vectors are those of the whole texts."""
+    from indexer.embedder import _long_text_windows
+
+    embedder = load_embedder(MODEL, backend=TORCH)
+    texts = [*LONG_TEXTS, "word " * 2_000, TEXTS[0]]
+    windows = _long_text_windows(embedder._window_tokenizer, texts, 256)
+    assert {i for i, (text, _) in windows.items() if text is not texts[i]} == {0, 2}
+    whole = embedder._model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert np.allclose(embedder.embed(texts), whole, atol=1e-6)
+
+
 def test_bf16_backend_stays_close_to_float32():
     # Runs everywhere (emulated where the CPU lacks bfloat16 matrix units, only slower).
     torch_vectors = load_embedder(MODEL, backend=TORCH).embed(TEXTS)
