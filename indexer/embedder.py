@@ -53,7 +53,7 @@ BACKENDS = (AUTO, BF16, ONNX, OPENVINO, TORCH)
 #: Texts per ONNX Runtime or OpenVINO call: sorted by length first, so each batch pads little.
 RUNTIME_BATCH = 32
 #: A text longer than this many characters per token of the model's window is tokenized from
-#: a prefix first (`_RuntimeEmbedder._encode`); English runs at 4-5 characters a token.
+#: a prefix first (`_long_text_windows`); English runs at 4-5 characters a token.
 PREFIX_CHARS_PER_TOKEN = 12
 
 
@@ -287,12 +287,13 @@ class _RuntimeEmbedder:
 
     def _encode(self, texts: Sequence[str]) -> list[Any]:
         """The tokenizer's encodings of ``texts`` (truncated to the model's window), the same as
-        of the whole texts; long ones through `_long_text_windows`."""
+        of the whole texts; a long one from its prefix where `_long_text_windows` finds that
+        this fills the window."""
         windows = _long_text_windows(self._tokenizer, texts, self._max_length)
-        short = [i for i in range(len(texts)) if i not in windows]
+        rest = [i for i in range(len(texts)) if i not in windows]
         encodings: list[Any] = [None] * len(texts)
         for i, encoding in zip(
-            short, self._tokenizer.encode_batch([texts[i] for i in short]), strict=True
+            rest, self._tokenizer.encode_batch([texts[i] for i in rest]), strict=True
         ):
             encodings[i] = encoding
         for i, (_, encoding) in windows.items():
@@ -303,31 +304,33 @@ class _RuntimeEmbedder:
 def _long_text_windows(
     tokenizer: Any, texts: Sequence[str], max_length: int
 ) -> dict[int, tuple[str, Any]]:
-    """For each text longer than `PREFIX_CHARS_PER_TOKEN` per token of the window, by its
-    position: the text to tokenize for the same window at a fraction of the cost, and its
-    encoding by ``tokenizer`` (a `tokenizers.Tokenizer` truncating to ``max_length``).
+    """The long texts (past `PREFIX_CHARS_PER_TOKEN` per token of the window) whose prefix
+    gives the whole text's window, by position: that prefix and its encoding by ``tokenizer``
+    (a `tokenizers.Tokenizer` truncating to ``max_length``). Every other text is to be
+    tokenized whole.
 
     A tokenizer reads a whole text before it keeps the window (256 tokens for the bundled
-    model, ~1,300 characters of English): 32,000 characters took ~9 ms, several times the
-    model's own pass over the window. So a long text is first encoded from a prefix that ends
-    before a space. What the tokenizer does before it splits words acts on each character (a
-    space is a boundary even for Unicode normalisation), and a space ends every word before
-    it: the prefix's tokens are the whole text's first tokens. When they overflow the window,
-    it holds exactly what the whole text's would; a prefix that does not fill it (long runs of
-    spaces, say) gives way to the whole text.
+    model, ~1,300 characters of English): 32,000 characters took ~9 ms, about half the
+    model's own pass over the window on one core. So a long text is first encoded from a
+    prefix that ends before a space. What the tokenizer does before it splits words acts on
+    each character (a space is a boundary even for Unicode normalisation), and a space ends
+    every word before it: the prefix's tokens are the whole text's first tokens. When they
+    overflow the window, it holds exactly what the whole text's would; a prefix that does not
+    fill it (long runs of spaces, say) is left out.
     """
     limit = max_length * PREFIX_CHARS_PER_TOKEN
-    long = [i for i, text in enumerate(texts) if len(text) > limit]
-    if not long:
+    cut = {
+        i: _prefix_before_space(text, limit) for i, text in enumerate(texts) if len(text) > limit
+    }
+    cut = {i: prefix for i, prefix in cut.items() if prefix is not texts[i]}
+    if not cut:
         return {}
-    cut = [_prefix_before_space(texts[i], limit) for i in long]
-    windows = dict(zip(long, zip(cut, tokenizer.encode_batch(cut), strict=True), strict=True))
-    again = [i for i in long if windows[i][0] is not texts[i] and not windows[i][1].overflowing]
-    if again:
-        whole = tokenizer.encode_batch([texts[i] for i in again])
-        for i, encoding in zip(again, whole, strict=True):
-            windows[i] = (texts[i], encoding)
-    return windows
+    encodings = tokenizer.encode_batch(list(cut.values()))
+    return {
+        i: (prefix, encoding)
+        for (i, prefix), encoding in zip(cut.items(), encodings, strict=True)
+        if encoding.overflowing
+    }
 
 
 def _prefix_before_space(text: str, limit: int) -> str:

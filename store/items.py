@@ -49,10 +49,11 @@ class ItemInput:
 
 
 #: The embedder sees at most this many characters of an item. Sentence-transformers models
-#: read a few hundred tokens (256 for the bundled MiniLM, ~1,300 characters of English) and
-#: drop the rest after tokenizing all of it: an 8 MB text held a worker for 9 s. A token
-#: spans at most 100 characters (WordPiece's longest word), so only text of long runs of
-#: spaces or symbols embeds differently when cut here.
+#: read a few hundred tokens (256 for the bundled MiniLM, ~1,300 characters of English); a
+#: tokenizer drops the rest only after tokenizing all of it, which the embedders avoid only
+#: where a prefix fills the window (`indexer.embedder._long_text_windows`): an 8 MB text
+#: held a worker for 9 s. A token spans at most 100 characters (WordPiece's longest word), so
+#: only text of long runs of spaces or symbols embeds differently when cut here.
 EMBEDDING_TEXT_MAX_CHARS = 32_000
 
 
