@@ -28,7 +28,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers import sync
 
-from service.errors import HTTP_CODES
+from service.errors import HTTP_CODES, error_body
 from store.settings import load_settings
 
 
@@ -75,7 +75,7 @@ def stalled(environ: Mapping[str, Any]) -> bool:
 def write_json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """What `gunicorn.util.write_error` writes, as ``{"error": {"code", "message"}}``."""
     code = HTTP_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = json.dumps(error_body(code, message)).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -94,13 +94,21 @@ class ValidationError(ApiError):
     status, code = 422, "validation_error"
 
 
-def error_response(
-    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
-) -> Response:
+def error_body(
+    code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON of every error answer, ``{"error": {"code", "message", "details"?}}`` (also
+    written outside Flask, `service.client_timeout.write_json_error`)."""
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    response = jsonify({"error": body})
+    return {"error": body}
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None
+) -> Response:
+    response = jsonify(error_body(code, message, details))
     response.status_code = status
     return response
 

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from indexer.errors import IndexerError
 from service.api.common import get_metrics, get_runtime
 from service.contract import operation
+from service.errors import error_body
 from service.schemas import Health, NotReady, Ready
 from store.errors import StoreError
 
@@ -56,8 +57,6 @@ def metrics() -> Response:
 
 
 def _unavailable(message: str) -> Response:
-    response = jsonify(
-        {"status": "unavailable", "error": {"code": "unavailable", "message": message}}
-    )
+    response = jsonify({"status": "unavailable", **error_body("unavailable", message)})
     response.status_code = 503
     return response
