@@ -72,6 +72,9 @@ def run_embedding(*, quick: bool) -> dict[str, Any]:
         resolve_backend,
     )
 
+    # One thread, as in a server worker (`service.cli.SERVER_THREAD_ENV`): the tokenizers
+    # library would otherwise encode each batch on every core (the AVX2 child inherits this).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     texts = _titles()
     fast = (OPENVINO, BF16, ONNX) if has_native_bf16() else (OPENVINO, ONNX)
     embedders = {
