@@ -1,7 +1,7 @@
 """Fold the events a bulk import stored into their users' profiles, without reading the log back.
 
 `store.importing.import_events` commits events a batch at a time and marks their users stale
-under the import's id (`store.models.StaleProfile`). `ImportFold` keeps the rows each committed
+under the import's id (`store.models.StaleProfile`). `ImportFold` keeps the events each committed
 batch inserted and, every `FLUSH_EVENTS` events and at the end, adds them to the stored
 profiles: folding does not depend on event order (`interest.profile`), so a profile plus the
 new events equals the profile rebuilt from all of them, and a user with a long history costs
@@ -29,7 +29,6 @@ from interest.rebuild import REBUILD_BATCH_USERS, VectorCache, fold_columns
 from store.db import Database
 from store.events import (
     EventColumns,
-    EventRow,
     clear_stale_marks,
     insert_profiles,
     lock_profile_rows,
@@ -78,7 +77,7 @@ def import_events_into_profiles(
 
 
 class ImportFold:
-    """Collects an import's inserted rows (`add`, after each commit) and folds them (`flush`)."""
+    """Collects an import's inserted events (`add`, after each commit) and folds them (`flush`)."""
 
     def __init__(
         self,
@@ -93,7 +92,7 @@ class ImportFold:
         self.db, self.config, self.import_id = db, config, import_id
         self.flush_events, self.batch_users = flush_events, batch_users
         self.vectors = VectorCache(embedder_model)
-        #: Rows of committed batches not folded yet, as columns, with their batch numbers.
+        #: Events of committed batches not folded yet, as columns, with their batch numbers.
         self.pending: list[tuple[EventColumns, int]] = []
         self.pending_count = 0
         self._updated_users: set[int] = set()
@@ -103,10 +102,10 @@ class ImportFold:
         """Profiles this import's events were folded into so far (each user once)."""
         return len(self._updated_users)
 
-    def add(self, rows: Sequence[EventRow], batch: int) -> None:
-        """Rows batch number ``batch`` inserted, once that batch committed."""
-        self.pending.append((_columns(rows), batch))
-        self.pending_count += len(rows)
+    def add(self, events: EventColumns, batch: int) -> None:
+        """The events batch number ``batch`` inserted, once that batch committed."""
+        self.pending.append((events, batch))
+        self.pending_count += len(events)
         if self.pending_count >= self.flush_events:
             self.flush()
 
@@ -171,16 +170,6 @@ class ImportFold:
 
 def _same_shape(stored: ProfileState, delta: ProfileState) -> bool:
     return stored.half_lives == delta.half_lives and stored.dim == delta.dim
-
-
-def _columns(rows: Sequence[EventRow]) -> EventColumns:
-    return EventColumns(
-        np.fromiter((row.user_id for row in rows), dtype=np.int64, count=len(rows)),
-        np.fromiter((row.item_id for row in rows), dtype=np.int64, count=len(rows)),
-        [row.type for row in rows],
-        [row.value for row in rows],
-        np.fromiter((row.timestamp.timestamp() for row in rows), np.float64, len(rows)),
-    )
 
 
 def _by_user_and_time(

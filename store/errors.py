@@ -1,5 +1,7 @@
 """The store's exceptions: plain not-found / conflict errors; only `service` maps them to HTTP."""
 
+from __future__ import annotations
+
 
 class StoreError(Exception):
     """Base class of every error raised by `store`."""
@@ -26,3 +28,7 @@ class ImportFormatError(StoreError, ValueError):
         self.reason = reason
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[type[ImportFormatError], tuple[str, int | None, str]]:
+        # Pickled with its own arguments: an import's reading process sends it to the writer.
+        return type(self), (self.path, self.line, self.reason)

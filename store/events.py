@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +26,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Dialect, Row
 from sqlalchemy.orm import Session
 
 from store.db import Database
@@ -301,13 +302,68 @@ def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
     """Insert events, skipping ids already stored; return the event ids actually inserted.
 
     One set-based statement for the whole batch (no per-row parameter processing): the API's
-    batches and bulk imports both come through here.
+    batches come through here, bulk imports through `insert_event_columns`.
     """
     if not rows:
         return set()
+    dialect = session.get_bind().dialect
+    timestamps = [row.timestamp for row in rows]
+    if dialect.name == "postgresql":
+        _refuse_naive(timestamps, dialect)
+    else:
+        to_db = utc_bind_processor(dialect)
+        timestamps = [to_db(stamp) for stamp in timestamps]
+    return insert_event_columns(
+        session,
+        NewEvents(
+            [row.event_id for row in rows],
+            [row.user_id for row in rows],
+            [row.item_id for row in rows],
+            [row.type for row in rows],
+            [row.value for row in rows],
+            timestamps,
+            [row.recomm_id for row in rows],
+        ),
+    )
+
+
+class NewEvents(NamedTuple):
+    """Events to insert as columns, each timestamp already in the form the database's driver
+    takes (`stored_timestamps`)."""
+
+    event_ids: Sequence[str]
+    user_ids: Sequence[int]
+    item_ids: Sequence[int]
+    types: Sequence[str]
+    values: Sequence[float | None]
+    timestamps: Sequence[Any]
+    recomm_ids: Sequence[str | None] | None = None  # None: no event has one
+
+    def __len__(self) -> int:  # type: ignore[override]  # events, not fields
+        return len(self.event_ids)
+
+
+def stored_timestamp(dialect: Dialect) -> Callable[[datetime], Any] | None:
+    """What turns an aware UTC datetime into the value `NewEvents.timestamps` holds on
+    ``dialect``: SQLite's text form; None on PostgreSQL, whose driver takes the datetime."""
+    return None if dialect.name == "postgresql" else utc_bind_processor(dialect)
+
+
+def insert_event_columns(session: Session, events: NewEvents) -> set[str]:
+    """`insert_events` on columns whose timestamps are in their stored form."""
+    if not len(events):
+        return set()
     if session.get_bind().dialect.name == "postgresql":
-        return _insert_postgresql(session, rows, utcnow())
-    return _insert_sqlite(session, rows, utcnow())
+        return _insert_postgresql(session, events, utcnow())
+    return _insert_sqlite(session, events, utcnow())
+
+
+def _refuse_naive(timestamps: Sequence[datetime], dialect: Dialect) -> None:
+    """Raise as the column type does for a naive datetime (PostgreSQL would read it in its own
+    zone)."""
+    naive = next((stamp for stamp in timestamps if stamp.tzinfo is None), None)
+    if naive is not None:
+        UTCDateTime().process_bind_param(naive, dialect)  # raises
 
 
 _EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "timestamp", "recomm_id")
@@ -334,14 +390,11 @@ _POSTGRESQL_INSERT = (
 )
 
 
-def _insert_postgresql(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
+def _insert_postgresql(session: Session, events: NewEvents, now: datetime) -> set[str]:
     """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit.
-    Timestamps go as they are, aware datetimes, which psycopg sends with their offset; a naive
-    one is refused as the column type refuses it (PostgreSQL would read it in its own zone)."""
-    naive = next((row.timestamp for row in rows if row.timestamp.tzinfo is None), None)
-    if naive is not None:
-        UTCDateTime().process_bind_param(naive, session.get_bind().dialect)  # raises
-    arrays = {name: [getattr(row, name) for row in rows] for name in _EVENT_COLUMNS}
+    Timestamps go as they are, aware datetimes, which psycopg sends with their offset."""
+    recomm_ids = events.recomm_ids if events.recomm_ids is not None else [None] * len(events)
+    arrays = dict(zip(_EVENT_COLUMNS, (*events[:6], recomm_ids), strict=True))
     inserted = execute_driver_sql(session, _POSTGRESQL_INSERT, {**arrays, "received_at": now})
     return {event_id for (event_id,) in inserted}
 
@@ -352,7 +405,7 @@ _EVENT_IDS_AFTER = DirectRead(
 )
 
 
-def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) -> set[str]:
+def _insert_sqlite(session: Session, events: NewEvents, now: datetime) -> set[str]:
     """The driver's executemany, then the inserted rows read back by rowid when some were not.
 
     This transaction holds SQLite's write lock from the insert on (a deferred transaction whose
@@ -360,28 +413,18 @@ def _insert_sqlite(session: Session, rows: Sequence[EventRow], now: datetime) ->
     before the insert is one of ours.
     """
     before = _MAX_EVENT_ID.all_in(session, {})[0].id or 0
-    to_db = utc_bind_processor(session.get_bind().dialect)
-    received_at = to_db(now)
+    received_at = utc_bind_processor(session.get_bind().dialect)(now)
+    count = len(events)
+    recomm_ids = events.recomm_ids if events.recomm_ids is not None else repeat(None, count)
     inserted = executemany_driver_sql(
         session,
         f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (event_id) DO NOTHING",
-        [
-            (
-                row.event_id,
-                row.user_id,
-                row.item_id,
-                row.type,
-                row.value,
-                to_db(row.timestamp),
-                row.recomm_id,
-                received_at,
-            )
-            for row in rows
-        ],
+        # Parameter tuples zipped in C: no Python code per event.
+        zip(*events[:6], recomm_ids, repeat(received_at, count), strict=False),
     )
-    if inserted == len(rows):
-        return {row.event_id for row in rows}
+    if inserted == count:
+        return set(events.event_ids)
     if inserted == 0:
         return set()
     return {row.event_id for row in _EVENT_IDS_AFTER.all_in(session, {"after": before})}

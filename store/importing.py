@@ -13,6 +13,7 @@ run left included.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -20,22 +21,33 @@ import math
 import operator
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from store.db import Database
 from store.dialect import insert_ignoring_conflicts
 from store.errors import ImportFormatError
-from store.events import EventRow, ensure_users, insert_events, lock_users, mark_profiles_stale
+from store.events import (
+    EventColumns,
+    NewEvents,
+    ensure_users,
+    insert_event_columns,
+    lock_users,
+    mark_profiles_stale,
+    stored_timestamp,
+)
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
-from store.types import path_id_problem, unstorable_text, utcnow
+from store.read_ahead import read_ahead
+from store.types import path_id_problem, require_aware, unstorable_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +94,8 @@ class ImportStats:
     duplicates: int = 0
     rejected: int = 0  # unknown or deleted item, or an event type not asked for
     user_ids: set[int] = field(default_factory=set)
-    #: The rows one batch inserted (`insert_event_batch`); not carried over by ``+=``.
-    rows: list[EventRow] = field(default_factory=list)
+    #: The events one batch inserted (`insert_event_batch`); not carried over by ``+=``.
+    inserted: EventColumns | None = None
 
     def __iadd__(self, other: ImportStats) -> ImportStats:
         self.accepted += other.accepted
@@ -95,6 +107,78 @@ class ImportStats:
     @property
     def total(self) -> int:
         return self.accepted + self.duplicates + self.rejected
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """A batch of events read from a file, as columns: what `insert_event_batch` takes. Made
+    where the file is read (`store.read_ahead`'s child process), with the timestamps already
+    in the form the database stores (`store.events.stored_timestamp`), and cheap to pickle."""
+
+    event_ids: list[str]
+    user_ids: list[str]
+    item_ids: list[str]
+    types: list[str]
+    values: list[float | None]
+    micros: np.ndarray  # int64 microseconds since the epoch, exact
+    #: As `store.events.NewEvents.timestamps` holds them; None: made from ``micros`` when
+    #: needed (aware datetimes pickle slowly).
+    timestamps: list[Any] | None = None
+
+    @classmethod
+    def of(
+        cls, records: Sequence[EventRecord], stored: Callable[[datetime], Any] | None = None
+    ) -> EventBatch:
+        """``records`` as columns, each timestamp ``stored(timestamp)`` when ``stored`` is
+        given. A naive timestamp raises ValueError."""
+        stamps = list(map(_TIMESTAMP, records))
+        naive = next((stamp for stamp in stamps if stamp.tzinfo is None), None)
+        if naive is not None:
+            require_aware(naive)
+        return cls(
+            list(map(_EVENT_ID, records)),
+            list(map(_USER_ID, records)),
+            list(map(_ITEM_ID, records)),
+            list(map(_TYPE, records)),
+            list(map(_VALUE, records)),
+            np.fromiter(((stamp - _EPOCH) // _MICROSECOND for stamp in stamps), np.int64),
+            None if stored is None else list(map(stored, stamps)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def take(self, positions: Sequence[int]) -> EventBatch:
+        """The events at ``positions``, in that order."""
+
+        def pick(column: list[Any]) -> list[Any]:
+            return [column[i] for i in positions]
+
+        return EventBatch(
+            pick(self.event_ids),
+            pick(self.user_ids),
+            pick(self.item_ids),
+            pick(self.types),
+            pick(self.values),
+            self.micros[list(positions)],
+            None if self.timestamps is None else pick(self.timestamps),
+        )
+
+    def stored_timestamps(self) -> list[Any]:
+        """The timestamps in their stored form: ``timestamps``, else aware datetimes."""
+        if self.timestamps is not None:
+            return self.timestamps
+        return [_EPOCH + timedelta(microseconds=micros) for micros in self.micros.tolist()]
+
+
+_EVENT_ID, _USER_ID, _ITEM_ID, _TYPE, _VALUE, _TIMESTAMP = (
+    operator.attrgetter(name)
+    for name in ("event_id", "user_id", "item_id", "type", "value", "timestamp")
+)
 
 
 # --- values -------------------------------------------------------------------------------------
@@ -585,7 +669,7 @@ def bulk_upsert_items(
 
 def insert_event_batch(
     session: Session,
-    records: Sequence[EventRecord],
+    events: EventBatch,
     *,
     import_id: str,
     batch: int = 0,
@@ -597,11 +681,11 @@ def insert_event_batch(
     under ``import_id`` from its ``batch`` (the batch's number in the import) in the same
     transaction (`store.events.mark_profiles_stale`).
 
-    Through `store.events.insert_events` (idempotent by event id, ``received_at`` now, one
-    set-based statement per batch). ``item_cache`` (external -> internal id of live items)
+    Through `store.events.insert_event_columns` (idempotent by event id, ``received_at`` now,
+    one set-based statement per batch). ``item_cache`` (external -> internal id of live items)
     carries item lookups over from earlier batches of the same import: an item deleted
-    meanwhile is treated as if deleted after the import. ``ImportStats.rows`` holds the rows
-    inserted.
+    meanwhile is treated as if deleted after the import. ``ImportStats.inserted`` holds the
+    events inserted.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
@@ -610,13 +694,16 @@ def insert_event_batch(
         # for servers: with two writing processes each transaction starts by dropping the
         # cache, and a larger one cost single events ~5% there.
         session.connection().exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-    items = _item_ids(session, {record.item_id for record in records}, item_cache)
+    items = _item_ids(session, set(events.item_ids), item_cache)
     known = [
-        record
-        for record in records
-        if record.item_id in items and (event_types is None or record.type in event_types)
+        position
+        for position, (item, kind) in enumerate(zip(events.item_ids, events.types, strict=True))
+        if item in items and (event_types is None or kind in event_types)
     ]
-    users = _ensure_users(session, {record.user_id for record in known})
+    received = len(events)
+    if len(known) < received:
+        events = events.take(known)
+    users = _ensure_users(session, set(events.user_ids))
     if dialect == "postgresql":
         # Before the insert: a profile rebuild of these users (which takes the same locks)
         # then either finishes first or starts after this batch committed, never reads it
@@ -628,34 +715,51 @@ def insert_event_batch(
         if gone:
             users.update(_ensure_users(session, gone))
             lock_users(session, [users[external] for external in gone])
-    rows = [
-        EventRow(
-            record.event_id,
-            users[record.user_id],
-            items[record.item_id],
-            record.type,
-            record.value,
-            record.timestamp,
-        )
-        for record in known
-    ]
-    inserted = insert_events(session, rows)
-    # An event id repeated within the batch is inserted once (its first row); the repeats count
-    # as duplicates.
-    fresh, taken = [], set()
-    for row in rows:
-        if row.event_id in inserted and row.event_id not in taken:
-            taken.add(row.event_id)
-            fresh.append(row)
-    inserted_users = {row.user_id for row in fresh}
+    user_ids = list(map(users.__getitem__, events.user_ids))
+    item_ids = list(map(items.__getitem__, events.item_ids))
+    inserted = insert_event_columns(
+        session,
+        NewEvents(
+            events.event_ids,
+            user_ids,
+            item_ids,
+            events.types,
+            events.values,
+            events.stored_timestamps(),
+        ),
+    )
+    fresh = _first_inserted(events.event_ids, inserted)
+    columns = EventColumns(
+        np.array(user_ids, dtype=np.int64),
+        np.array(item_ids, dtype=np.int64),
+        events.types,
+        events.values,
+        events.micros / 1e6,  # as datetime.timestamp() computes it: exact to the microsecond
+    )
+    if fresh is not None:
+        columns = columns.take(np.array(fresh, dtype=np.int64))
+    inserted_users = set(columns.user_ids.tolist())
     mark_profiles_stale(session, inserted_users, import_id, batch)
     return ImportStats(
         accepted=len(inserted),
-        duplicates=len(rows) - len(inserted),
-        rejected=len(records) - len(known),
+        duplicates=len(events) - len(inserted),
+        rejected=received - len(events),
         user_ids=inserted_users,
-        rows=fresh,
+        inserted=columns,
     )
+
+
+def _first_inserted(event_ids: Sequence[str], inserted: set[str]) -> list[int] | None:
+    """Positions of the events inserted (an event id repeated within the batch is inserted
+    once, as its first row; the repeats count as duplicates); None when all were."""
+    if len(inserted) == len(event_ids):
+        return None  # as many distinct ids inserted as rows: every row, no repeats
+    fresh, taken = [], set()
+    for position, event_id in enumerate(event_ids):
+        if event_id in inserted and event_id not in taken:
+            taken.add(event_id)
+            fresh.append(position)
+    return fresh
 
 
 def _item_ids(
@@ -687,10 +791,15 @@ def bulk_insert_events(
     """Insert every event in the caller's transaction (idempotent by event id); the users'
     profiles are left marked stale for `interest.rebuild.rebuild_stale_profiles`."""
     stats, item_cache, import_id = ImportStats(), {}, new_import_id()
+    stored = _stored_in_process(session.get_bind().dialect)
     batches = batched(_progress(records, progress, "event"), batch_size)
     for number, batch in enumerate(batches):
         stats += insert_event_batch(
-            session, batch, import_id=import_id, batch=number, item_cache=item_cache
+            session,
+            EventBatch.of(batch, stored),
+            import_id=import_id,
+            batch=number,
+            item_cache=item_cache,
         )
     _log_events(stats)
     return stats
@@ -719,32 +828,69 @@ def import_events(
     progress: bool = False,
     import_id: str | None = None,
     event_types: Collection[str] | None = None,
-    on_commit: Callable[[list[EventRow], int], None] | None = None,
+    on_commit: Callable[[EventColumns, int], None] | None = None,
+    parse_in_child: bool = True,
 ) -> ImportStats:
     """Insert events committing once per batch: an interrupted import can be rerun.
 
-    Each batch marks its users stale under ``import_id`` (a new one by default); ``on_commit``
-    gets the rows each batch inserted and the batch's number once it committed (to fold them
-    into the profiles).
+    With ``parse_in_child`` ``records`` is iterated in a child process (`store.read_ahead`)
+    while the previous batch is written, unless it is a collection of at most one batch: the
+    caller must not iterate it meanwhile, and iterating it must not depend on the batches
+    written so far. Each batch marks its users stale under ``import_id`` (a new one by
+    default); ``on_commit`` gets the events each batch inserted and the batch's number once
+    it committed (to fold them into the profiles).
     """
     import_id = import_id or new_import_id()
     stats, item_cache = ImportStats(), {}
-    batches = batched(_progress(records, progress, "event"), batch_size)
-    for number, batch in enumerate(batches):
-        work = partial(
-            insert_event_batch,
-            records=batch,
-            import_id=import_id,
-            batch=number,
-            item_cache=item_cache,
-            event_types=event_types,
+    stored = stored_timestamp(database.engine.dialect)
+    to_batch = partial(EventBatch.of, stored=stored)
+    chunks = batched(records, batch_size)
+    if not parse_in_child or (isinstance(records, Sized) and len(records) <= batch_size):
+        # Nothing to overlap: no child process.
+        batches = map(
+            partial(EventBatch.of, stored=_stored_in_process(database.engine.dialect)), chunks
         )
-        committed = database.run_write(work)
-        if on_commit is not None and committed.rows:
-            on_commit(committed.rows, number)
-        stats += committed
+    else:
+        batches = read_ahead(chunks, to_batch)
+    with contextlib.closing(_batch_progress(batches, progress)) as counted:
+        for number, batch in enumerate(counted):
+            work = partial(
+                insert_event_batch,
+                events=batch,
+                import_id=import_id,
+                batch=number,
+                item_cache=item_cache,
+                event_types=event_types,
+            )
+            committed = database.run_write(work)
+            if on_commit is not None and committed.inserted is not None and len(committed.inserted):
+                on_commit(committed.inserted, number)
+            stats += committed
     _log_events(stats)
     return stats
+
+
+def _stored_in_process(dialect: Dialect) -> Callable[[datetime], Any]:
+    """`store.events.stored_timestamp`, or the datetime as it is where the driver takes it:
+    within one process there is no pickling to spare."""
+    return stored_timestamp(dialect) or _same
+
+
+def _same(value: T) -> T:
+    return value
+
+
+def _batch_progress(batches: Iterable[EventBatch], enabled: bool) -> Iterator[EventBatch]:
+    """``batches``, counted on a progress bar of events when ``enabled``."""
+    if not enabled:
+        yield from batches
+        return
+    from tqdm import tqdm  # optional presentation only: imported when progress is asked for
+
+    with tqdm(unit="event", unit_scale=True, desc="importing events") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
 
 
 def new_import_id() -> str:

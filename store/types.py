@@ -25,9 +25,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: driftrec stores timezone-aware UTC only")
-        value = value.astimezone(UTC)
+        value = require_aware(value).astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -36,6 +34,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def require_aware(value: datetime) -> datetime:
+    """``value``, or ValueError when it is naive (no zone: its instant is unknown)."""
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: driftrec stores timezone-aware UTC only")
+    return value
 
 
 def utcnow() -> datetime:

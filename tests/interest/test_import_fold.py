@@ -191,7 +191,14 @@ def test_a_rebuild_between_two_batches_of_one_flush_is_not_counted_twice(catalog
         assert rebuild_profiles(catalogue, CONFIG, MODEL, user_ids={uid}) == 1
         yield from _records(5, "u1", minutes=30, tag="later")
 
-    import_events(catalogue, records(), batch_size=5, import_id=import_id, on_commit=fold.add)
+    import_events(
+        catalogue,
+        records(),
+        batch_size=5,
+        import_id=import_id,
+        on_commit=fold.add,
+        parse_in_child=False,  # the records wait for batch 1's commit: read as the import goes
+    )
     assert fold.flush() == 1
     assert _profile(catalogue, "u1").event_count == 10
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
