@@ -13,6 +13,7 @@ run left included.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import json
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import numpy as np
 from sqlalchemy.engine import Dialect
@@ -283,17 +284,49 @@ def _parse_lines(
         yield parsed
 
 
-def _text_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+#: driftrec's own files and MovieLens' CSV files: UTF-8, with or without a byte order mark
+#: (spreadsheets write one).
+TEXT_ENCODING = "utf-8-sig"
+
+
+def _text_lines(path: Path, encoding: str = TEXT_ENCODING) -> Iterator[tuple[int, str]]:
     """Numbered non-blank lines without their line ending."""
-    with open(path, encoding=encoding, newline="") as handle:
+    with _decoded(path, encoding) as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if line.strip():
                 yield number, line
 
 
+@contextlib.contextmanager
+def _decoded(path: Path, encoding: str) -> Iterator[TextIO]:
+    """``path`` open as text; bytes that are not ``encoding`` raise `ImportFormatError` naming
+    their line (found again by reading the file's lines as bytes: text is decoded a block of
+    lines at a time)."""
+    with open(path, encoding=encoding, newline="") as handle:
+        try:
+            yield handle
+        except UnicodeDecodeError as exc:
+            bad = exc.object[exc.start : exc.start + 1].hex()
+            name = "UTF-8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+            raise ImportFormatError(
+                path, _first_undecodable_line(path, encoding), f"not {name} text (byte 0x{bad})"
+            ) from None
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
 def _csv_rows(
-    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = "utf-8"
+    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = TEXT_ENCODING
 ) -> Iterator[tuple[int, dict[str, str]]]:
     """Numbered rows of a CSV file with a header that names ``required`` (+ ``optional``)."""
     for number, header, row in _csv_lines(path, required, optional, encoding):
@@ -322,11 +355,11 @@ def _csv_fields(
 
 
 def _csv_lines(
-    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = "utf-8"
+    path: Path, required: Sequence[str], optional: Sequence[str] = (), encoding: str = TEXT_ENCODING
 ) -> Iterator[tuple[int, list[str], list[str]]]:
     """(line number, header, values) of each row of a CSV file whose header names
     ``required`` (+ ``optional``)."""
-    with open(path, encoding=encoding, newline="") as handle:
+    with _decoded(path, encoding) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:

@@ -299,6 +299,32 @@ def test_bad_events_csv_line_names_the_line(tmp_path: Path, row: str, message: s
         list(read_events(path))
 
 
+@pytest.mark.parametrize("name", ["events.csv", "events.jsonl"])
+def test_bytes_that_are_not_utf8_name_their_line(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        lines = [b"id,user_id,item_id,type,value,timestamp"]
+        lines += [f"e{n},u1,i1,view,,2024-03-01".encode() for n in range(3000)]
+        lines += [b"e-bad,u\xff1,i1,view,,2024-03-01"]
+    else:
+        lines = [
+            f'{{"id":"e{n}","user_id":"u1","item_id":"i1","type":"view",'
+            f'"timestamp":"2024-03-01"}}'.encode()
+            for n in range(3001)
+        ]
+        lines += [b'{"id":"e-bad","user_id":"u\xe91"}']
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    # Far past the first block of text the reader decodes: the line is found again.
+    with pytest.raises(ImportFormatError, match=f"{name}:3002: not UTF-8 text \\(byte 0x"):
+        list(read_events(path))
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"\xef\xbb\xbfid,user_id,item_id,type,timestamp\ne1,u1,i1,view,2024-03-01\n")
+    assert [record.event_id for record in read_events(path)] == ["e1"]
+
+
 def test_bad_events_header_and_suffix(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     path.write_text("id,user,item_id,type,timestamp\n")
