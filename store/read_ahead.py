@@ -16,6 +16,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -28,8 +29,9 @@ _BATCH, _ERROR, _END = "batch", "error", "end"
 
 
 def can_read_ahead() -> bool:
-    """Whether this platform can fork a child that reads ahead."""
-    return hasattr(os, "fork") and "fork" in multiprocessing.get_all_start_methods()
+    """Whether this platform can fork a child that reads ahead: Linux (on macOS system
+    libraries may crash a forked child of a process with threads; Windows cannot fork)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
 def read_ahead(batches: Iterable[T], convert: Callable[[T], R]) -> Iterator[R]:
