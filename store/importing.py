@@ -22,7 +22,7 @@ import math
 import operator
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -875,17 +875,20 @@ def import_events(
     """
     import_id = import_id or new_import_id()
     stats, item_cache = ImportStats(), {}
-    stored = stored_timestamp(database.engine.dialect)
-    to_batch = partial(EventBatch.of, stored=stored)
     chunks = batched(records, batch_size)
+    batches: Generator[EventBatch, None, None]
     if not parse_in_child or (isinstance(records, Sized) and len(records) <= batch_size):
         # Nothing to overlap: no child process.
-        batches = map(
-            partial(EventBatch.of, stored=_stored_in_process(database.engine.dialect)), chunks
-        )
+        in_process = _stored_in_process(database.engine.dialect)
+        batches = (EventBatch.of(chunk, in_process) for chunk in chunks)
     else:
-        batches = read_ahead(chunks, to_batch)
-    with contextlib.closing(_batch_progress(batches, progress)) as counted:
+        to_send = stored_timestamp(database.engine.dialect)  # None: datetimes pickle slowly
+        batches = read_ahead(chunks, partial(EventBatch.of, stored=to_send))
+    # Closed on the way out, an error included: the child reading ahead stops at once.
+    with (
+        contextlib.closing(batches),
+        contextlib.closing(_batch_progress(batches, progress)) as counted,
+    ):
         for number, batch in enumerate(counted):
             work = partial(
                 insert_event_batch,

@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from multiprocessing.connection import Connection
 from typing import TypeVar
 
@@ -34,7 +34,7 @@ def can_read_ahead() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork")
 
 
-def read_ahead(batches: Iterable[T], convert: Callable[[T], R]) -> Iterator[R]:
+def read_ahead(batches: Iterable[T], convert: Callable[[T], R]) -> Generator[R, None, None]:
     """``convert(batch)`` for each of ``batches``, in order, computed in a forked child process
     while the caller works on the previous one (in this process where it cannot fork).
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from sqlalchemy import select
 from store import read_ahead as read_ahead_module
 from store.db import Database
 from store.errors import ImportFormatError
-from store.importing import bulk_upsert_items, import_events, read_events
+from store.importing import EventRecord, bulk_upsert_items, import_events, read_events
 from store.items import ItemInput
 from store.models import Event, User
 from store.read_ahead import can_read_ahead, read_ahead
@@ -123,3 +125,28 @@ def test_import_read_ahead_stores_what_reading_in_process_stores(
         stored[tag] = [(event_id[1:], *rest) for event_id, *rest in rows]
     assert len(stored["c"]) == 20
     assert stored["c"] == stored["p"]
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_an_error_in_the_writer_stops_the_child_at_once(db: Database, progress: bool) -> None:
+    """A failing write (here the commit callback) ends the import with the child already
+    stopped, while the error (and its traceback, which holds the import's frame) is alive."""
+    with db.write() as session:
+        bulk_upsert_items(session, [ItemInput("a", "A")])
+
+    def records():  # type: ignore[no-untyped-def]
+        for n in iter(int, 1):  # never ends
+            yield EventRecord(f"e{n}", "u1", "a", "view", None, datetime(2024, 1, 1, tzinfo=UTC))
+
+    def fail(events, batch):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the writer broke")
+
+    try:
+        import_events(db, records(), batch_size=10, on_commit=fail, progress=progress)
+    except RuntimeError as exc:
+        assert str(exc) == "the writer broke"
+        # Checked while the exception is being handled: its traceback holds the import's
+        # frame (and so its generators) alive.
+        assert multiprocessing.active_children() == []
+    else:
+        pytest.fail("the import did not fail")
