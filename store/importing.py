@@ -707,6 +707,7 @@ def insert_event_batch(
     import_id: str,
     batch: int = 0,
     item_cache: dict[str, int] | None = None,
+    user_cache: dict[str, int] | None = None,
     event_types: Collection[str] | None = None,
 ) -> ImportStats:
     """Insert one batch of events, skipping stored event ids and rejecting unknown items (and,
@@ -717,8 +718,9 @@ def insert_event_batch(
     Through `store.events.insert_event_columns` (idempotent by event id, ``received_at`` now,
     one set-based statement per batch). ``item_cache`` (external -> internal id of live items)
     carries item lookups over from earlier batches of the same import: an item deleted
-    meanwhile is treated as if deleted after the import. ``ImportStats.inserted`` holds the
-    events inserted.
+    meanwhile is treated as if deleted after the import. ``user_cache`` does the same for
+    users (external -> internal id) on PostgreSQL. ``ImportStats.inserted`` holds the events
+    inserted.
     """
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
@@ -727,7 +729,7 @@ def insert_event_batch(
         # for servers: with two writing processes each transaction starts by dropping the
         # cache, and a larger one cost single events ~5% there.
         session.connection().exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
-    items = _item_ids(session, set(events.item_ids), item_cache)
+    items = _through_cache(ids_by_external, session, set(events.item_ids), item_cache)
     known = [
         position
         for position, (item, kind) in enumerate(zip(events.item_ids, events.types, strict=True))
@@ -736,18 +738,27 @@ def insert_event_batch(
     received = len(events)
     if len(known) < received:
         events = events.take(known)
-    users = _ensure_users(session, set(events.user_ids))
     if dialect == "postgresql":
+        # Users from earlier batches are taken from ``user_cache``: the lock below finds any
+        # that no longer exist. (SQLite has no such check here: a cached user deleted since
+        # would fail the events' foreign key.)
+        wanted = set(events.user_ids)
+        cached = _through_cache(_ensure_users, session, wanted, user_cache)
+        users = {external: cached[external] for external in wanted}
         # Before the insert: a profile rebuild of these users (which takes the same locks)
         # then either finishes first or starts after this batch committed, never reads it
         # half-way. (A SQLite write transaction excludes every other writer already.)
         live = lock_users(session, users.values())
-        # Users deleted (or merged away) while this batch waited for their locks are created
-        # anew, as an event for an unknown user does.
+        # Users deleted (or merged away) since they were looked up are created anew, as an
+        # event for an unknown user does.
         gone = {external for external, user_id in users.items() if user_id not in live}
         if gone:
             users.update(_ensure_users(session, gone))
             lock_users(session, [users[external] for external in gone])
+            if user_cache is not None:
+                user_cache.update(users)
+    else:
+        users = _ensure_users(session, set(events.user_ids))
     user_ids = list(map(users.__getitem__, events.user_ids))
     item_ids = list(map(items.__getitem__, events.item_ids))
     inserted = insert_event_columns(
@@ -795,14 +806,19 @@ def _first_inserted(event_ids: Sequence[str], inserted: set[str]) -> list[int] |
     return fresh
 
 
-def _item_ids(
-    session: Session, external_ids: set[str], cache: dict[str, int] | None
+def _through_cache(
+    lookup: Callable[[Session, set[str]], dict[str, int]],
+    session: Session,
+    external_ids: set[str],
+    cache: dict[str, int] | None,
 ) -> dict[str, int]:
+    """``lookup(session, external_ids)`` (external -> internal ids), asking it only for the ids
+    ``cache`` lacks when a cache is given: then the whole cache is returned."""
     if cache is None:
-        return ids_by_external(session, external_ids)
+        return lookup(session, external_ids)
     missing = external_ids.difference(cache)
     if missing:
-        cache.update(ids_by_external(session, missing))
+        cache.update(lookup(session, missing))
     return cache
 
 
@@ -874,7 +890,7 @@ def import_events(
     it committed (to fold them into the profiles).
     """
     import_id = import_id or new_import_id()
-    stats, item_cache = ImportStats(), {}
+    stats, item_cache, user_cache = ImportStats(), {}, {}
     chunks = batched(records, batch_size)
     batches: Generator[EventBatch, None, None]
     if not parse_in_child or (isinstance(records, Sized) and len(records) <= batch_size):
@@ -896,6 +912,7 @@ def import_events(
                 import_id=import_id,
                 batch=number,
                 item_cache=item_cache,
+                user_cache=user_cache,
                 event_types=event_types,
             )
             committed = database.run_write(work)

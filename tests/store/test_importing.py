@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from store.db import Database
 from store.errors import ImportFormatError, StoreError
-from store.events import count_events, user_events
+from store.events import count_events, delete_user, user_events, user_ids
 from store.importing import (
     EventRecord,
     ImportStats,
@@ -449,3 +449,25 @@ def test_items_with_precomputed_vectors_are_current_and_insert_only(db: Database
     assert import_item_vectors(db, items, vectors, "m") == 0
     with pytest.raises(ValueError):
         import_item_vectors(db, items, vectors[:5], "m")
+
+
+def test_a_user_deleted_between_batches_of_an_import_is_created_anew(db: Database) -> None:
+    """Batch 2 names a user that batch 1 created and that was deleted since: on PostgreSQL the
+    id the import remembered from batch 1 is found gone under the users' lock."""
+    with db.write() as session:
+        bulk_upsert_items(session, [ItemInput("a", "A")])
+
+    def records():  # type: ignore[no-untyped-def]
+        yield _record("e1", "u1", "a", 1)
+        yield _record("e2", "u2", "a", 2)
+        with db.write() as session:  # batch 1 is committed by now
+            delete_user(session, "u1")
+        yield _record("e3", "u1", "a", 3)
+        yield _record("e4", "u2", "a", 4)
+
+    stats = import_events(db, records(), batch_size=2, parse_in_child=False)
+    assert (stats.accepted, stats.duplicates, stats.rejected) == (4, 0, 0)
+    with db.read() as session:
+        ids = user_ids(session, ["u1", "u2"])
+        assert [event.event_id for event in user_events(session, ids["u1"])] == ["e3"]
+        assert [event.event_id for event in user_events(session, ids["u2"])] == ["e2", "e4"]
