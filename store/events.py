@@ -50,7 +50,7 @@ from store.models import (
     User,
 )
 from store.recommendations import delete_user_sessions
-from store.types import UTCDateTime, utc_bind_processor, utcnow
+from store.types import refuse_naive, utc_bind_processor, utcnow
 
 #: The profile columns `interest.profile.state_from_row` reads, and the version (which a
 #: writer that folded outside a transaction compares, `profile_versions`).
@@ -306,13 +306,12 @@ def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
     """
     if not rows:
         return set()
-    dialect = session.get_bind().dialect
     timestamps = [row.timestamp for row in rows]
-    if dialect.name == "postgresql":
-        _refuse_naive(timestamps, dialect)
+    to_db = stored_timestamp(session.get_bind().dialect)
+    if to_db is None:
+        refuse_naive(timestamps)  # PostgreSQL would read a naive one in its own zone
     else:
-        to_db = utc_bind_processor(dialect)
-        timestamps = [to_db(stamp) for stamp in timestamps]
+        timestamps = [to_db(stamp) for stamp in timestamps]  # raises for a naive one
     return insert_event_columns(
         session,
         NewEvents(
@@ -327,9 +326,10 @@ def insert_events(session: Session, rows: Sequence[EventRow]) -> set[str]:
     )
 
 
-class NewEvents(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class NewEvents:
     """Events to insert as columns, each timestamp already in the form the database's driver
-    takes (`stored_timestamps`)."""
+    takes (`stored_timestamp`)."""
 
     event_ids: Sequence[str]
     user_ids: Sequence[int]
@@ -339,8 +339,21 @@ class NewEvents(NamedTuple):
     timestamps: Sequence[Any]
     recomm_ids: Sequence[str | None] | None = None  # None: no event has one
 
-    def __len__(self) -> int:  # type: ignore[override]  # events, not fields
+    def __len__(self) -> int:
         return len(self.event_ids)
+
+    def columns(self) -> tuple[Iterable[Any], ...]:
+        """The columns in `_EVENT_COLUMNS` order (no recomm_id: a column of None)."""
+        recomm_ids = self.recomm_ids if self.recomm_ids is not None else repeat(None, len(self))
+        return (
+            self.event_ids,
+            self.user_ids,
+            self.item_ids,
+            self.types,
+            self.values,
+            self.timestamps,
+            recomm_ids,
+        )
 
 
 def stored_timestamp(dialect: Dialect) -> Callable[[datetime], Any] | None:
@@ -356,14 +369,6 @@ def insert_event_columns(session: Session, events: NewEvents) -> set[str]:
     if session.get_bind().dialect.name == "postgresql":
         return _insert_postgresql(session, events, utcnow())
     return _insert_sqlite(session, events, utcnow())
-
-
-def _refuse_naive(timestamps: Sequence[datetime], dialect: Dialect) -> None:
-    """Raise as the column type does for a naive datetime (PostgreSQL would read it in its own
-    zone)."""
-    naive = next((stamp for stamp in timestamps if stamp.tzinfo is None), None)
-    if naive is not None:
-        UTCDateTime().process_bind_param(naive, dialect)  # raises
 
 
 _EVENT_COLUMNS = ("event_id", "user_id", "item_id", "type", "value", "timestamp", "recomm_id")
@@ -393,8 +398,9 @@ _POSTGRESQL_INSERT = (
 def _insert_postgresql(session: Session, events: NewEvents, now: datetime) -> set[str]:
     """One INSERT ... SELECT FROM unnest(arrays): no per-row parameters, no parameter limit.
     Timestamps go as they are, aware datetimes, which psycopg sends with their offset."""
-    recomm_ids = events.recomm_ids if events.recomm_ids is not None else [None] * len(events)
-    arrays = dict(zip(_EVENT_COLUMNS, (*events[:6], recomm_ids), strict=True))
+    arrays = {
+        name: list(column) for name, column in zip(_EVENT_COLUMNS, events.columns(), strict=True)
+    }
     inserted = execute_driver_sql(session, _POSTGRESQL_INSERT, {**arrays, "received_at": now})
     return {event_id for (event_id,) in inserted}
 
@@ -415,13 +421,12 @@ def _insert_sqlite(session: Session, events: NewEvents, now: datetime) -> set[st
     before = _MAX_EVENT_ID.all_in(session, {})[0].id or 0
     received_at = utc_bind_processor(session.get_bind().dialect)(now)
     count = len(events)
-    recomm_ids = events.recomm_ids if events.recomm_ids is not None else repeat(None, count)
     inserted = executemany_driver_sql(
         session,
         f"INSERT INTO events ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
         "ON CONFLICT (event_id) DO NOTHING",
         # Parameter tuples zipped in C: no Python code per event.
-        zip(*events[:6], recomm_ids, repeat(received_at, count), strict=False),
+        zip(*events.columns(), repeat(received_at, count), strict=False),
     )
     if inserted == count:
         return set(events.event_ids)

@@ -48,7 +48,7 @@ from store.events import (
 from store.items import ItemInput, content_hash, ids_by_external, next_revision, upsert_items
 from store.models import EXTERNAL_ID_LENGTH, Item
 from store.read_ahead import read_ahead
-from store.types import path_id_problem, require_aware, unstorable_text, utcnow
+from store.types import path_id_problem, refuse_naive, unstorable_text, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ class EventBatch:
         """``records`` as columns, each timestamp ``stored(timestamp)`` when ``stored`` is
         given. A naive timestamp raises ValueError."""
         stamps = list(map(_TIMESTAMP, records))
-        naive = next((stamp for stamp in stamps if stamp.tzinfo is None), None)
-        if naive is not None:
-            require_aware(naive)
+        refuse_naive(stamps)
         return cls(
             list(map(_EVENT_ID, records)),
             list(map(_USER_ID, records)),

@@ -85,14 +85,13 @@ def _produce(batches: Iterable[T], convert: Callable[[T], R], sender: Connection
         try:
             for batch in batches:
                 sender.send((_BATCH, convert(batch)))
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the parent stopped reading: nothing to tell it
         except BaseException as exc:  # noqa: BLE001 - the parent raises it
-            sender.send((_ERROR, _picklable(exc)))
+            last = (_ERROR, _picklable(exc))
         else:
-            sender.send((_END, None))
+            last = (_END, None)
+        sender.send(last)
     except (BrokenPipeError, ConnectionResetError):
-        pass
+        pass  # the parent stopped reading: nothing to tell it
     finally:
         with contextlib.suppress(OSError):
             sender.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -41,6 +41,13 @@ def require_aware(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: driftrec stores timezone-aware UTC only")
     return value
+
+
+def refuse_naive(values: Iterable[datetime]) -> None:
+    """`require_aware`'s ValueError for the first naive datetime of ``values``, if any."""
+    naive = next((value for value in values if value.tzinfo is None), None)
+    if naive is not None:
+        require_aware(naive)
 
 
 def utcnow() -> datetime:
