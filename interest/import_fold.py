@@ -23,9 +23,9 @@ from functools import partial
 import numpy as np
 from sqlalchemy.orm import Session
 
-from interest.ingest import ProfileConfig, update_states
-from interest.profile import ProfileState, state_from_row, state_values
+from interest.ingest import ProfileConfig
 from interest.rebuild import REBUILD_BATCH_USERS, VectorCache, fold_columns
+from interest.state_block import StateBlock
 from store.db import Database
 from store.events import (
     EventColumns,
@@ -34,6 +34,7 @@ from store.events import (
     lock_profile_rows,
     lock_users,
     marked_users,
+    update_profiles,
 )
 from store.importing import EventRecord, ImportStats, import_events, new_import_id
 
@@ -143,33 +144,30 @@ class ImportFold:
         deltas = fold_columns(
             session, events.take(np.flatnonzero(keep)), mine, self.config, self.vectors
         )
+        position = {uid: i for i, uid in enumerate(mine)}
         stored = lock_profile_rows(session, mine)
-        states = {uid: state_from_row(row) for uid, row in stored.items()}
         new = [uid for uid in mine if uid not in stored]
         if new:
-            created = insert_profiles(
-                session, [{"user_id": uid, **state_values(deltas[uid])} for uid in new]
-            )
+            created = insert_profiles(session, deltas.take([position[uid] for uid in new]).values())
             # An event posted to the API created the profile after our lock query
             # (PostgreSQL): add ours to it.
-            raced = [uid for uid in new if uid not in created]
-            for uid, row in lock_profile_rows(session, raced).items():
-                states[uid] = state_from_row(row)
+            stored.update(lock_profile_rows(session, [uid for uid in new if uid not in created]))
         # A profile stored with other half-lives or dimensions (settings changed, profiles not
         # rebuilt yet) cannot take sums made with these: it keeps its mark and is rebuilt from
         # the log after the import (`rebuild_stale_profiles`).
-        other = {uid for uid, state in states.items() if not _same_shape(state, deltas[uid])}
-        states = {uid: state for uid, state in states.items() if uid not in other}
-        for uid, state in states.items():
-            state.absorb(deltas[uid], self.config.buffer_size)
-        update_states(session, states)
+        other = {uid for uid, row in stored.items() if not deltas.matches(row)}
+        absorbing = [uid for uid in mine if uid in stored and uid not in other]
+        if absorbing:
+            states = StateBlock.from_rows(
+                [stored[uid] for uid in absorbing], deltas.half_lives, deltas.dim
+            )
+            states.absorb(
+                deltas.take([position[uid] for uid in absorbing]), self.config.buffer_size
+            )
+            update_profiles(session, states.values(shape=False))
         mine = [uid for uid in mine if uid not in other]
         clear_stale_marks(session, mine, self.import_id)
         return set(mine)
-
-
-def _same_shape(stored: ProfileState, delta: ProfileState) -> bool:
-    return stored.half_lives == delta.half_lives and stored.dim == delta.dim
 
 
 def _by_user_and_time(

@@ -367,18 +367,10 @@ def pending_vectors(events: Sequence[Any]) -> dict[int, np.ndarray]:
 def update_states(session: Session, states: Mapping[int, ProfileState]) -> None:
     """Write states over their users' locked profile rows (`store.events.update_profiles`)."""
     # Events never change a profile's shape: dim and half-lives stay as stored.
-    unchanged = ("dim", "half_lives")
     update_profiles(
         session,
-        [
-            {"user_id": uid, **_without(state_values(state), unchanged)}
-            for uid, state in states.items()
-        ],
+        [{"user_id": uid, **state_values(state, shape=False)} for uid, state in states.items()],
     )
-
-
-def _without(values: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    return {name: value for name, value in values.items() if name not in names}
 
 
 def fold_users(

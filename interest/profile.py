@@ -123,48 +123,6 @@ class ProfileState:
             self.recent, times.tolist(), item_ids, weights.tolist(), buffer_size
         )
 
-    @classmethod
-    def from_groups(
-        cls,
-        half_lives: tuple[float, ...],
-        matrix: np.ndarray,
-        rows: np.ndarray,
-        weights: np.ndarray,
-        times: np.ndarray,
-        item_ids: np.ndarray,
-        bounds: np.ndarray,
-        buffer_size: int,
-    ) -> list[ProfileState]:
-        """Fresh states for consecutive groups of events, as `fold` into an empty state gives
-        for each group, with the decay factors and weight sums of all groups computed at once.
-
-        Group ``g`` is events ``bounds[g]:bounds[g + 1]`` (none empty), in ascending time
-        order. Event ``i``'s vector is ``matrix[rows[i]]`` (float64, one row per distinct item:
-        the events' vectors are never all gathered at once); ``weights`` and ``times`` are
-        float64, ``item_ids`` int64.
-        For rebuilding many profiles, where a numpy round trip per user costs more than its
-        arithmetic.
-        """
-        rates = _decay_rates(half_lives)
-        starts, ends = bounds[:-1], bounds[1:]
-        ref_times = times[ends - 1]  # the newest event of each group
-        ages = np.repeat(ref_times, ends - starts) - times
-        factors = weights[None, :] * np.exp(-rates[:, None] * ages[None, :])
-        weight_sums = np.add.reduceat(np.abs(factors), starts, axis=1)
-        states = []
-        for group, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            states.append(
-                cls(
-                    half_lives=half_lives,
-                    accumulators=factors[:, start:end] @ matrix[rows[start:end]],
-                    weight_sums=weight_sums[:, group].copy(),
-                    ref_time=float(ref_times[group]),
-                    recent=_latest(times, item_ids, weights, start, end, buffer_size),
-                    event_count=end - start,
-                )
-            )
-        return states
-
     @staticmethod
     def fold_groups(
         states: Sequence[ProfileState],
@@ -268,36 +226,11 @@ def _with_events(
     return sorted([*recent, *new])[-buffer_size:]
 
 
-def _latest(
-    times: np.ndarray,
-    item_ids: np.ndarray,
-    weights: np.ndarray,
-    start: int,
-    end: int,
-    buffer_size: int,
-) -> list[tuple[float, int, float]]:
-    """The recent buffer `fold` keeps of events ``start:end`` (ascending times): the last
-    ``buffer_size`` of them sorted as (time, item id, weight) tuples, ties at the cut included
-    before sorting so that the same tuples are kept."""
-    if buffer_size <= 0:
-        return []
-    if end - start > buffer_size:
-        cut = times[end - buffer_size]
-        start += int(np.searchsorted(times[start:end], cut, side="left"))
-    window = zip(
-        times[start:end].tolist(),
-        item_ids[start:end].tolist(),
-        weights[start:end].tolist(),
-        strict=True,
-    )
-    return sorted(window)[-buffer_size:]
-
-
 def _encode_half_lives(half_lives: Sequence[float]) -> list[float]:
     return [0.0 if math.isinf(h) else float(h) for h in half_lives]
 
 
-def _decode_half_lives(stored: Sequence[float]) -> tuple[float, ...]:
+def decode_half_lives(stored: Sequence[float]) -> tuple[float, ...]:
     return tuple(math.inf if h == 0 else float(h) for h in stored)
 
 
@@ -317,7 +250,7 @@ def unpack_recent(packed: bytes) -> list[tuple[float, int, float]]:
 
 def state_from_row(row: Any) -> ProfileState:
     """The state of a `Profile` row, or of any row with its state columns."""
-    half_lives = _decode_half_lives(row.half_lives)
+    half_lives = decode_half_lives(row.half_lives)
     return ProfileState(
         half_lives=half_lives,
         accumulators=np.frombuffer(row.accumulators, dtype=np.float64)
@@ -330,20 +263,44 @@ def state_from_row(row: Any) -> ProfileState:
     )
 
 
-def state_values(state: ProfileState) -> dict[str, Any]:
-    """The profile columns for ``state`` (what `store.events.update_profiles` writes)."""
-    return {
-        "dim": state.dim,
-        "half_lives": _encode_half_lives(state.half_lives),
-        "accumulators": state.accumulators.astype(np.float64, copy=False).tobytes(),
-        "weight_sums": state.weight_sums.astype(np.float64, copy=False).tobytes(),
-        "ref_time": state.ref_time,
-        "recent": pack_recent(state.recent),
-        "event_count": state.event_count,
-        "last_event_at": (
-            datetime.fromtimestamp(state.ref_time, UTC) if state.event_count else None
-        ),
+def state_values(state: ProfileState, *, shape: bool = True) -> dict[str, Any]:
+    """The profile columns for ``state`` (what `store.events.update_profiles` writes); without
+    ``dim`` and ``half_lives`` unless ``shape``."""
+    return stored_columns(
+        state.half_lives,
+        state.accumulators,
+        state.weight_sums,
+        state.ref_time,
+        pack_recent(state.recent),
+        state.event_count,
+        shape=shape,
+    )
+
+
+def stored_columns(
+    half_lives: Sequence[float],
+    accumulators: np.ndarray,
+    weight_sums: np.ndarray,
+    ref_time: float,
+    recent: bytes,
+    event_count: int,
+    *,
+    shape: bool = True,
+) -> dict[str, Any]:
+    """A profile's columns from its parts (``recent`` packed); without ``dim`` and
+    ``half_lives`` unless ``shape`` (events never change a stored profile's shape)."""
+    columns: dict[str, Any] = {
+        "accumulators": accumulators.astype(np.float64, copy=False).tobytes(),
+        "weight_sums": weight_sums.astype(np.float64, copy=False).tobytes(),
+        "ref_time": ref_time,
+        "recent": recent,
+        "event_count": event_count,
+        "last_event_at": datetime.fromtimestamp(ref_time, UTC) if event_count else None,
     }
+    if shape:
+        columns["dim"] = int(accumulators.shape[-1])
+        columns["half_lives"] = _encode_half_lives(half_lives)
+    return columns
 
 
 def write_state(row: Profile, state: ProfileState) -> None:

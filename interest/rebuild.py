@@ -5,7 +5,6 @@ Used after bulk imports, after changing decay settings, and by `driftrec verify`
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from tqdm import tqdm
 
 from interest.ingest import ProfileConfig, event_weight, fold_rows, raw_vectors
 from interest.pending import fold_pending
-from interest.profile import ProfileState, state_from_row, state_values
+from interest.profile import ProfileState, state_from_row
+from interest.state_block import StateBlock
 from store.db import Database
 from store.events import (
     EventColumns,
@@ -127,21 +127,17 @@ def _rebuild_batch(
     clear_stale_marks(session, users)  # the rebuild reads every stored event of theirs
     clear_pending(session, users)  # and so holds the pending ones (their rows are locked)
     states = _states(session, users, config, vectors)
-    update_profiles(session, [{"user_id": uid, **state_values(states[uid])} for uid in with_rows])
+    values = dict(zip(users, states.values(), strict=True))
+    update_profiles(session, [values[uid] for uid in with_rows])
     missing = [uid for uid in users if uid not in with_rows]
     if missing:
-        created = insert_profiles(
-            session, [{"user_id": uid, **state_values(states[uid])} for uid in missing]
-        )
+        created = insert_profiles(session, [values[uid] for uid in missing])
         # A concurrent ingest created the profile after our read of its events: lock it now
         # and rebuild it from a fresh read, which sees that ingest's events.
         raced = [uid for uid in missing if uid not in created]
         if raced:
             lock_profile_rows(session, raced, state=False)
-            again = _states(session, raced, config, vectors)
-            update_profiles(
-                session, [{"user_id": uid, **state_values(again[uid])} for uid in raced]
-            )
+            update_profiles(session, _states(session, raced, config, vectors).values())
     return len(users)
 
 
@@ -151,7 +147,7 @@ FOLD_CHUNK_EVENTS = 32_768
 
 def _states(
     session: Session, users: Sequence[int], config: ProfileConfig, vectors: VectorCache
-) -> dict[int, ProfileState]:
+) -> StateBlock:
     """The profiles of ``users`` rebuilt from their stored events."""
     return fold_columns(session, user_event_columns(session, users), users, config, vectors)
 
@@ -162,14 +158,12 @@ def fold_columns(
     users: Sequence[int],
     config: ProfileConfig,
     vectors: VectorCache,
-) -> dict[int, ProfileState]:
-    """Fresh states of ``users`` holding ``events`` (ordered by user, then time); a user
-    without events gets an empty state."""
+) -> StateBlock:
+    """Fresh states of ``users`` (in that order) holding ``events`` (ordered by user, then
+    time); a user without events gets an empty state."""
     n = len(events)
     if n == 0:
-        return {uid: ProfileState.empty(config.half_lives, config.dim) for uid in users}
-    found: dict[int, ProfileState] = {}
-    known = vectors.get(session, events.item_ids)
+        return StateBlock.empty(config.half_lives, config.dim, users)
     weights = np.array(
         [
             event_weight(config.event_weights, kind, value)
@@ -181,61 +175,71 @@ def fold_columns(
     starts = events.user_starts()
     bounds = np.r_[starts, n]
     half_lives = tuple(float(h) for h in config.half_lives)
+    chunks = []
     first = 0
     while first < len(starts):
         last = int(np.searchsorted(bounds, bounds[first] + FOLD_CHUNK_EVENTS, side="right")) - 1
         last = min(max(last, first + 1), len(starts))  # at least one user, even a long one
         lo, hi = int(bounds[first]), int(bounds[last])
         items, rows = np.unique(events.item_ids[lo:hi], return_inverse=True)
-        matrix = np.stack([known.get(item, vectors.zero(config.dim)) for item in items.tolist()])
-        chunk = ProfileState.from_groups(
-            half_lives,
-            matrix.astype(np.float64),
-            rows,
-            weights[lo:hi],
-            events.times[lo:hi],
-            events.item_ids[lo:hi],
-            bounds[first : last + 1] - lo,
-            config.buffer_size,
+        matrix = vectors.matrix(session, items, config.dim)
+        chunks.append(
+            StateBlock.from_events(
+                half_lives,
+                events.user_ids[starts[first:last]],
+                matrix,
+                rows,
+                weights[lo:hi],
+                events.times[lo:hi],
+                events.item_ids[lo:hi],
+                bounds[first : last + 1] - lo,
+                config.buffer_size,
+            )
         )
-        for uid, state in zip(events.user_ids[starts[first:last]].tolist(), chunk, strict=True):
-            found[uid] = state
         first = last
-    return {
-        uid: found[uid] if uid in found else ProfileState.empty(config.half_lives, config.dim)
-        for uid in users
-    }
+    found = StateBlock.concatenate(chunks)
+    if found.user_ids.tolist() == list(users):
+        return found
+    have = set(found.user_ids.tolist())
+    without = [uid for uid in users if uid not in have]
+    block = StateBlock.concatenate([found, StateBlock.empty(half_lives, config.dim, without)])
+    position = {uid: i for i, uid in enumerate(block.user_ids.tolist())}
+    return block.take([position[uid] for uid in users])
 
 
 class VectorCache:
     """Current raw vectors of items, read from the database once per run (of a rebuild, or of
-    an import's profile folds)."""
+    an import's profile folds), looked up as arrays."""
 
     #: Beyond this many vectors (~0.3 GB at 384 dimensions) the cache starts over.
     MAX_ITEMS = 200_000
 
     def __init__(self, model: str) -> None:
         self.model = model
-        self.vectors: dict[int, np.ndarray] = {}
-        self.absent: set[int] = set()  # items without a current vector (folded as zeros)
+        self._ids = np.zeros(0, dtype=np.int64)  # ascending
+        self._vectors: np.ndarray | None = None  # row i: item _ids[i]'s (zeros: it has none)
 
-    def get(self, session: Session, item_ids: np.ndarray) -> dict[int, np.ndarray]:
-        wanted = {int(i) for i in np.unique(item_ids).tolist()}
-        missing = [i for i in wanted if i not in self.vectors and i not in self.absent]
-        if missing:
-            if len(self.vectors) + len(missing) > self.MAX_ITEMS:
-                self.vectors.clear()
-                self.absent.clear()
-                missing = list(wanted)
-            found = raw_vectors(session, missing, self.model)
-            self.vectors.update(found)
-            self.absent.update(i for i in missing if i not in found)
-        return self.vectors
+    def matrix(self, session: Session, item_ids: np.ndarray, dim: int) -> np.ndarray:
+        """float64 (len(item_ids), dim): each item's vector, zeros for an item without one
+        (folded as zeros, as ingestion does)."""
+        wanted = np.unique(item_ids)
+        missing = np.setdiff1d(wanted, self._ids, assume_unique=True)
+        if len(missing):
+            if len(self._ids) + len(missing) > self.MAX_ITEMS:
+                self._ids, self._vectors, missing = self._ids[:0], None, wanted
+            self._add(missing, raw_vectors(session, missing.tolist(), self.model), dim)
+        assert self._vectors is not None
+        return self._vectors[np.searchsorted(self._ids, item_ids)].astype(np.float64)
 
-    @staticmethod
-    @functools.cache
-    def zero(dim: int) -> np.ndarray:
-        return np.zeros(dim, dtype=np.float32)
+    def _add(self, ids: np.ndarray, found: dict[int, np.ndarray], dim: int) -> None:
+        added = np.zeros((len(ids), dim), dtype=np.float32)
+        for row, item in enumerate(ids.tolist()):
+            if item in found:
+                added[row] = found[item]
+        ids = np.concatenate([self._ids, ids])
+        vectors = added if self._vectors is None else np.concatenate([self._vectors, added])
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._vectors = ids[order], vectors[order]
 
 
 @dataclass
@@ -260,7 +264,7 @@ def verify_profiles(
         # One snapshot for events and profiles: an event ingested between the two reads
         # would otherwise show as drift.
         with db.snapshot() as session:
-            expected = _states(session, users, config, vectors)
+            expected = _states(session, users, config, vectors).states()
             stored = {uid: state_from_row(row) for uid, row in profile_rows(session, users).items()}
             fold_pending(
                 session,

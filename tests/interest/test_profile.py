@@ -107,38 +107,6 @@ def test_folding_into_an_empty_profile_sets_the_reference_time():
     assert state.recent == []
 
 
-def test_states_of_many_groups_equal_folding_each_group():
-    """`ProfileState.from_groups` (the rebuild's batched form) against `apply` per event, user
-    by user: groups of 1 to 30 events in time order, items repeated across and within groups
-    (one matrix row per distinct item), and time ties at the recent buffer's cut."""
-    rng = np.random.default_rng(3)
-    matrix = rng.normal(size=(12, 8))
-    sizes = [1, 2, 5, 30, 7, 6]
-    bounds = np.r_[0, np.cumsum(sizes)]
-    n = int(bounds[-1])
-    rows = rng.integers(0, len(matrix), n)
-    weights = rng.choice([1.0, 2.0, -4.0], size=n)
-    times = np.concatenate(
-        [np.sort(1_600_000_000 + rng.integers(0, 5, size) * 3600.0) for size in sizes]
-    )
-    item_ids = rows.astype(np.int64) + 100
-    states = ProfileState.from_groups(
-        HALF_LIVES, matrix, rows, weights, times, item_ids, bounds, buffer_size=4
-    )
-    assert len(states) == len(sizes)
-    for group, state in enumerate(states):
-        span = range(bounds[group], bounds[group + 1])
-        expected = _apply(
-            [(matrix[rows[i]], weights[i], times[i], int(item_ids[i])) for i in span],
-            buffer_size=4,
-        )
-        assert state.ref_time == expected.ref_time
-        assert state.event_count == expected.event_count == len(span)
-        np.testing.assert_allclose(state.accumulators, expected.accumulators, rtol=1e-9)
-        np.testing.assert_allclose(state.weight_sums, expected.weight_sums, rtol=1e-9)
-        assert state.recent == expected.recent
-
-
 def test_absorbing_another_state_equals_applying_its_events():
     """`absorb` (an import's new events folded as one state into a stored profile) against
     `apply` per event, with the absorbed events both older and newer than the profile's."""
