@@ -140,7 +140,7 @@ def _event_targets(dialect: str) -> DirectRead:
     known_users = select(users.external_id, users.id, null(), literal_column("0")).where(
         in_bound_list(users.external_id, "user_ids", dialect)
     )
-    return DirectRead(union_all(items, known_users), "item_ids", "user_ids", "model")
+    return DirectRead(union_all(items, known_users), "item_ids", "user_ids", "model", binary=True)
 
 
 def event_targets(
@@ -225,7 +225,10 @@ def _profile_read(with_seen: bool) -> DirectRead:
         .where(users.c.external_id == bindparam("external_id"))
     )
     return DirectRead(
-        union_all(head, tail).order_by(literal_column("part")), "external_id", "model"
+        union_all(head, tail).order_by(literal_column("part")),
+        "external_id",
+        "model",
+        binary=True,
     )
 
 
@@ -506,7 +509,7 @@ def _profiles_read(dialect: str, state: bool, for_update: bool) -> DirectRead:
         .where(in_bound_list(profiles.user_id, "ids", dialect))
         .order_by(profiles.user_id)
     )
-    return DirectRead(stmt.with_for_update() if for_update else stmt, "ids")
+    return DirectRead(stmt.with_for_update() if for_update else stmt, "ids", binary=state)
 
 
 def insert_profiles(session: Session, values: Sequence[dict[str, Any]]) -> set[int]:
@@ -582,6 +585,7 @@ _PENDING_EVENTS = {
         .order_by(Event.__table__.c.user_id, Event.__table__.c.id),
         "ids",
         "model",
+        binary=True,
     )
     for dialect in ("postgresql", "sqlite")
 }

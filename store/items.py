@@ -166,6 +166,7 @@ _ITEM_VECTOR = DirectRead(
     .add_columns(REVISION_COLUMN)
     .where(Item.__table__.c.external_id == bindparam("external_id")),
     "external_id",
+    binary=True,
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import Float, bindparam, func, literal_column, select, text, update
 
 from store.db import Database
 from store.direct_read import DirectRead, DirectWrite
@@ -33,6 +33,41 @@ def test_rows_match_what_sqlalchemy_reads(db: Database) -> None:
         assert tuple(row) == tuple(expected)
         assert (row.title, row.categories, row.properties) == ("Alpha", ["x", "y"], {"year": 1999})
     assert read.first(db, {"external_id": "missing"}) is None
+
+
+def test_binary_rows_match_what_sqlalchemy_reads(db: Database) -> None:
+    """``binary=True`` (PostgreSQL's binary format, for the reads of bytea columns): the
+    column types of those reads (bytea, JSON, text, integers, floats, an aware timestamp, NULL,
+    an integer literal) come as SQLAlchemy reads them."""
+    vector = bytes(range(256)) * 6
+    with db.write() as session:
+        upsert_items(session, [ItemInput("a", "Alpha", categories=["x"], properties={"n": 1})])
+        session.execute(
+            update(Item)
+            .where(Item.external_id == "a")
+            .values(vector=vector, vector_dim=384, deleted_at=datetime(2026, 1, 2, tzinfo=UTC))
+        )
+    statement = select(
+        Item.id,
+        Item.title,
+        Item.categories,
+        Item.vector,
+        Item.vector_dim,
+        Item.deleted_at,
+        Item.expires_at,
+        Item.text,
+        func.cast(Item.id, Float).label("as_float"),
+        literal_column("1").label("part"),
+    ).where(Item.external_id == bindparam("external_id"))
+    with db.read() as session:
+        expected = session.execute(statement, {"external_id": "a"}).one()
+    read = DirectRead(statement, "external_id", binary=True)
+    for _ in range(2):
+        row = read.first(db, {"external_id": "a"})
+        assert tuple(row) == tuple(expected)
+        assert row.vector == vector and row.deleted_at == datetime(2026, 1, 2, tzinfo=UTC)
+    with db.write() as session:
+        assert tuple(read.all_in(session, {"external_id": "a"})[0]) == tuple(expected)
 
 
 def test_literal_execute_values_are_rendered_and_parameters_bound(db: Database) -> None:
