@@ -159,8 +159,8 @@ def fold_columns(
     config: ProfileConfig,
     vectors: VectorCache,
 ) -> StateBlock:
-    """Fresh states of ``users`` (in that order) holding ``events`` (ordered by user, then
-    time); a user without events gets an empty state."""
+    """Fresh states of ``users`` holding ``events`` (ordered by user, then time), as one
+    `StateBlock` whose rows follow ``users``; a user without events gets an empty state."""
     n = len(events)
     if n == 0:
         return StateBlock.empty(config.half_lives, config.dim, users)
