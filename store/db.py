@@ -203,8 +203,14 @@ class Database:
 #: A server's connections still checkpoint on commit past this many WAL pages (~40 MB): a
 #: bound should the background checkpointer stall or fall behind (SQLite's default is 1,000).
 FALLBACK_CHECKPOINT = 10_000
-#: How often the background checkpointer copies committed WAL frames into the database.
-CHECKPOINT_INTERVAL_S = 0.1
+#: How often the background checkpointer copies committed WAL frames into the database. Each
+#: checkpoint ends with an fsync of the database file, and a commit that writes the WAL meanwhile
+#: (a writer that restarts the WAL syncs its header) can wait for it: smaller, more frequent
+#: checkpoints make those waits shorter. Single events from 8 closed-loop clients through
+#: `driftrec serve --workers 2` on a Zen 5 VM, four interleaved pairs of 20 s: every 0.03 s
+#: the server handled them in p99.9 7.9-12.4 ms against 13.9-22.7 every 0.1 s, the clients' p99
+#: 9.4-10.3 ms against 10.1-11.6; it costs batches of 100 events 1-6% of their rate.
+CHECKPOINT_INTERVAL_S = 0.03
 
 
 class WalCheckpointer:
