@@ -35,10 +35,13 @@ def test_rows_match_what_sqlalchemy_reads(db: Database) -> None:
     assert read.first(db, {"external_id": "missing"}) is None
 
 
-def test_binary_rows_match_what_sqlalchemy_reads(db: Database) -> None:
+def test_binary_rows_match_what_sqlalchemy_reads(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``binary=True`` (PostgreSQL's binary format, for the reads of bytea columns): the
     column types of those reads (bytea, JSON, text, integers, floats, an aware timestamp, NULL,
-    an integer literal) come as SQLAlchemy reads them."""
+    an integer literal) come as SQLAlchemy reads them, and on PostgreSQL the reads do ask for
+    binary rows (else the rows above would match all the same)."""
     vector = bytes(range(256)) * 6
     with db.write() as session:
         upsert_items(session, [ItemInput("a", "Alpha", categories=["x"], properties={"n": 1})])
@@ -61,6 +64,7 @@ def test_binary_rows_match_what_sqlalchemy_reads(db: Database) -> None:
     ).where(Item.external_id == bindparam("external_id"))
     with db.read() as session:
         expected = session.execute(statement, {"external_id": "a"}).one()
+    binary_cursors = _count_binary_cursors(monkeypatch) if db.dialect == "postgresql" else None
     read = DirectRead(statement, "external_id", binary=True)
     for _ in range(2):
         row = read.first(db, {"external_id": "a"})
@@ -68,6 +72,25 @@ def test_binary_rows_match_what_sqlalchemy_reads(db: Database) -> None:
         assert row.vector == vector and row.deleted_at == datetime(2026, 1, 2, tzinfo=UTC)
     with db.write() as session:
         assert tuple(read.all_in(session, {"external_id": "a"})[0]) == tuple(expected)
+    if binary_cursors is not None:
+        assert len(binary_cursors) == 3  # two `first`, one `all_in`
+
+
+def _count_binary_cursors(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """psycopg cursors made in the binary format from now on (one entry each)."""
+    import psycopg
+
+    made: list[object] = []
+    cursor = psycopg.Connection.cursor
+
+    def recording(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        new = cursor(self, *args, **kwargs)
+        if new.format == psycopg.pq.Format.BINARY:
+            made.append(new)
+        return new
+
+    monkeypatch.setattr(psycopg.Connection, "cursor", recording)
+    return made
 
 
 def test_literal_execute_values_are_rendered_and_parameters_bound(db: Database) -> None:
