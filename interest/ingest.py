@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from interest.profile import ProfileState, state_from_row, state_values
@@ -34,6 +35,7 @@ from store.events import (
     user_ids,
 )
 from store.items import catalogue_revision, current_vectors
+from store.single_event import single_event_target, write_single_event
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +125,15 @@ def ingest_events(
     ahead of the profiles no other writer changed meanwhile (same version, same catalogue
     revision, every event new), and folds the rest there as before. The profiles are the
     same either way; batches of 100 through a server ran 25-36% faster (migration 0013).
+
+    On PostgreSQL a single event of a user with a profile takes two statements instead of a
+    locking transaction (`_ingest_alone`).
     """
-    ahead = None
-    if db.dialect == "sqlite" and config.pending_max == 0 and len(events) >= FOLD_AHEAD_MIN_EVENTS:
-        ahead = _fold_ahead(db, events, config, embedder_model)
-
-    def work(session: Session) -> IngestResult:
-        return _ingest(session, events, config, embedder_model, pre_rejected, ahead)
-
-    result = db.run_write(work)
+    result = None
+    if db.dialect == "postgresql" and len(events) == 1 and not pre_rejected:
+        result = _ingest_alone(db, events[0], config, embedder_model)
+    if result is None:
+        result = _ingest_locked(db, events, config, embedder_model, pre_rejected)
     log.info(
         "events ingested accepted=%d duplicates=%d rejected=%d",
         result.accepted,
@@ -139,6 +141,68 @@ def ingest_events(
         len(result.rejected),
     )
     return result
+
+
+def _ingest_locked(
+    db: Database,
+    events: Sequence[EventInput],
+    config: ProfileConfig,
+    embedder_model: str,
+    pre_rejected: Sequence[tuple[int, str]],
+) -> IngestResult:
+    """The events inserted and folded into their users' locked profiles in one transaction."""
+    ahead = None
+    if db.dialect == "sqlite" and config.pending_max == 0 and len(events) >= FOLD_AHEAD_MIN_EVENTS:
+        ahead = _fold_ahead(db, events, config, embedder_model)
+
+    def work(session: Session) -> IngestResult:
+        return _ingest(session, events, config, embedder_model, pre_rejected, ahead)
+
+    return db.run_write(work)
+
+
+#: How many times a single event is read, folded and written without a lock
+#: (`_ingest_alone`) before it goes through the locking transaction: a profile other writers
+#: keep changing is then waited for rather than raced.
+ALONE_ATTEMPTS = 3
+
+
+def _ingest_alone(
+    db: Database, event: EventInput, config: ProfileConfig, embedder_model: str
+) -> IngestResult | None:
+    """One event on PostgreSQL in two statements, each a transaction of its own
+    (`store.single_event`): the profile read without a lock, folded, and written with the event
+    if it is still the version read. None where the locking transaction must do it: a new user
+    or one without a profile yet, an unknown type or item (rejected there), deferred folds
+    (``pending_max``), or a profile that changed under every attempt."""
+    if config.pending_max or event.type not in config.event_weights:
+        return None
+    for _ in range(ALONE_ATTEMPTS):
+        target = single_event_target(
+            db, event.event_id, event.user_id, event.item_id, embedder_model
+        )
+        if target is None or target.item_id is None:
+            return None
+        if target.duplicate:
+            return IngestResult(duplicates=1)
+        row = EventRow(
+            event.event_id,
+            target.user_id,
+            target.item_id,
+            event.type,
+            event.value,
+            event.timestamp,
+            event.recomm_id,
+        )
+        state = state_from_row(target)
+        vectors = _vectors({event.item_id: (target.item_id, target.vector)})
+        fold_users({target.user_id: state}, {target.user_id: [row]}, config, vectors)
+        try:
+            if write_single_event(db, row, state_values(state, shape=False), target.version):
+                return IngestResult(accepted=1, user_ids={target.user_id})
+        except IntegrityError:
+            continue  # the event id was stored meanwhile: the next read says so
+    return None
 
 
 def _ingest(

@@ -105,20 +105,7 @@ class DirectRead:
     def _run(self, db: Database, params: Mapping[str, Any], *, one: bool) -> list[Any]:
         compiled = self._compiled.get(db.dialect) or self._compile(db.engine.dialect)
         args = _arguments(compiled, params)
-        try:
-            connection = db.engine.raw_connection()
-        except Exception as exc:
-            _raise_wrapped(db.engine.dialect, exc, compiled.sql, args)
-            raise
-        # PostgreSQL: the statement runs as its own transaction (autocommit) instead of after
-        # a BEGIN and before the pool's ROLLBACK, two round trips fewer (see the module's
-        # docstring). psycopg sets the flag locally; the connection leaves idle either way.
-        driver = connection.driver_connection
-        own_transaction = db.dialect == "postgresql" and not driver.autocommit
-        try:
-            if own_transaction:
-                driver.autocommit = True
-            cursor = connection.cursor(**self._cursor_options(db.dialect))
+        with _statement_alone(db, compiled.sql, args, **self._cursor_options(db.dialect)) as cursor:
             cursor.execute(compiled.sql, args)
             if one:
                 first = cursor.fetchone()
@@ -127,16 +114,6 @@ class DirectRead:
                 raw = cursor.fetchall()
             if compiled.row_type is None:
                 self._describe(compiled, cursor.description, db.engine.dialect)
-            cursor.close()
-            if own_transaction:
-                driver.autocommit = False  # as the pool's other users expect it
-        except Exception as exc:
-            # Its state (an aborted transaction on PostgreSQL) is unknown: not back to the pool.
-            connection.invalidate()
-            _raise_wrapped(db.engine.dialect, exc, compiled.sql, args)
-            raise
-        finally:
-            connection.close()  # back to the pool, which rolls back what a read opened
         return _convert(compiled, raw)
 
     def _cursor_options(self, dialect: str) -> dict[str, Any]:
@@ -199,12 +176,23 @@ class DirectWrite:
 
     def execute(self, session: Session, row: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run once; the rows a RETURNING clause gives (none without one)."""
-        sql, [args] = self._driver_arguments(session, [row])
+        sql, [args] = self._driver_arguments(session.get_bind().dialect, [row])
         return execute_driver_sql(session, sql, args)
+
+    def execute_alone(self, db: Database, row: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run once as a transaction of its own, on a pooled connection as `DirectRead.first`
+        runs (autocommit on PostgreSQL: no BEGIN and COMMIT round trips), committed when it
+        returns; the rows a RETURNING clause gives."""
+        sql, [args] = self._driver_arguments(db.engine.dialect, [row])
+        with _statement_alone(db, sql, args) as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchall() if cursor.description else []
 
     def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
         """Run once per row in one driver call; the rows changed."""
-        return executemany_driver_sql(session, *self._driver_arguments(session, rows))
+        return executemany_driver_sql(
+            session, *self._driver_arguments(session.get_bind().dialect, rows)
+        )
 
     def executemany_returning(
         self, session: Session, rows: Sequence[Mapping[str, Any]]
@@ -213,7 +201,7 @@ class DirectWrite:
         only: its pipelined executemany keeps each row's result)."""
         if not rows:
             return []
-        sql, args = self._driver_arguments(session, rows)
+        sql, args = self._driver_arguments(session.get_bind().dialect, rows)
         returned: list[tuple[Any, ...]] = []
         with _session_cursor(session, sql, args) as cursor:
             cursor.executemany(sql, args, returning=True)
@@ -223,10 +211,9 @@ class DirectWrite:
         return returned
 
     def _driver_arguments(
-        self, session: Session, rows: Sequence[Mapping[str, Any]]
+        self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]
     ) -> tuple[str, list[Any]]:
         """The compiled SQL and each row's parameters as the driver takes them."""
-        dialect = session.get_bind().dialect
         plan = self._plans.get(dialect.name) or self._compile(dialect)
         names, constants, pick, processed = self._names, plan.constants, plan.pick, plan.processed
         args: list[Any] = []
@@ -305,6 +292,40 @@ def executemany_driver_sql(session: Session, sql: str, rows: Iterable[Any]) -> i
     with _session_cursor(session, sql, rows) as cursor:
         cursor.executemany(sql, rows)
         return int(cursor.rowcount)
+
+
+@contextmanager
+def _statement_alone(db: Database, sql: str, args: Any, **options: Any) -> Iterator[Any]:
+    """A cursor (made with the driver's ``options``) on a pooled DBAPI connection, for one
+    statement that is its own transaction; a driver error in the block is raised as
+    SQLAlchemy's class.
+
+    On PostgreSQL the connection is switched to autocommit for it instead of a BEGIN before and
+    the pool's ROLLBACK after, two round trips fewer (see the module's docstring): psycopg sets
+    the flag locally, and the connection leaves idle either way. SQLite's connections are in
+    autocommit mode already."""
+    try:
+        connection = db.engine.raw_connection()
+    except Exception as exc:
+        _raise_wrapped(db.engine.dialect, exc, sql, args)
+        raise
+    driver = connection.driver_connection
+    own_transaction = db.dialect == "postgresql" and not driver.autocommit
+    try:
+        if own_transaction:
+            driver.autocommit = True
+        cursor = connection.cursor(**options)
+        yield cursor
+        cursor.close()
+        if own_transaction:
+            driver.autocommit = False  # as the pool's other users expect it
+    except Exception as exc:
+        # Its state (an aborted transaction on PostgreSQL) is unknown: not back to the pool.
+        connection.invalidate()
+        _raise_wrapped(db.engine.dialect, exc, sql, args)
+        raise
+    finally:
+        connection.close()  # back to the pool, which rolls back what a read opened
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
+    Update,
     bindparam,
     case,
     cast,
@@ -545,10 +546,14 @@ def update_profiles(session: Session, values: Sequence[dict[str, Any]]) -> None:
 
 @functools.cache
 def _update_profiles_statement(columns: tuple[str, ...]) -> DirectWrite:
-    """SET ``columns`` (bound by their names), the version bumped, of the row of
-    ``profile_user_id``."""
+    return DirectWrite(profile_update(columns), *columns, "profile_user_id", "profile_updated_at")
+
+
+def profile_update(columns: tuple[str, ...]) -> Update:
+    """SET ``columns`` (bound by their names) and ``updated_at`` (bound as
+    ``profile_updated_at``), the version bumped, of the row of ``profile_user_id``."""
     table = Profile.__table__
-    return DirectWrite(
+    return (
         update(table)
         .where(table.c.user_id == bindparam("profile_user_id"))
         .values(
@@ -557,10 +562,7 @@ def _update_profiles_statement(columns: tuple[str, ...]) -> DirectWrite:
                 "version": table.c.version + 1,
                 "updated_at": bindparam("profile_updated_at"),
             }
-        ),
-        *columns,
-        "profile_user_id",
-        "profile_updated_at",
+        )
     )
 
 

@@ -458,3 +458,138 @@ def test_profiles_lag_only_when_asked(db, tmp_path, raw):
         runtime.close()
     with pytest.raises(SettingsError, match="DRIFTREC_PROFILE_PENDING_MAX"):
         load_settings({"DRIFTREC_PROFILE_PENDING_MAX": "-1"})
+
+
+@pytest.fixture
+def postgres_catalogue(postgres_url):
+    """`catalogue` on PostgreSQL only (for what only PostgreSQL does)."""
+    database = Database(postgres_url)
+    try:
+        yield _with_catalogue(database)
+    finally:
+        database.dispose()
+
+
+def _after_reads(monkeypatch, meanwhile) -> None:  # type: ignore[no-untyped-def]
+    """Call ``meanwhile(target)`` after each read of a single event's target, before its
+    write; the events ``meanwhile`` ingests itself are read as usual."""
+    real_read = ingest_module.single_event_target
+    busy = threading.local()
+
+    def read(*args, **kwargs):  # type: ignore[no-untyped-def]
+        target = real_read(*args, **kwargs)
+        if not getattr(busy, "on", False):
+            busy.on = True
+            try:
+                meanwhile(target)
+            finally:
+                busy.on = False
+        return target
+
+    monkeypatch.setattr(ingest_module, "single_event_target", read)
+
+
+def test_a_single_event_on_postgresql_takes_no_locking_transaction(postgres_catalogue, monkeypatch):
+    """A known user's single event is read and written in two statements; a new user's goes
+    through the locking transaction, which creates the user and the profile."""
+    db = postgres_catalogue
+    real_locked = ingest_module._ingest_locked
+    locked: list[int] = []
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        locked.append(len(args[1]))
+        return real_locked(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_module, "_ingest_locked", counted)
+    assert ingest_events(db, [_event(1)], CONFIG, MODEL).accepted == 1  # new user
+    for n in range(2, 6):
+        result = ingest_events(db, [_event(n)], CONFIG, MODEL)
+        assert (result.accepted, result.duplicates) == (1, 0)
+    again = ingest_events(db, [_event(3)], CONFIG, MODEL)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    unknown = ingest_events(db, [EventInput("x", "u1", "nope", "click", T0)], CONFIG, MODEL)
+    assert unknown.rejected == [(0, "unknown item 'nope'")]
+    assert locked == [1, 1]  # the new user, the unknown item
+    assert _profile(db, "u1").event_count == 5
+    _assert_same_profile(_profile(db, "u1"), _rebuilt(db, "u1"))
+
+
+@pytest.mark.parametrize("meanwhile", ["event", "same event", "same event id, other user"])
+def test_a_single_event_written_after_its_profile_changed_is_read_again(
+    postgres_catalogue, monkeypatch, meanwhile
+):
+    """Another writer stores an event between the single event's read and its write: the
+    write changes nothing (its profile version is gone, or its event id is taken) and the
+    event is read again, folded into the newer profile or found a duplicate."""
+    db = postgres_catalogue
+    ingest_events(db, [_event(1), _event(1, "u2")], CONFIG, MODEL)
+    other = Database(db.url)  # another connection, as a server's other worker would be
+    interfering = {
+        "event": _event(2),
+        "same event": _event(3),
+        "same event id, other user": dataclasses.replace(_event(3), user_id="u2"),
+    }[meanwhile]
+    reads: list[bool] = []
+
+    def read_then_interfere(target):  # type: ignore[no-untyped-def]
+        if not reads:
+            assert ingest_events(other, [interfering], CONFIG, MODEL).accepted == 1
+        reads.append(target.duplicate)
+
+    _after_reads(monkeypatch, read_then_interfere)
+    try:
+        result = ingest_events(db, [_event(3)], CONFIG, MODEL)
+    finally:
+        other.dispose()
+    if meanwhile == "event":
+        assert reads == [False, False] and (result.accepted, result.duplicates) == (1, 0)
+    else:
+        assert reads == [False, True] and (result.accepted, result.duplicates) == (0, 1)
+    expected_events = {"event": 3, "same event": 2, "same event id, other user": 1}[meanwhile]
+    assert _profile(db, "u1").event_count == expected_events
+    assert verify_profiles(db, CONFIG, MODEL).drifted == []
+
+
+def test_a_single_event_of_a_user_deleted_meanwhile_creates_the_user_again(
+    postgres_catalogue, monkeypatch
+):
+    """The user is deleted between the read and the write: the write finds no profile and
+    changes nothing; the second read finds no user, and the locking transaction creates it."""
+    db = postgres_catalogue
+    ingest_events(db, [_event(1)], CONFIG, MODEL)
+    reads: list[object] = []
+
+    def read_then_delete(target):  # type: ignore[no-untyped-def]
+        if not reads:
+            with db.write() as session:
+                delete_user(session, "u1")
+        reads.append(target)
+
+    _after_reads(monkeypatch, read_then_delete)
+    result = ingest_events(db, [_event(2)], CONFIG, MODEL)
+    assert result.accepted == 1
+    assert reads[0] is not None and reads[1] is None  # then the locking transaction
+    assert _profile(db, "u1").event_count == 1
+    assert verify_profiles(db, CONFIG, MODEL).drifted == []
+
+
+def test_a_single_event_on_a_profile_that_keeps_changing_is_folded_under_the_lock(
+    postgres_catalogue, monkeypatch
+):
+    """Another event lands between every read and write: after `ALONE_ATTEMPTS` lost races
+    the event goes through the locking transaction, and every event is in the profile once."""
+    db = postgres_catalogue
+    ingest_events(db, [_event(1)], CONFIG, MODEL)
+    reads: list[bool] = []
+
+    def read_then_interfere(target):  # type: ignore[no-untyped-def]
+        n = 100 + len(reads)
+        reads.append(True)
+        assert ingest_events(db, [_event(n, minutes=n)], CONFIG, MODEL).accepted == 1
+
+    _after_reads(monkeypatch, read_then_interfere)
+    result = ingest_events(db, [_event(2)], CONFIG, MODEL)
+    monkeypatch.undo()
+    assert result.accepted == 1 and len(reads) == ingest_module.ALONE_ATTEMPTS
+    assert _profile(db, "u1").event_count == 2 + ingest_module.ALONE_ATTEMPTS
+    assert verify_profiles(db, CONFIG, MODEL).drifted == []
