@@ -35,7 +35,7 @@ from store.events import (
     user_ids,
 )
 from store.items import catalogue_revision, current_vectors
-from store.single_event import single_event_target, write_single_event
+from store.single_event import Written, single_event_target, write_single_event
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,11 @@ def ingest_events(
     revision, every event new), and folds the rest there as before. The profiles are the
     same either way; batches of 100 through a server ran 25-36% faster (migration 0013).
 
-    On PostgreSQL a single event of a user with a profile takes two statements instead of a
-    locking transaction (`_ingest_alone`).
+    A single event of a user with a profile is read and folded without a lock, then written
+    if its profile did not change meanwhile (`_ingest_alone`).
     """
     result = None
-    if db.dialect == "postgresql" and len(events) == 1 and not pre_rejected:
+    if len(events) == 1 and not pre_rejected:
         result = _ingest_alone(db, events[0], config, embedder_model)
     if result is None:
         result = _ingest_locked(db, events, config, embedder_model, pre_rejected)
@@ -170,21 +170,18 @@ ALONE_ATTEMPTS = 3
 def _ingest_alone(
     db: Database, event: EventInput, config: ProfileConfig, embedder_model: str
 ) -> IngestResult | None:
-    """One event on PostgreSQL in two statements, each a transaction of its own
-    (`store.single_event`): the profile read without a lock, folded, and written with the event
-    if it is still the version read. None where the locking transaction must do it: a new user
-    or one without a profile yet, an unknown type or item (rejected there), deferred folds
-    (``pending_max``), or a profile that changed under every attempt."""
+    """One event read and folded without a lock (`store.single_event`), then written with its
+    profile if the profile is still the version read: on PostgreSQL in two statements, each a
+    transaction of its own; on SQLite with only the writes inside the write lock. None where
+    the locking transaction must do it: a new user or one without a profile yet, an unknown
+    type or item (rejected there), deferred folds (``pending_max``), or a profile that
+    changed under every attempt."""
     if config.pending_max or event.type not in config.event_weights:
         return None
     for _ in range(ALONE_ATTEMPTS):
-        target = single_event_target(
-            db, event.event_id, event.user_id, event.item_id, embedder_model
-        )
+        target = single_event_target(db, event.user_id, event.item_id, embedder_model)
         if target is None or target.item_id is None:
             return None
-        if target.duplicate:
-            return IngestResult(duplicates=1)
         row = EventRow(
             event.event_id,
             target.user_id,
@@ -198,10 +195,13 @@ def _ingest_alone(
         vectors = _vectors({event.item_id: (target.item_id, target.vector)})
         fold_users({target.user_id: state}, {target.user_id: [row]}, config, vectors)
         try:
-            if write_single_event(db, row, state_values(state, shape=False), target.version):
-                return IngestResult(accepted=1, user_ids={target.user_id})
+            written = write_single_event(db, row, state_values(state, shape=False), target.version)
         except IntegrityError:
-            continue  # the event id was stored meanwhile: the next read says so
+            return None  # the item or the user went meanwhile: the locking transaction decides
+        if written is Written.EVENT:
+            return IngestResult(accepted=1, user_ids={target.user_id})
+        if written is Written.DUPLICATE:
+            return IngestResult(duplicates=1)
     return None
 
 

@@ -315,17 +315,29 @@ def _statement_alone(db: Database, sql: str, args: Any, **options: Any) -> Itera
         if own_transaction:
             driver.autocommit = True
         cursor = connection.cursor(**options)
-        yield cursor
-        cursor.close()
-        if own_transaction:
-            driver.autocommit = False  # as the pool's other users expect it
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+            if own_transaction and _idle(driver):
+                driver.autocommit = False  # as the pool's other users expect it
     except Exception as exc:
-        # Its state (an aborted transaction on PostgreSQL) is unknown: not back to the pool.
-        connection.invalidate()
+        # A statement that failed on its own (a unique violation, say) leaves the connection
+        # idle, ready for the next; any other state is unknown: not back to the pool.
+        if not _idle(driver):
+            connection.invalidate()
         _raise_wrapped(db.engine.dialect, exc, sql, args)
         raise
     finally:
         connection.close()  # back to the pool, which rolls back what a read opened
+
+
+def _idle(driver: Any) -> bool:
+    """The DBAPI connection is open and outside any transaction."""
+    info = getattr(driver, "info", None)  # psycopg's connection information
+    if info is not None:
+        return not driver.closed and info.transaction_status.name == "IDLE"
+    return not getattr(driver, "in_transaction", True)  # sqlite3
 
 
 @contextmanager

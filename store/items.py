@@ -244,11 +244,20 @@ def live_items_select(dialect: str, ids: str) -> Select[Any]:
     """External id, id and the vector where it is current (made by the bound ``model`` from
     the current text), else NULL (a stale vector must not count), of the live items among the
     bound list ``ids`` (`store.dialect.bound_list`)."""
+    return _live_items().where(in_bound_list(Item.__table__.c.external_id, ids, dialect))
+
+
+def live_item_select(external_id: str) -> Select[Any]:
+    """`live_items_select` for the one item whose external id is bound as ``external_id``."""
+    return _live_items().where(Item.__table__.c.external_id == bindparam(external_id))
+
+
+def _live_items() -> Select[Any]:
     items = Item.__table__.c
     current = has_current_vector(bindparam("model"))
     return select(
         items.external_id, items.id, case((current, items.vector), else_=None).label("vector")
-    ).where(in_bound_list(items.external_id, ids, dialect), items.deleted_at.is_(None))
+    ).where(items.deleted_at.is_(None))
 
 
 def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[int, bytes]:

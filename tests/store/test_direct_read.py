@@ -138,12 +138,13 @@ def test_a_read_on_postgresql_is_its_own_transaction(postgres_url: str) -> None:
         db.dispose()
 
 
-def test_a_failed_read_raises_sqlalchemys_error_and_invalidates_its_connection(
+def test_a_failed_read_raises_sqlalchemys_error_and_keeps_its_idle_connection(
     db: Database,
 ) -> None:
-    """The pool's reset on return would hide a missing ``invalidate()`` from the test above: a
-    connection whose read failed (on PostgreSQL, inside an aborted transaction) must not go
-    back into the pool."""
+    """A statement that fails on its own leaves its connection idle (on PostgreSQL it ran in
+    autocommit, so no transaction was aborted): the connection goes back into the pool as the
+    pool's other users expect it (autocommit off) and serves the next read; one in any other
+    state is invalidated (`test_a_read_on_a_dropped_connection_invalidates_it`)."""
     from sqlalchemy import event
     from sqlalchemy.exc import DBAPIError
 
@@ -157,10 +158,38 @@ def test_a_failed_read_raises_sqlalchemys_error_and_invalidates_its_connection(
         read = DirectRead(select(text("missing_column")).select_from(text("missing_table")))
         with pytest.raises(DBAPIError):
             read.first(db, {})
-        assert len(invalidated) == 1
+        assert invalidated == []
         assert DirectRead(select(text("1"))).first(db, {})[0] == 1  # the pool serves on
+        connection = db.engine.raw_connection()
+        try:
+            if db.dialect == "postgresql":
+                assert connection.driver_connection.autocommit is False
+        finally:
+            connection.close()
     finally:
         event.remove(db.engine, "invalidate", record)
+
+
+def test_a_read_on_a_dropped_connection_invalidates_it(postgres_url: str) -> None:
+    """A connection the server drops during the statement is closed: not back into the pool."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    db = Database(postgres_url)
+    invalidated: list[object] = []
+
+    def record(dbapi_connection: object, *_: object) -> None:
+        invalidated.append(dbapi_connection)
+
+    event.listen(db.engine, "invalidate", record)
+    try:
+        with pytest.raises(DBAPIError):
+            DirectRead(select(func.pg_terminate_backend(func.pg_backend_pid()))).first(db, {})
+        assert len(invalidated) == 1
+        assert DirectRead(select(text("1"))).first(db, {})[0] == 1  # a new connection serves
+    finally:
+        event.remove(db.engine, "invalidate", record)
+        db.dispose()
 
 
 _TOUCH = DirectWrite(
