@@ -67,7 +67,7 @@ def single_event_target(
 ) -> Any | None:
     """What one event names, in one statement of its own: the user's profile (its state
     columns and version, `store.events.PROFILE_STATE_COLUMNS`) and the item's internal id and
-    vector (`store.items.live_items_select`: both None for an unknown or deleted item, the
+    vector (`store.items.live_item_select`: both None for an unknown or deleted item, the
     vector None unless current for ``model``). None for an unknown user or one without a
     profile."""
     return _target_read().first(
