@@ -311,24 +311,24 @@ def _statement_alone(db: Database, sql: str, args: Any, **options: Any) -> Itera
         raise
     driver = connection.driver_connection
     own_transaction = db.dialect == "postgresql" and not driver.autocommit
+    invalidated = False
     try:
         if own_transaction:
             driver.autocommit = True
         cursor = connection.cursor(**options)
-        try:
-            yield cursor
-        finally:
-            cursor.close()
-            if own_transaction and _idle(driver):
-                driver.autocommit = False  # as the pool's other users expect it
+        yield cursor
+        cursor.close()
     except Exception as exc:
         # A statement that failed on its own (a unique violation, say) leaves the connection
         # idle, ready for the next; any other state is unknown: not back to the pool.
         if not _idle(driver):
             connection.invalidate()
+            invalidated = True
         _raise_wrapped(db.engine.dialect, exc, sql, args)
         raise
     finally:
+        if own_transaction and not invalidated:
+            driver.autocommit = False  # as the pool's other users expect it
         connection.close()  # back to the pool, which rolls back what a read opened
 
 
