@@ -170,8 +170,14 @@ def test_a_failed_read_raises_sqlalchemys_error_and_keeps_its_idle_connection(
         event.remove(db.engine, "invalidate", record)
 
 
-def test_a_read_on_a_dropped_connection_invalidates_it(postgres_url: str) -> None:
-    """A connection the server drops during the statement is closed: not back into the pool."""
+def test_a_read_on_a_dropped_connection_invalidates_it(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection the server drops during the statement is closed: invalidated before it
+    goes back, not handed to the pool's reset (which would fail on it, log an error with a
+    traceback and invalidate it only then)."""
+    import logging
+
     from sqlalchemy import event
     from sqlalchemy.exc import DBAPIError
 
@@ -186,6 +192,12 @@ def test_a_read_on_a_dropped_connection_invalidates_it(postgres_url: str) -> Non
         with pytest.raises(DBAPIError):
             DirectRead(select(func.pg_terminate_backend(func.pg_backend_pid()))).first(db, {})
         assert len(invalidated) == 1
+        pool_errors = [
+            r
+            for r in caplog.records
+            if r.name.startswith("sqlalchemy.pool") and r.levelno >= logging.ERROR
+        ]
+        assert pool_errors == []
         assert DirectRead(select(text("1"))).first(db, {})[0] == 1  # a new connection serves
     finally:
         event.remove(db.engine, "invalidate", record)
