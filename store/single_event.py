@@ -42,24 +42,20 @@ from store.items import live_item_select
 from store.models import Event, Profile, User
 from store.types import require_aware, utcnow
 
-
-@functools.cache
-def _target_read() -> DirectRead:
-    users, profiles = User.__table__, Profile.__table__
-    item = live_item_select("external_item_id").subquery("item")
-    return DirectRead(
-        select(
-            *(profiles.c[name] for name in PROFILE_STATE_COLUMNS),
-            item.c.id.label("item_id"),
-            item.c.vector,
-        )
-        .select_from(users.join(profiles).outerjoin(item, true()))
-        .where(users.c.external_id == bindparam("external_user_id")),
-        "external_user_id",
-        "external_item_id",
-        "model",
-        binary=True,
+_ITEM = live_item_select("external_item_id").subquery("item")
+_TARGET_READ = DirectRead(
+    select(
+        *(Profile.__table__.c[name] for name in PROFILE_STATE_COLUMNS),
+        _ITEM.c.id.label("item_id"),
+        _ITEM.c.vector,
     )
+    .select_from(User.__table__.join(Profile.__table__).outerjoin(_ITEM, true()))
+    .where(User.__table__.c.external_id == bindparam("external_user_id")),
+    "external_user_id",
+    "external_item_id",
+    "model",
+    binary=True,
+)
 
 
 def single_event_target(
@@ -70,7 +66,7 @@ def single_event_target(
     vector (`store.items.live_item_select`: both None for an unknown or deleted item, the
     vector None unless current for ``model``). None for an unknown user or one without a
     profile."""
-    return _target_read().first(
+    return _TARGET_READ.first(
         db,
         {
             "external_user_id": external_user_id,
