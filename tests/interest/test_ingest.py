@@ -504,9 +504,18 @@ def test_a_known_users_single_event_takes_no_locking_transaction(catalogue, monk
     _assert_same_profile(_profile(db, "u1"), _rebuilt(db, "u1"))
 
 
-@pytest.mark.parametrize("meanwhile", ["event", "same event", "same event id, other user"])
+@pytest.mark.parametrize(
+    ("meanwhile", "reads_made", "accepted", "u1_events"),
+    [
+        ("event", 2, True, 3),
+        # On u1: u1's profile changed (read again, then refused as a duplicate).
+        ("same event", 2, False, 2),
+        # On u2: u1's profile did not change, and u1's write found the event id taken.
+        ("same event id, other user", 1, False, 1),
+    ],
+)
 def test_a_single_event_written_after_its_profile_changed_is_read_again(
-    catalogue, monkeypatch, meanwhile
+    catalogue, monkeypatch, meanwhile, reads_made, accepted, u1_events
 ):
     """Another writer stores an event between the single event's read and its write: the
     write changes nothing (its profile version is gone, or its event id is taken) and the
@@ -531,16 +540,9 @@ def test_a_single_event_written_after_its_profile_changed_is_read_again(
         result = ingest_events(db, [_event(3)], CONFIG, MODEL)
     finally:
         other.dispose()
-    # The same event on u1 changed u1's profile (read again, then refused as a duplicate);
-    # on u2 it did not, and u1's write found the event id taken at once.
-    expected_reads = {"event": 2, "same event": 2, "same event id, other user": 1}[meanwhile]
-    assert len(reads) == expected_reads
-    if meanwhile == "event":
-        assert (result.accepted, result.duplicates) == (1, 0)
-    else:
-        assert (result.accepted, result.duplicates) == (0, 1)
-    expected_events = {"event": 3, "same event": 2, "same event id, other user": 1}[meanwhile]
-    assert _profile(db, "u1").event_count == expected_events
+    assert len(reads) == reads_made
+    assert (result.accepted, result.duplicates) == ((1, 0) if accepted else (0, 1))
+    assert _profile(db, "u1").event_count == u1_events
     assert verify_profiles(db, CONFIG, MODEL).drifted == []
 
 
