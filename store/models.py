@@ -101,6 +101,10 @@ PROFILE_VERSIONS_INDEX = "ix_profiles_version"
 #: The indexes above, which exist on SQLite only (migrations/env.py leaves them out of
 #: autogenerate's comparison).
 SQLITE_ONLY_INDEXES = frozenset({ITEM_NAMES_INDEX, PROFILE_VERSIONS_INDEX})
+#: The events' foreign keys, which on PostgreSQL a statement-level trigger enforces instead,
+#: under the same names (migration 0014; migrations/env.py leaves them out of autogenerate's
+#: comparison there).
+EVENT_REFERENCES = frozenset({"fk_events_user_id_users", "fk_events_item_id_items"})
 
 
 class Counter(Base):
