@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Table, func, insert, select, text
+from sqlalchemy.orm import Session
 from sqlalchemy.types import Float, LargeBinary
 
 from store.db import Database, is_sqlite
+from store.direct_read import execute_driver_sql
 from store.errors import StoreError
 from store.files import file_sha256
 from store.migrate import current_revision
@@ -214,11 +216,11 @@ def import_dump(db: Database, source: Path, data_dir: Path) -> DumpSummary:
                         copied.append(Path(row["path"]))
                     batch.append(row)
                     if len(batch) >= 1000:
-                        session.execute(insert(table), batch)
+                        _insert_batch(session, table, batch)
                         batch = []
                     counts[name] += 1
             if batch:
-                session.execute(insert(table), batch)
+                _insert_batch(session, table, batch)
             if counts[name] != manifest["rows"][name]:
                 raise DumpError(
                     f"{name}: {counts[name]} rows, manifest says {manifest['rows'][name]}"
@@ -249,6 +251,41 @@ def _import_file(source: Path, row: dict[str, Any], kind: str, data_dir: Path) -
     if file_sha256(target) != row["checksum"]:
         raise DumpError(f"{relative}: content does not match the checksum its row records")
     return target.resolve()
+
+
+#: Tables whose checks PostgreSQL runs once per statement (migration 0014's trigger on the
+#: events' references): their rows go in one statement a batch, not one statement a row.
+SET_BASED_TABLES = frozenset({"events"})
+
+
+def _insert_batch(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (all with the same columns): executemany, which on PostgreSQL sends one
+    statement a row; for `SET_BASED_TABLES` there one INSERT ... SELECT FROM unnest of the
+    columns as arrays, the values bound as SQLAlchemy would bind them."""
+    if is_sqlite(session.get_bind()) or table.name not in SET_BASED_TABLES:
+        session.execute(insert(table), rows)
+        return
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer.quote
+    names = list(rows[0])
+    arrays = {}
+    for name in names:
+        column_type = table.c[name].type
+        bind = column_type.bind_processor(dialect) or _same
+        arrays[name] = [bind(row[name]) for row in rows]
+    casts = ", ".join(
+        f"CAST(%({name})s AS {table.c[name].type.compile(dialect=dialect)}[])" for name in names
+    )
+    columns = ", ".join(quote(name) for name in names)
+    execute_driver_sql(
+        session,
+        f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({casts})",
+        arrays,
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _reset_sequences(session) -> None:  # type: ignore[no-untyped-def]

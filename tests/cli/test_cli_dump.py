@@ -95,8 +95,12 @@ def _pending_events(env: dict[str, str]) -> None:
             user = session.scalar(select(User.external_id).join(Event).limit(1))
             items = session.scalars(select(Item.external_id).order_by(Item.id).limit(2)).all()
         stamp = datetime(2024, 1, 1, tzinfo=UTC)
+        # One names the answer it came from: a column the restore must carry too.
         events = [
-            EventInput(f"late-{i}", user, item, "view", stamp) for i, item in enumerate(items)
+            EventInput(
+                f"late-{i}", user, item, "view", stamp, recomm_id=f"answer-{i}" if i else None
+            )
+            for i, item in enumerate(items)
         ]
         assert runtime.ingest(events).accepted == 2
     finally:
