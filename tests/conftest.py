@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
+from store import importing  # noqa: E402
 from store.db import Database  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 
@@ -98,6 +99,13 @@ def database_url(request: pytest.FixtureRequest) -> str:
     """Each test using this runs once on SQLite and once on PostgreSQL."""
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return request.getfixturevalue(fixture)
+
+
+@pytest.fixture
+def split_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk import's batch of two or more events splits by user over the import's
+    transactions (`store.importing.write_lanes`: on PostgreSQL)."""
+    monkeypatch.setattr(importing, "MIN_LANE_EVENTS", 1)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_ingest import CONFIG, MODEL, T0, _event, _profile, catalogue  # noqa: F401
 
+import store.importing
 from interest.import_fold import ImportFold, import_events_into_profiles
 from interest.ingest import EventInput, ingest_events
 from interest.rebuild import rebuild_profiles, rebuild_stale_profiles, verify_profiles
@@ -113,6 +114,38 @@ def test_batches_committed_before_an_import_error_are_folded(catalogue):  # noqa
     with catalogue.read() as session:
         assert stale_profile_user_ids(session) == set()
     assert verify_profiles(catalogue, CONFIG, MODEL).drifted == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_when_a_part_of_a_split_batch_fails_the_parts_that_committed_are_folded(
+    catalogue,  # noqa: F811
+    split_batches,
+    monkeypatch,
+):
+    """On PostgreSQL a batch goes as one transaction per part, split by user: when one part
+    fails, the others committed, and their events reach the profiles before the error is
+    raised; the failed part's users get nothing, and nothing is left marked."""
+    users = [f"u{n}" for n in range(8)]
+    records = [event for user in users for event in _records(3, user)]
+    failing = "u4"
+    insert = store.importing.insert_event_batch
+
+    def insert_unless_failing(session, events, **options):  # type: ignore[no-untyped-def]
+        if failing in events.user_ids:
+            raise RuntimeError("the part with u4 fails")
+        return insert(session, events=events, **options)
+
+    monkeypatch.setattr(store.importing, "insert_event_batch", insert_unless_failing)
+    with pytest.raises(RuntimeError, match="u4 fails"):
+        import_events_into_profiles(catalogue, records, CONFIG, MODEL)
+    with catalogue.read() as session:
+        stored = user_ids(session, users)
+        assert stale_profile_user_ids(session) == set()
+    assert failing not in stored and len(stored) >= 2  # the other part's users
+    for user in stored:
+        assert _profile(catalogue, user).event_count == 3
+    report = verify_profiles(catalogue, CONFIG, MODEL)
+    assert report.checked == len(stored) and report.drifted == []
 
 
 def test_imports_api_events_and_rebuilds_at_once_lose_and_double_nothing(catalogue):  # noqa: F811

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from store import importing
 from store.db import Database
 from store.errors import ImportFormatError, StoreError
 from store.events import count_events, delete_user, user_events, user_ids
 from store.importing import (
+    EventBatch,
     EventRecord,
     ImportStats,
     bulk_insert_events,
@@ -451,23 +453,67 @@ def test_items_with_precomputed_vectors_are_current_and_insert_only(db: Database
         import_item_vectors(db, items, vectors[:5], "m")
 
 
-def test_a_user_deleted_between_batches_of_an_import_is_created_anew(db: Database) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_a_user_deleted_between_batches_of_an_import_is_created_anew(
+    db: Database, split: bool, request: pytest.FixtureRequest
+) -> None:
     """Batch 2 names a user that batch 1 created and that was deleted since: on PostgreSQL the
-    id the import remembered from batch 1 is found gone under the users' lock."""
+    id the import remembered from batch 1 is found gone under the users' lock (by the part of
+    the batch that holds the user, when batches are split)."""
+    if split:
+        request.getfixturevalue("split_batches")  # u1 and u4 fall in different parts
     with db.write() as session:
         bulk_upsert_items(session, [ItemInput("a", "A")])
 
     def records():  # type: ignore[no-untyped-def]
         yield _record("e1", "u1", "a", 1)
-        yield _record("e2", "u2", "a", 2)
+        yield _record("e2", "u4", "a", 2)
         with db.write() as session:  # batch 1 is committed by now
             delete_user(session, "u1")
         yield _record("e3", "u1", "a", 3)
-        yield _record("e4", "u2", "a", 4)
+        yield _record("e4", "u4", "a", 4)
 
     stats = import_events(db, records(), batch_size=2, parse_in_child=False)
     assert (stats.accepted, stats.duplicates, stats.rejected) == (4, 0, 0)
     with db.read() as session:
-        ids = user_ids(session, ["u1", "u2"])
+        ids = user_ids(session, ["u1", "u4"])
         assert [event.event_id for event in user_events(session, ids["u1"])] == ["e3"]
-        assert [event.event_id for event in user_events(session, ids["u2"])] == ["e2", "e4"]
+        assert [event.event_id for event in user_events(session, ids["u4"])] == ["e2", "e4"]
+
+
+def test_a_split_keeps_each_user_whole_and_each_event_id_once() -> None:
+    users = [f"u{n}" for n in range(12)]
+    records = [_record(f"e{n}", users[n % 12], "a", n) for n in range(60)]
+    records.insert(30, _record("e7", "u3", "a", 99))  # e7 came first with u7: left out
+    parts, repeats = importing._split_by_user(EventBatch.of(records), 2)
+    assert repeats == 1 and len(parts) == 2
+    assert sorted(n for part in parts for n in part.event_ids) == sorted(f"e{n}" for n in range(60))
+    owners = [set(part.user_ids) for part in parts]
+    assert owners[0].isdisjoint(owners[1]) and owners[0] | owners[1] == set(users)
+    for part in parts:  # in the batch's order
+        assert [int(n[1:]) for n in part.event_ids] == sorted(int(n[1:]) for n in part.event_ids)
+    e7 = next(part for part in parts if "e7" in part.event_ids)
+    assert e7.user_ids[e7.event_ids.index("e7")] == "u7"
+
+
+def test_a_batch_split_over_transactions_stores_what_one_would(
+    db: Database, split_batches: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with db.write() as session:
+        bulk_upsert_items(session, [ItemInput("a", "A"), ItemInput("b", "B")])
+    records = [_record(f"e{n}", f"u{n % 6}", "ab"[n % 2], n) for n in range(12)]
+    records += [_record("e3", "u9", "a", 50), _record("x", "u1", "nope", 51)]
+    transactions = []
+    run_write = db.run_write
+    monkeypatch.setattr(db, "run_write", lambda work: transactions.append(1) or run_write(work))
+
+    stats = import_events(db, records, parse_in_child=False)
+    assert (stats.accepted, stats.duplicates, stats.rejected) == (12, 1, 1)
+    assert len(transactions) == (2 if db.dialect == "postgresql" else 1)
+    with db.read() as session:
+        ids = user_ids(session, [f"u{n}" for n in range(6)])
+        for n in range(6):
+            stored = [event.event_id for event in user_events(session, ids[f"u{n}"])]
+            assert stored == [f"e{n}", f"e{n + 6}"]
+    again = import_events(db, records, parse_in_child=False)
+    assert (again.accepted, again.duplicates, again.rejected) == (0, 13, 1)
