@@ -4,8 +4,9 @@ Readers stream `ItemInput`s and `EventRecord`s; bulk writers put them into the d
 at a time. The `driftrec import` CLI and the offline evaluation harness both use these functions.
 
 The writers taking a `Session` never commit. `import_items` and `import_events` take a `Database`
-and commit once per batch, so a killed import can simply be rerun: items are upserts and events
-are idempotent by event id. Bulk import leaves profiles alone: it marks the users who got new
+and commit once per batch (on PostgreSQL a batch of events as two transactions, split by
+user), so a killed import can simply be rerun: items are upserts and events are idempotent by
+event id. Bulk import leaves profiles alone: it marks the users who got new
 events as stale in each batch's transaction (`store.events.mark_profiles_stale`), and the caller
 rebuilds the marked profiles (`interest.rebuild.rebuild_stale_profiles`), those a killed earlier
 run left included.
@@ -886,14 +887,16 @@ def import_events(
     on_commit: Callable[[EventColumns, int], None] | None = None,
     parse_in_child: bool = True,
 ) -> ImportStats:
-    """Insert events committing once per batch: an interrupted import can be rerun.
+    """Insert events committing once per batch: an interrupted import can be rerun. On
+    PostgreSQL a batch goes as `write_lanes` transactions at once, its users split between
+    them (`_write_batch`), each committing on its own.
 
     With ``parse_in_child`` ``records`` is iterated in a child process (`store.read_ahead`)
     while the previous batch is written, unless it is a collection of at most one batch: the
     caller must not iterate it meanwhile, and iterating it must not depend on the batches
     written so far. Each batch marks its users stale under ``import_id`` (a new one by
-    default); ``on_commit`` gets the events each batch inserted and the batch's number once
-    it committed (to fold them into the profiles).
+    default); ``on_commit`` gets the events each batch (or part of one) inserted and the
+    batch's number once it committed (to fold them into the profiles).
     """
     import_id = import_id or new_import_id()
     lanes = write_lanes(database)
