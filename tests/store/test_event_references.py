@@ -93,6 +93,12 @@ def test_deleting_a_user_or_item_row_deletes_its_events(db: Database, table: typ
     assert _event_count(db) == 2
 
 
+_WAITING_FOR_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
 def _when_waiting(db: Database, work: Callable[[], None]) -> tuple[threading.Thread, list]:
     """``work`` started in a thread, returned once its statement waits for a row lock (so the
     caller's next step happens while it waits); the list receives its error, if any."""
@@ -109,7 +115,7 @@ def _when_waiting(db: Database, work: Callable[[], None]) -> tuple[threading.Thr
     deadline = time.monotonic() + 10
     while True:
         with db.read() as session:
-            waiting = session.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            waiting = session.scalar(_WAITING_FOR_A_LOCK)
         if waiting or not thread.is_alive():
             return thread, errors
         assert time.monotonic() < deadline, "the statement never waited for the lock"
