@@ -311,7 +311,6 @@ def _statement_alone(db: Database, sql: str, args: Any, **options: Any) -> Itera
         raise
     driver = connection.driver_connection
     own_transaction = db.dialect == "postgresql" and not driver.autocommit
-    invalidated = False
     try:
         if own_transaction:
             driver.autocommit = True
@@ -323,11 +322,10 @@ def _statement_alone(db: Database, sql: str, args: Any, **options: Any) -> Itera
         # idle, ready for the next; any other state is unknown: not back to the pool.
         if not _idle(driver):
             connection.invalidate()
-            invalidated = True
         _raise_wrapped(db.engine.dialect, exc, sql, args)
         raise
     finally:
-        if own_transaction and not invalidated:
+        if own_transaction and connection.is_valid:
             driver.autocommit = False  # as the pool's other users expect it
         connection.close()  # back to the pool, which rolls back what a read opened
 
