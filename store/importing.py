@@ -956,10 +956,13 @@ def _write_batch(
     parts, repeats = _split_by_user(batch, lanes)
     with ThreadPoolExecutor(len(parts), thread_name_prefix="import-lane") as pool:
         futures = [pool.submit(database.run_write, partial(work, events=part)) for part in parts]
-    committed = [ImportStats(duplicates=repeats)]
-    committed += [future.result() for future in futures if future.exception() is None]
-    errors = [error for future in futures if (error := future.exception()) is not None]
-    return committed, errors[0] if errors else None
+    committed, error = [ImportStats(duplicates=repeats)], None
+    for future in futures:
+        if (failed := future.exception()) is None:
+            committed.append(future.result())
+        else:
+            error = error or failed
+    return committed, error
 
 
 def _split_by_user(batch: EventBatch, parts: int) -> tuple[list[EventBatch], int]:
