@@ -268,24 +268,19 @@ def _insert_batch(session: Session, table: Table, rows: list[dict[str, Any]]) ->
     dialect = session.get_bind().dialect
     quote = dialect.identifier_preparer.quote
     names = list(rows[0])
-    arrays = {}
+    arrays, casts = {}, []
     for name in names:
         column_type = table.c[name].type
-        bind = column_type.bind_processor(dialect) or _same
-        arrays[name] = [bind(row[name]) for row in rows]
-    casts = ", ".join(
-        f"CAST(%({name})s AS {table.c[name].type.compile(dialect=dialect)}[])" for name in names
-    )
+        values = [row[name] for row in rows]
+        bind = column_type.bind_processor(dialect)
+        arrays[name] = values if bind is None else list(map(bind, values))
+        casts.append(f"CAST(%({name})s AS {column_type.compile(dialect=dialect)}[])")
     columns = ", ".join(quote(name) for name in names)
     execute_driver_sql(
         session,
-        f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({casts})",
+        f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({', '.join(casts)})",
         arrays,
     )
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _reset_sequences(session) -> None:  # type: ignore[no-untyped-def]
