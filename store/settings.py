@@ -65,11 +65,12 @@ class Settings:
     profile_pending_max: int = 0
     event_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     #: Above this many items the index is approximate. Exact search reads every vector per
-    #: query (memory-bound: ~0.075 ms per 1,000 items at 384 dimensions); with the fast-scan
-    #: index a search costs 0.16-0.28 ms from 10k to 50k items at recall@10 0.97 (benchmark
-    #: catalogues, users' queries, one thread), where exact search took 0.76 ms at 10k and
-    #: 3.6 ms at 50k. Small catalogues keep exact answers at under a millisecond.
-    exact_index_max_items: int = 10_000
+    #: query (memory-bound: ~0.075 ms per 1,000 items at 384 dimensions), and in a server that
+    #: scan also evicts the rest of the request from the CPU caches: served by two workers, a
+    #: 10k benchmark catalogue answered 1.4-2.5x the recommendations a second approximate
+    #: (recall@10 0.97) than exact, 1.8x with a trained model's 1,409-d vectors; at 2k items the
+    #: two were within 10% (bench/HISTORY.md, 2026-12-02). Small catalogues keep exact answers.
+    exact_index_max_items: int = 2_000
     max_batch_size: int = 1_000
     max_k: int = 1_000
     reload_interval_s: float = 2.0
