@@ -262,10 +262,11 @@ def _insert_batch(session: Session, table: Table, rows: list[dict[str, Any]]) ->
     """Insert ``rows`` (all with the same columns): executemany, which on PostgreSQL sends one
     statement a row; for `SET_BASED_TABLES` there one INSERT ... SELECT FROM unnest of the
     columns as arrays, the values bound as SQLAlchemy would bind them."""
-    if is_sqlite(session.get_bind()) or table.name not in SET_BASED_TABLES:
+    bind = session.get_bind()
+    if is_sqlite(bind) or table.name not in SET_BASED_TABLES:
         session.execute(insert(table), rows)
         return
-    dialect = session.get_bind().dialect
+    dialect = bind.dialect
     quote = dialect.identifier_preparer.quote
     names = list(rows[0])
     arrays, casts = {}, []
