@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
 import numpy as np
@@ -118,14 +118,20 @@ class ImportFold:
         self.pending, self.pending_count = [], 0
         starts = events.user_starts()
         bounds = np.r_[starts, len(events)]
+
+        def works() -> Iterator[Callable[[Session], set[int]]]:
+            for first in range(0, len(starts), self.batch_users):
+                last = min(first + self.batch_users, len(starts))
+                lo, hi = int(bounds[first]), int(bounds[last])
+                yield partial(
+                    self._fold_batch, events=events.take(slice(lo, hi)), batches=batches[lo:hi]
+                )
+
+        # On PostgreSQL two transactions at once, on users of their own: one computes while
+        # the other's profiles are written.
         updated: set[int] = set()
-        for first in range(0, len(starts), self.batch_users):
-            last = min(first + self.batch_users, len(starts))
-            lo, hi = int(bounds[first]), int(bounds[last])
-            work = partial(
-                self._fold_batch, events=events.take(slice(lo, hi)), batches=batches[lo:hi]
-            )
-            updated |= self.db.run_write(work)
+        for folded in self.db.run_writes(works()):
+            updated |= folded
         self._updated_users |= updated
         log.info("imported events folded into profiles=%d", len(updated))
         return len(updated)

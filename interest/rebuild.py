@@ -6,6 +6,7 @@ Used after bulk imports, after changing decay settings, and by `driftrec verify`
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,7 +61,8 @@ def rebuild_profiles(
     batch_users: int = REBUILD_BATCH_USERS,
 ) -> int:
     """Recompute profiles from stored events (all users, or ``user_ids``), one write
-    transaction per batch of users; returns the count.
+    transaction per batch of users (`Database.run_writes`: two at once on PostgreSQL); returns
+    the count.
 
     Each batch locks its profile rows before reading its events, so events ingested meanwhile
     are either in the rebuilt state or applied on top of it afterwards: none is lost. Item
@@ -76,10 +78,13 @@ def rebuild_profiles(
     bar = tqdm(total=total, desc="profiles", unit="user", disable=not progress)
     rebuilt = 0
     vectors = VectorCache(embedder_model)
-    for batch in _user_batches(db, user_ids, batch_users):
-        work = partial(_rebuild_batch, users=batch, config=config, vectors=vectors)
-        rebuilt += db.run_write(work)
-        bar.update(len(batch))
+    works = (
+        partial(_rebuild_batch, users=batch, config=config, vectors=vectors)
+        for batch in _user_batches(db, user_ids, batch_users)
+    )
+    for count in db.run_writes(works):  # batches of their own users: side by side (PostgreSQL)
+        rebuilt += count
+        bar.update(count)
     bar.close()
     log.info("profiles rebuilt users=%d", rebuilt)
     return rebuilt
@@ -216,6 +221,7 @@ class VectorCache:
 
     def __init__(self, model: str) -> None:
         self.model = model
+        self._lock = threading.Lock()  # folds of several write lanes share one cache
         self._ids = np.zeros(0, dtype=np.int64)  # ascending
         self._vectors: np.ndarray | None = None  # row i: item _ids[i]'s (zeros: it has none)
 
@@ -223,13 +229,15 @@ class VectorCache:
         """float64 (len(item_ids), dim): each item's vector, zeros for an item without one
         (folded as zeros, as ingestion does)."""
         wanted = np.unique(item_ids)
-        missing = np.setdiff1d(wanted, self._ids, assume_unique=True)
-        if len(missing):
-            if len(self._ids) + len(missing) > self.MAX_ITEMS:
-                self._ids, self._vectors, missing = self._ids[:0], None, wanted
-            self._add(missing, raw_vectors(session, missing.tolist(), self.model), dim)
-        assert self._vectors is not None
-        return self._vectors[np.searchsorted(self._ids, item_ids)].astype(np.float64)
+        with self._lock:
+            missing = np.setdiff1d(wanted, self._ids, assume_unique=True)
+            if len(missing):
+                if len(self._ids) + len(missing) > self.MAX_ITEMS:
+                    self._ids, self._vectors, missing = self._ids[:0], None, wanted
+                self._add(missing, raw_vectors(session, missing.tolist(), self.model), dim)
+            ids, vectors = self._ids, self._vectors
+        assert vectors is not None
+        return vectors[np.searchsorted(ids, item_ids)].astype(np.float64)
 
     def _add(self, ids: np.ndarray, found: dict[int, np.ndarray], dim: int) -> None:
         added = np.zeros((len(ids), dim), dtype=np.float32)

@@ -12,7 +12,9 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -33,6 +35,11 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 WRITE_LOCK_POLL_S = 0.0002
 WRITE_LOCK_POLL_MAX_S = 0.002
 T = TypeVar("T")
+#: Write transactions a job runs at once on PostgreSQL (`Database.write_lanes`), each on rows
+#: of its own: a bulk import's INSERT (or a profile fold's) keeps one backend busy while the
+#: job mostly waits for it. 200,000 imported events: 24.1-26.1k events/s with two against
+#: 20.2-22.1k with one (a Zen 2 VM, five interleaved pairs).
+PARALLEL_WRITERS = 2
 
 
 def sqlite_file(url: str) -> str | None:
@@ -193,6 +200,30 @@ class Database:
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    @property
+    def write_lanes(self) -> int:
+        """Write transactions a job runs at once (`run_writes`): `PARALLEL_WRITERS` on
+        PostgreSQL; one on SQLite, which has a single writer."""
+        return PARALLEL_WRITERS if self.dialect == "postgresql" else 1
+
+    def run_writes(self, works: Iterable[Callable[[Session], T]]) -> Iterator[T]:
+        """`run_write` of each of ``works``, up to `write_lanes` at once, each in a thread with
+        a connection of its own; their results in the order of ``works``. The works must write
+        rows no other of them locks, or they wait for each other. After an error no further
+        work starts; those running finish (and commit) before it is raised."""
+        lanes = self.write_lanes
+        if lanes == 1:
+            yield from map(self.run_write, works)
+            return
+        running: deque[Future[T]] = deque()
+        with ThreadPoolExecutor(lanes, thread_name_prefix="write-lane") as pool:
+            for work in works:
+                if len(running) == lanes:
+                    yield running.popleft().result()
+                running.append(pool.submit(self.run_write, work))
+            while running:
+                yield running.popleft().result()
 
     def dispose(self) -> None:
         if self._checkpointer is not None:

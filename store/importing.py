@@ -65,11 +65,8 @@ R = TypeVar("R")
 #: posted to a server meanwhile wait for it.
 EVENT_BATCH_SIZE = 25_000
 ITEM_BATCH_SIZE = 2_000
-#: Transactions a bulk import runs at once on PostgreSQL (`write_lanes`), each with a part of
-#: every batch, split by user: 200,000 events 24.1-26.1k events/s with two against 20.2-22.1k
-#: with one (a Zen 2 VM, five interleaved pairs). A batch under twice `MIN_LANE_EVENTS` goes
-#: whole.
-PARALLEL_WRITERS = 2
+#: A bulk import splits each batch by user over `Database.write_lanes` transactions at once
+#: (on PostgreSQL); a batch under twice this many events goes whole.
 MIN_LANE_EVENTS = 1_000
 USER_CHUNK = 5_000  # external ids per ensure_users call: far below bound-parameter limits
 BULK_CACHE_KIB = 16_384  # SQLite page cache of an import's connection (see insert_event_batch)
@@ -888,7 +885,7 @@ def import_events(
     parse_in_child: bool = True,
 ) -> ImportStats:
     """Insert events committing once per batch: an interrupted import can be rerun. On
-    PostgreSQL a batch goes as `write_lanes` transactions at once, its users split between
+    PostgreSQL a batch goes as `Database.write_lanes` transactions at once, its users split between
     them (`_write_batch`), each committing on its own.
 
     With ``parse_in_child`` ``records`` is iterated in a child process (`store.read_ahead`)
@@ -899,7 +896,7 @@ def import_events(
     batch's number once it committed (to fold them into the profiles).
     """
     import_id = import_id or new_import_id()
-    lanes = write_lanes(database)
+    lanes = database.write_lanes
     stats, item_cache, user_cache = ImportStats(), {}, {}
     chunks = batched(records, batch_size)
     batches: Generator[EventBatch, None, None]
@@ -933,13 +930,6 @@ def import_events(
                 raise error
     _log_events(stats)
     return stats
-
-
-def write_lanes(database: Database) -> int:
-    """Transactions a bulk import runs at once on ``database``: `PARALLEL_WRITERS` on
-    PostgreSQL, where a batch's INSERT keeps one backend busy while the importing process
-    mostly waits for it; one on SQLite, which has a single writer."""
-    return PARALLEL_WRITERS if database.dialect == "postgresql" else 1
 
 
 def _write_batch(

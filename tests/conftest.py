@@ -104,7 +104,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def split_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bulk import's batch of two or more events splits by user over the import's
-    transactions (`store.importing.write_lanes`: on PostgreSQL)."""
+    transactions (`Database.write_lanes`: on PostgreSQL)."""
     monkeypatch.setattr(importing, "MIN_LANE_EVENTS", 1)
 
 
