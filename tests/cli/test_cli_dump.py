@@ -48,10 +48,14 @@ def snapshot(url: str) -> dict[str, list[dict]]:
 
 
 @pytest.fixture
-def source(tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
+def source(request, tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
+    """A database to back up: SQLite, or PostgreSQL when parametrized so."""
+    backend = getattr(request, "param", "sqlite")
     env = {
         "DRIFTREC_DATA_DIR": str(tmp_path / "source"),
-        "DRIFTREC_DATABASE_URL": f"sqlite:///{tmp_path / 'source.db'}",
+        "DRIFTREC_DATABASE_URL": f"sqlite:///{tmp_path / 'source.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url"),
     }
     prepare_movielens(env, movielens_dir, tmp_path, MOVIES)
     key = ok(invoke(env, "keys", "create", "--name", "backup", "--scope", "read")).stdout.strip()
@@ -107,7 +111,12 @@ def _pending_events(env: dict[str, str]) -> None:
         runtime.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+# From each database to the other (one PostgreSQL database per test), and SQLite to SQLite.
+@pytest.mark.parametrize(
+    ("source", "backend"),
+    [("sqlite", "sqlite"), ("sqlite", "postgresql"), ("postgresql", "sqlite")],
+    indirect=["source"],
+)
 def test_export_import_round_trip(tmp_path, source, backend, request):
     env, key = source
     dump = tmp_path / "dump"

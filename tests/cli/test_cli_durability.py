@@ -159,8 +159,8 @@ def test_concurrent_events_are_stored_exactly_once(tmp_path, catalogue_env):
             else:
                 # ids shared by pairs of threads: two workers race to insert the same event.
                 # Batches of 10 fold ahead of SQLite's write lock (`interest.ingest`), those
-                # of 5 under it.
-                size = 10 if n % 2 else 5
+                # of 5 under it; a single event takes the lock-free path (`store.single_event`).
+                size = (1, 5, 10)[n % 3]
                 batch = [event(f"w{worker // 2}-b{n}-e{i}", rng, now) for i in range(size)]
                 sent.append(batch)
             status, body = server.call("POST", "/v1/events", {"events": batch})
@@ -197,10 +197,10 @@ def test_concurrent_events_are_stored_exactly_once(tmp_path, catalogue_env):
     assert key not in log
 
 
-def test_acknowledged_events_survive_kill_9(tmp_path, movielens_dir):
-    # SQLite: WAL with synchronous=NORMAL keeps every commit across a process crash (PostgreSQL
-    # is durable by default, and the server code path is the same).
-    env, key = prepare(tmp_path, f"sqlite:///{tmp_path / 'driftrec.db'}", movielens_dir)
+def test_acknowledged_events_survive_kill_9(tmp_path, catalogue_env):
+    # SQLite: WAL with synchronous=NORMAL keeps every commit across a process crash;
+    # PostgreSQL commits durably. Single events (their own write path) and batches of 3.
+    env, key = catalogue_env
     server = Server(env, tmp_path / "serve.log", key)
     now = time.time()
     acknowledged: set[str] = set()
@@ -212,7 +212,7 @@ def test_acknowledged_events_survive_kill_9(tmp_path, movielens_dir):
         rng = random.Random(100 + worker)
         n = 0
         while not stop.is_set():
-            batch = [event(f"k{worker}-{n}-{i}", rng, now) for i in range(3)]
+            batch = [event(f"k{worker}-{n}-{i}", rng, now) for i in range(1 + 2 * (n % 2))]
             n += 1
             with lock:
                 sent.update(str(e["id"]) for e in batch)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import REPO_ROOT, fields, invoke, ok, write_items_jsonl, write_movielens
+from sqlalchemy import select, update
 
 from store.db import Database
 from store.items import catalogue_revision, changed_since
+from store.models import Profile, User
 
 MOVIES = 50
 
@@ -80,6 +82,44 @@ def test_import_reindex_verify(tmp_path, blank_env, movielens_dir):
     }
     assert "embedded" not in rerun and "profiles" not in rerun  # nothing new
     assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
+
+
+def test_verify_reports_drift_and_rebuild_profiles_repairs_it(tmp_path, blank_env, movielens_dir):
+    env = blank_env
+    directory = write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)
+    users = len({row["userId"] for row in ratings(directory)})
+    ok(invoke(env, "db", "upgrade"))
+    ok(invoke(env, "import", "movielens", str(directory)))
+    db = Database(env["DRIFTREC_DATABASE_URL"])
+    try:
+        with db.write() as session:  # one stored profile no longer matches its events
+            user_id, name = session.execute(select(User.id, User.external_id).limit(1)).one()
+            stored = session.scalar(select(Profile.accumulators).where(Profile.user_id == user_id))
+            zeros = bytes(len(stored))
+            session.execute(
+                update(Profile).where(Profile.user_id == user_id).values(accumulators=zeros)
+            )
+    finally:
+        db.dispose()
+
+    drifted = invoke(env, "verify")
+    assert drifted.exit_code == 1, drifted.output
+    assert fields(drifted.output, "profiles") == {"checked": str(users), "drifted": "1"}
+    assert f"user={name} " in drifted.output and "rebuild-profiles" in drifted.output
+    unknown = invoke(env, "rebuild-profiles", "--user", "nobody")
+    assert unknown.exit_code != 0 and "unknown user(s): nobody" in unknown.output
+    repaired = ok(invoke(env, "rebuild-profiles", "--user", name)).stdout
+    assert fields(repaired, "profiles") == {"rebuilt": "1"}
+    assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
+
+    # Other decay settings: every stored profile differs from what they make of its events
+    # until all are rebuilt with them.
+    decay = {**env, "DRIFTREC_HALF_LIVES": "3600,inf"}
+    assert fields(invoke(decay, "verify").output, "profiles")["drifted"] == str(users)
+    assert fields(ok(invoke(decay, "rebuild-profiles")).stdout, "profiles") == {
+        "rebuilt": str(users)
+    }
+    assert fields(ok(invoke(decay, "verify")).stdout, "profiles")["drifted"] == "0"
 
 
 def test_import_items_and_events_files(tmp_path, cli_env, movielens_dir):

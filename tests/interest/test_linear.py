@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from interest.errors import ModelCorrupt
 from interest.linear import EaseSpectrum, Histories, interaction_matrix
 from interest.model import InterestModel, LinearConfig, load_model
 from interest.profile import ProfileState
@@ -66,6 +67,17 @@ def test_model_query_is_the_decayed_blend_of_recent_input_vectors(tmp_path):
     loaded = load_model(tmp_path / "m.npz", checksum)
     np.testing.assert_array_equal(loaded.u, u)
     assert loaded.config == model.config
+
+    # A file that is not what was recorded (one byte changed, cut short, gone) is refused.
+    data = (tmp_path / "m.npz").read_bytes()
+    middle = len(data) // 2
+    for broken in (data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :], data[:-1]):
+        (tmp_path / "m.npz").write_bytes(broken)
+        with pytest.raises(ModelCorrupt, match="does not match its recorded checksum"):
+            load_model(tmp_path / "m.npz", checksum)
+    (tmp_path / "m.npz").unlink()
+    with pytest.raises(ModelCorrupt, match="cannot read model file"):
+        load_model(tmp_path / "m.npz", checksum)
 
 
 def test_correction_starts_from_the_chosen_exponential_curve():
