@@ -1,16 +1,22 @@
-"""`driftrec serve` runs real gunicorn workers that switch to a new index version while serving."""
+"""`driftrec serve` runs real gunicorn workers that switch to a new index version while serving,
+and keep answering from a whole version when a reindex is killed."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from cli_helpers import fields, invoke, ok, spawn, write_items_jsonl, write_movielens
+
+from store.db import Database
+from store.versions import active_index_version
 
 FIRST, MORE = 40, 20
 
@@ -55,6 +61,7 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     server = spawn(env, "serve", "--workers", "2", "--port", str(port), log=log)
+    db = Database(env["DRIFTREC_DATABASE_URL"])
     try:
         assert wait_ready(base, server, log)["index_version"] == int(first["index_version"])
         status, body = get(f"{base}/v1/items/1/similar?k=5")
@@ -64,8 +71,30 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
 
         # New items arrive through the bulk path (not the API), then a job publishes a version.
         more = write_items_jsonl(movielens_dir, tmp_path / "more.jsonl", FIRST, FIRST + MORE)
-        ok(invoke(env, "import", "items", str(more)))
-        second = fields(ok(invoke(env, "reindex")).stdout, "reindex")
+        ok(invoke(env, "import", "items", "--no-embed", str(more)))
+        # First the job is killed (SIGKILL): once early, once as its index file appears. The
+        # workers go on answering from a whole version: the first, unless the job got as far
+        # as publishing its own.
+        indexes = Path(env["DRIFTREC_DATA_DIR"]) / "indexes"
+        for moment in ("early", "index file"):
+            before = set(indexes.iterdir())
+            job = spawn(env, "reindex", log=tmp_path / f"killed-{moment}.log")
+            deadline = time.monotonic() + 120
+            if moment == "early":
+                time.sleep(1.0)
+            while moment != "early" and job.poll() is None and set(indexes.iterdir()) == before:
+                assert time.monotonic() < deadline, (tmp_path / f"killed-{moment}.log").read_text()
+                time.sleep(0.005)
+            job.kill()
+            job.wait(timeout=30)
+            with db.read() as session:
+                active = active_index_version(session).id
+            for _ in range(20):
+                status, body = get(f"{base}/v1/items/1/similar?k=5")
+                assert status == 200, body
+                assert body["index_version"] in {int(first["index_version"]), active}
+        # The rerun completes (--full: a killed job may have published the new items already).
+        second = fields(ok(invoke(env, "reindex", "--full")).stdout, "reindex")
         assert second["rebuilt"] == "yes" and second["items"] == str(FIRST + MORE)
         new_version = int(second["index_version"])
         assert new_version != int(first["index_version"])
@@ -81,6 +110,7 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
         status, ready = get(f"{base}/readyz")
         assert (status, ready["index_items"]) == (200, FIRST + MORE)
     finally:
+        db.dispose()
         server.send_signal(signal.SIGTERM)  # `serve` exec'd gunicorn: this is its master
         server.wait(timeout=30)
 
@@ -192,3 +222,65 @@ def test_serve_and_demo_refuse_a_port_in_use_before_doing_anything(cli_env, tmp_
             assert "--port" in result.output
             # The demo stopped before its first step (the database).
             assert "== database" not in result.output
+
+
+def _shell_commands(block: str) -> list[str]:
+    """The commands of a copy-paste block: comment lines dropped, continued lines joined."""
+    commands, current = [], ""
+    for line in block.splitlines():
+        if not current and (not line.strip() or line.startswith("#")):
+            continue
+        current += line.removesuffix("\\")
+        if not line.endswith("\\"):
+            commands.append(current)
+            current = ""
+    return commands
+
+
+def _run_curl(command: str) -> tuple[int, dict]:
+    """``command`` (a printed `curl -s ...` line) run by bash, as a user pasting it would."""
+    done = subprocess.run(
+        ["bash", "-c", command + " -w '\\n%{http_code}'"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def test_demo_prints_requests_that_work_with_the_key_it_created(tmp_path, cli_env, movielens_dir):
+    # Auth on (the default): the printed requests carry the key the demo created, and work as
+    # printed against `driftrec serve`.
+    port = free_port()
+    movies = write_movielens(movielens_dir, tmp_path / "ml", 0, FIRST)
+    output = ok(invoke(cli_env, "demo", "--no-serve", "--port", str(port), "--data", str(movies)))
+    printed = output.stdout.split("== try it", 1)[1].split("\n", 1)[1]
+    commands = _shell_commands(printed)
+    assert len(commands) == 4 and all(c.startswith("curl -s ") for c in commands), printed
+    assert all("-H 'Authorization: Bearer drk_" in c for c in commands), printed
+
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    server = spawn(cli_env, "serve", "--workers", "2", "--port", str(port), log=log)
+    try:
+        wait_ready(base, server, log)
+        status, before = _run_curl(commands[0])
+        assert status == 200 and before["items"], before
+        status, similar = _run_curl(commands[1])
+        assert status == 200 and similar["items"], similar
+        status, posted = _run_curl(commands[2])
+        assert status == 200 and posted["accepted"] == 1, posted
+        status, after = _run_curl(commands[3])
+        assert status == 200 and after["items"], after
+        # The rated item (the most popular one the user had not rated) is seen now.
+        rated = re.search(r'"item_id": "([^"]+)"', commands[2])
+        assert rated and rated[1] not in [item["id"] for item in after["items"]]
+        # Without the key the same request is refused.
+        url = re.search(r"'(http://[^']+)'", commands[0])
+        assert url and get(url[1])[0] == 401
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    assert "drk_" not in log.read_text()
