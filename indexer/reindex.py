@@ -39,6 +39,7 @@ from store.versions import (
     active_index_version,
     add_index_version,
     latest_index_version_for_model,
+    list_index_versions,
     prune_index_versions,
 )
 
@@ -225,6 +226,33 @@ def _remove_unused_files(index_dir: Path, superseded: list[str]) -> None:
             pass  # another job removed or finished it meanwhile
 
 
+def _warn_about_unnamed_files(index_dir: Path, named: set[str]) -> None:
+    """Log the index files in ``index_dir`` that no version of this database names and that
+    are older than `ABANDONED_TMP_AGE_S`: a job killed after saving its file but before
+    publishing it leaves one, as large as an index. They are not deleted, since another
+    database may keep its indexes in the same data directory."""
+    cutoff = time.time() - ABANDONED_TMP_AGE_S
+    unnamed, size = [], 0
+    for path in index_dir.glob("index-*.faiss"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.st_mtime < cutoff and str(path.resolve()) not in named:
+            unnamed.append(path.name)
+            size += stat.st_size
+    if unnamed:
+        log.warning(
+            "reindex found index files no version of this database names (left by a killed "
+            "job, or another database's): files=%d mib=%.1f dir=%s first=%s; delete them "
+            "unless another database uses this data directory",
+            len(unnamed),
+            size / 2**20,
+            index_dir,
+            sorted(unnamed)[0],
+        )
+
+
 def build_index(
     db: Database,
     embedder: Embedder,
@@ -324,7 +352,9 @@ def build_index(
         )
         version_id = version.id
         superseded = prune_index_versions(session, version, INDEX_VERSIONS_KEPT)
+        named = {str(Path(kept.path).resolve()) for kept in list_index_versions(session)}
     _remove_unused_files(index_dir, superseded)
+    _warn_about_unnamed_files(index_dir, named)
     log.info(
         "reindex published index_version=%d items=%d kind=%s %s embedded=%d pruned_versions=%d "
         "timings: %s",

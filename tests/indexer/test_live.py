@@ -1,5 +1,6 @@
 """The live index: published versions plus an overlay of later catalogue changes."""
 
+import logging
 import os
 import threading
 import time
@@ -157,6 +158,26 @@ def test_a_publish_deletes_the_versions_before_the_one_it_replaces(db, embedder,
         build_index(db, embedder, elsewhere, exact_max_items=1000, full=True)
     assert set(tmp_path.glob("*.faiss")) == set(versions.values())
     assert len(list(elsewhere.glob("*.faiss"))) == 2
+
+
+def test_a_publish_names_old_index_files_no_version_names_and_keeps_them(
+    db, embedder, tmp_path, caplog
+):
+    # A job killed between saving its file and publishing it leaves a whole index file with
+    # no row; it may also be another database's (one data directory for two databases).
+    _add(db, embedder, [f"a{n}" for n in range(3)])
+    build_index(db, embedder, tmp_path, exact_max_items=1000)
+    unnamed, recent = tmp_path / "index-unnamed.faiss", tmp_path / "index-recent.faiss"
+    unnamed.write_bytes(b"x" * 2**20)
+    recent.write_bytes(b"x")  # perhaps a save about to be published
+    hours_ago = time.time() - 2 * reindex.ABANDONED_TMP_AGE_S
+    os.utime(unnamed, (hours_ago, hours_ago))
+    with caplog.at_level(logging.WARNING, logger="indexer.reindex"):
+        build_index(db, embedder, tmp_path, exact_max_items=1000, full=True)
+    warnings = [r.getMessage() for r in caplog.records if "no version" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "files=1 mib=1.0" in warnings[0] and "first=index-unnamed.faiss" in warnings[0]
+    assert unnamed.exists() and recent.exists()
 
 
 def test_items_are_searchable_before_any_index_is_published(db, embedder):
