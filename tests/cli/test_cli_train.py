@@ -170,8 +170,10 @@ def test_killed_training_keeps_the_previous_model_and_a_rerun_completes(
             with db.read() as session:
                 active = active_model_version(session)
                 versions = list_model_versions(session)
-            # Whatever was committed is whole: every registered file matches its checksum.
-            assert active is not None
+            # The previous model stays active unless the job got as far as publishing its own
+            # (one transaction registers and activates it), and whatever was committed is
+            # whole: every registered file matches its checksum.
+            assert active is not None and active.id == max(version.id for version in versions)
             for version in versions:
                 load_model(Path(version.path), version.checksum)
         rerun = int(fields(ok(invoke(cli_env, "train")).stdout, "train")["model_version"])
