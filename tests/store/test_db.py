@@ -4,6 +4,7 @@ import sqlite3
 import statistics
 import threading
 import time
+from functools import partial
 
 import pytest
 from sqlalchemy import text
@@ -182,5 +183,40 @@ def test_run_writes_starts_nothing_after_an_error_and_lets_running_work_finish(d
         # finished before it was raised; none started after it.
         assert sorted(started) == list(range(db.write_lanes))
         assert sorted(finished) == list(range(1, db.write_lanes))
+    finally:
+        db.dispose()
+
+
+def test_run_write_retries_transient_failures_and_gives_up_after_its_attempts(
+    tmp_path, monkeypatch
+):
+    from sqlalchemy.orm.exc import StaleDataError
+
+    db = Database(f"sqlite:///{tmp_path / 'retry.db'}")
+    monkeypatch.setattr(store.db.time, "sleep", lambda _s: None)
+    locked = OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
+    missing = OperationalError("SELECT", {}, sqlite3.OperationalError("no such table: x"))
+    calls: list[int] = []
+
+    def failing(failures: list[Exception], session) -> int:  # type: ignore[no-untyped-def]
+        calls.append(1)
+        session.execute(text("SELECT 1"))
+        if failures:
+            raise failures.pop(0)
+        return 7
+
+    try:
+        # Lock contention and a stale profile version are retried, each in a new transaction.
+        failures: list[Exception] = [locked, StaleDataError("v"), locked]
+        assert db.run_write(partial(failing, failures)) == 7
+        assert len(calls) == 4
+        calls.clear()
+        with pytest.raises(OperationalError, match="database is locked"):
+            db.run_write(partial(failing, [locked] * 10), attempts=3)
+        assert len(calls) == 3  # then the error goes up (the API answers 503, Retry-After)
+        calls.clear()
+        with pytest.raises(OperationalError, match="no such table"):
+            db.run_write(partial(failing, [missing]))
+        assert len(calls) == 1  # not transient: not retried
     finally:
         db.dispose()
