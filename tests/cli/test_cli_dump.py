@@ -8,18 +8,21 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import fields, invoke, ok, prepare_movielens
 from sqlalchemy import func, select
 
 from interest.ingest import EventInput
+from interest.model import load_model
 from service.runtime import Runtime
 from store.db import Database
 from store.dump import TABLES, _encode, _table
 from store.keys import authenticate
 from store.models import Event, Item, ModelVersion, User
 from store.settings import load_settings
-from store.versions import add_model_version
+from store.versions import add_model_version, list_model_versions
+from tests.interest.conftest import small_model
 
 MOVIES = 30
 
@@ -70,16 +73,16 @@ def source(request, tmp_path, movielens_dir) -> tuple[dict[str, str], str]:
         )
     )
     _pending_events(env)
-    # A model version with its file (training itself is tested elsewhere).
-    model_file = tmp_path / "source" / "models" / "model-1.pt"
-    model_file.parent.mkdir(parents=True)
-    model_file.write_bytes(b"weights" * 100)
+    # A model version with its file, a model as `driftrec train` saves one (training itself
+    # is tested elsewhere).
+    model_file = tmp_path / "source" / "models" / "model-1.npz"
+    checksum = small_model().save(model_file)
     db = Database(env["DRIFTREC_DATABASE_URL"])
     try:
         with db.write() as session:
             version = ModelVersion(
                 path=str(model_file),
-                checksum=hashlib.sha256(model_file.read_bytes()).hexdigest(),
+                checksum=checksum,
                 embedder_model="bundled:all-MiniLM-L6-v2",
                 config={"epochs": 1},
                 metrics={"ndcg": 0.1},
@@ -144,6 +147,10 @@ def test_export_import_round_trip(tmp_path, source, backend, request):
     try:
         with db.read() as session:
             assert authenticate(session, key) is not None
+            (model,) = list_model_versions(session)
+        restored = load_model(Path(model.path), model.checksum)  # the file, checksum verified
+        assert Path(model.path).is_relative_to(tmp_path / "restored")
+        np.testing.assert_array_equal(restored.u, small_model().u)
         with db.write() as session:  # ids continue after the restored ones (sequences reset)
             fresh = ModelVersion(path="x", checksum="0" * 64, embedder_model="m")
             add_model_version(session, fresh, activate=False)
