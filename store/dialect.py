@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from store.direct_read import DirectRead, DirectWrite
+from store.direct_read import DirectRead, DirectWrite, execute_driver_sql
 
 
 def insert_ignoring_conflicts(
@@ -37,6 +37,11 @@ def insert_ignoring_conflicts(
     columns = tuple(rows[0])
     if dialect == "sqlite" and len(rows) > 1 and set(returning) <= set(columns):
         return _insert_new_sqlite(session, table, rows, columns, conflict_column, returning)
+    if dialect == "postgresql" and len(rows) > 1 and not returning:
+        # One statement for them all (a bulk import's first batch creates thousands of users:
+        # 5,000 in 0.08-0.16 s against 0.22-0.30 s as a pipelined INSERT each).
+        insert_unnest(session, table, rows, conflict_column)
+        return []
     write = _direct_insert(dialect, table, columns, conflict_column, tuple(returning))
     if not returning:
         write.executemany(session, rows)
@@ -44,6 +49,39 @@ def insert_ignoring_conflicts(
     if dialect == "postgresql" and len(rows) > 1:
         return write.executemany_returning(session, rows)
     return [back for row in rows for back in write.execute(session, row)]
+
+
+def insert_unnest(
+    session: Session,
+    table: Table,
+    rows: Sequence[dict[str, Any]],
+    conflict_column: str | None = None,
+) -> None:
+    """PostgreSQL: ``rows`` (all with the same columns) as one INSERT ... SELECT FROM unnest of
+    the columns as arrays (psycopg's binary format: as text, dumping them cost 3-4x the CPU,
+    see `store.events`), the values bound as SQLAlchemy would bind them, in the rows' order
+    (so writers inserting keys in one order cannot deadlock); with ``conflict_column``, rows
+    whose key is stored are skipped (ON CONFLICT DO NOTHING)."""
+    dialect = session.get_bind().dialect
+    quote = dialect.identifier_preparer.quote
+    names = list(rows[0])
+    arrays, casts = {}, []
+    for name in names:
+        column_type = table.c[name].type
+        values = [row[name] for row in rows]
+        bind = column_type.bind_processor(dialect)
+        arrays[name] = values if bind is None else list(map(bind, values))
+        casts.append(f"CAST(%({name})b AS {column_type.compile(dialect=dialect)}[])")
+    columns = ", ".join(quote(name) for name in names)
+    conflict = (
+        "" if conflict_column is None else f" ON CONFLICT ({quote(conflict_column)}) DO NOTHING"
+    )
+    execute_driver_sql(
+        session,
+        f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({', '.join(casts)})"
+        + conflict,
+        arrays,
+    )
 
 
 def _insert_new_sqlite(

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import Float, LargeBinary
 
 from store.db import Database, is_sqlite
-from store.direct_read import execute_driver_sql
+from store.dialect import insert_unnest
 from store.errors import StoreError
 from store.files import file_sha256
 from store.migrate import current_revision
@@ -260,28 +260,11 @@ SET_BASED_TABLES = frozenset({"events"})
 
 def _insert_batch(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows`` (all with the same columns): executemany, which on PostgreSQL sends one
-    statement a row; for `SET_BASED_TABLES` there one INSERT ... SELECT FROM unnest of the
-    columns as arrays, the values bound as SQLAlchemy would bind them."""
-    bind = session.get_bind()
-    if is_sqlite(bind) or table.name not in SET_BASED_TABLES:
+    statement a row; for `SET_BASED_TABLES` there one statement (`store.dialect.insert_unnest`)."""
+    if is_sqlite(session.get_bind()) or table.name not in SET_BASED_TABLES:
         session.execute(insert(table), rows)
         return
-    dialect = bind.dialect
-    quote = dialect.identifier_preparer.quote
-    names = list(rows[0])
-    arrays, casts = {}, []
-    for name in names:
-        column_type = table.c[name].type
-        values = [row[name] for row in rows]
-        bind = column_type.bind_processor(dialect)
-        arrays[name] = values if bind is None else list(map(bind, values))
-        casts.append(f"CAST(%({name})s AS {column_type.compile(dialect=dialect)}[])")
-    columns = ", ".join(quote(name) for name in names)
-    execute_driver_sql(
-        session,
-        f"INSERT INTO {quote(table.name)} ({columns}) SELECT * FROM unnest({', '.join(casts)})",
-        arrays,
-    )
+    insert_unnest(session, table, rows)
 
 
 def _reset_sequences(session) -> None:  # type: ignore[no-untyped-def]

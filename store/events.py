@@ -100,26 +100,15 @@ def ensure_users(
     missing = [external_id for external_id in wanted if external_id not in found]
     if missing:
         now = utcnow()
-        if session.get_bind().dialect.name == "postgresql":
-            # One statement for them all (a bulk import's first batch creates thousands), in
-            # sorted order as every creator inserts them, so two cannot deadlock.
-            execute_driver_sql(session, _POSTGRESQL_NEW_USERS, {"ids": missing, "now": now})
-        else:
-            insert_ignoring_conflicts(
-                session,
-                User.__table__,
-                [{"external_id": external_id, "created_at": now} for external_id in missing],
-                "external_id",
-            )
+        # In sorted order, as every creator inserts them: two cannot deadlock.
+        insert_ignoring_conflicts(
+            session,
+            User.__table__,
+            [{"external_id": external_id, "created_at": now} for external_id in missing],
+            "external_id",
+        )
         found.update(user_ids(session, missing))
     return found
-
-
-_POSTGRESQL_NEW_USERS = (
-    "INSERT INTO users (external_id, created_at) "
-    "SELECT unnest(CAST(%(ids)b AS text[])), CAST(%(now)s AS timestamptz) "
-    "ON CONFLICT (external_id) DO NOTHING"
-)
 
 
 # The statements on the per-event path are built and compiled once and run on the Session's
