@@ -34,6 +34,7 @@ def write(directory: Path, seed: int = 7) -> int:
     by_genre: dict[str, list[int]] = {}
     for index, (_, _, genres) in enumerate(movies):
         by_genre.setdefault(genres.split("|")[0], []).append(index)
+    genre_movies = list(by_genre.values())
     popularity = 1.0 / np.arange(1, len(movies) + 1) ** 0.9
     popularity = popularity[rng.permutation(len(movies))]
     counts = np.maximum(20, rng.lognormal(4.6, 1.0, USERS)).astype(int)
@@ -43,7 +44,7 @@ def write(directory: Path, seed: int = 7) -> int:
         for user, count in enumerate(counts.tolist(), start=1):
             n = min(count, len(movies) - 1)
             weights = popularity.copy()
-            weights[by_genre[list(by_genre)[rng.integers(len(by_genre))]]] *= 5
+            weights[genre_movies[rng.integers(len(genre_movies))]] *= 5  # the user's genre
             items = rng.choice(len(movies), size=n, replace=False, p=weights / weights.sum()) + 1
             start = FIRST_TIMESTAMP + rng.integers(0, 80_000_000)
             gaps = np.where(

@@ -82,9 +82,12 @@ def test_workers_pick_up_a_new_index_version(tmp_path, cli_env, movielens_dir):
             deadline = time.monotonic() + 120
             if moment == "early":
                 time.sleep(1.0)
-            while moment != "early" and job.poll() is None and set(indexes.iterdir()) == before:
-                assert time.monotonic() < deadline, (tmp_path / f"killed-{moment}.log").read_text()
-                time.sleep(0.005)
+            else:
+                while job.poll() is None and set(indexes.iterdir()) == before:
+                    assert time.monotonic() < deadline, (
+                        tmp_path / f"killed-{moment}.log"
+                    ).read_text()
+                    time.sleep(0.005)
             job.kill()
             job.wait(timeout=30)
             with db.read() as session:

@@ -156,7 +156,7 @@ def test_run_writes_runs_a_lane_per_writer_and_returns_results_in_order(database
         return number
 
     try:
-        works = [lambda session, n=n: work(n, session) for n in range(6)]
+        works = [partial(work, n) for n in range(6)]
         assert list(db.run_writes(works)) == list(range(6))
     finally:
         db.dispose()
@@ -176,7 +176,7 @@ def test_run_writes_starts_nothing_after_an_error_and_lets_running_work_finish(d
         return number
 
     try:
-        works = (lambda session, n=n: work(n, session) for n in range(5))
+        works = (partial(work, n) for n in range(5))
         with pytest.raises(ValueError, match="first work"):
             list(db.run_writes(works))
         # The works already running when the error came (the second lane's, on PostgreSQL)
