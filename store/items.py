@@ -217,17 +217,30 @@ def items_by_ids(session: Session, ids: Iterable[int]) -> dict[int, Item]:
 
 def ids_by_external(session: Session, external_ids: Iterable[str]) -> dict[str, int]:
     """Map live (not deleted) items' external ids to internal ids; unknown ids are absent."""
-    wanted = list(set(external_ids))
-    result: dict[str, int] = {}
-    for start in range(0, len(wanted), 5_000):
-        chunk = wanted[start : start + 5_000]
-        rows = session.execute(
-            select(Item.external_id, Item.id).where(
-                Item.external_id.in_(chunk), Item.deleted_at.is_(None)
-            )
-        )
-        result.update({external_id: item_id for external_id, item_id in rows})
-    return result
+    items = Item.__table__.c
+    rows = _rows_in_list(
+        session,
+        select(items.external_id, items.id).where(items.deleted_at.is_(None)),
+        items.external_id,
+        set(external_ids),
+    )
+    return dict(rows)
+
+
+def _rows_in_list(
+    session: Session, query: Select[Any], column: ColumnElement[Any], values: Iterable[Any]
+) -> list[Any]:
+    """``query``'s rows whose ``column`` is one of ``values``, bound as one list parameter
+    (`in_bound_list`): as thousands of separate parameters (SQLAlchemy's expanding IN), the
+    statement's rendering and the driver's parsing of it cost more than the lookup (2,000
+    vectors on PostgreSQL: 66-130 ms against 43-55)."""
+    dialect = session.get_bind().dialect.name
+    wanted = list(values)
+    if not wanted:
+        return []
+    condition = in_bound_list(column, "wanted", dialect)
+    bound = {"wanted": bound_list(wanted, dialect)}
+    return list(session.connection().execute(query.where(condition), bound))
 
 
 def has_current_vector(model: Any) -> ColumnElement[bool]:
@@ -263,16 +276,8 @@ def _live_items() -> Select[Any]:
 def current_vectors(session: Session, ids: Iterable[int], model: str) -> dict[int, bytes]:
     """Current float32 vector bytes of the given items (those without one are absent)."""
     items = Item.__table__.c
-    wanted = list(set(ids))
-    result: dict[int, bytes] = {}
-    for start in range(0, len(wanted), 5_000):
-        rows = session.connection().execute(
-            select(items.id, items.vector).where(
-                items.id.in_(wanted[start : start + 5_000]), has_current_vector(model)
-            )
-        )
-        result.update({item_id: vector for item_id, vector in rows})
-    return result
+    query = select(items.id, items.vector).where(has_current_vector(model))
+    return dict(_rows_in_list(session, query, items.id, set(ids)))
 
 
 def delete_item(session: Session, external_id: str) -> Item:
