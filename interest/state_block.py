@@ -22,6 +22,7 @@ from interest.profile import (
     RECENT_DTYPE,
     ProfileState,
     decay_rates,
+    decode_accumulators,
     decode_half_lives,
     stored_columns,
 )
@@ -117,9 +118,7 @@ class StateBlock:
         return cls(
             half_lives=half_lives,
             user_ids=np.array([row.user_id for row in rows], dtype=np.int64),
-            accumulators=np.frombuffer(
-                b"".join(row.accumulators for row in rows), dtype=np.float64
-            ).reshape(users, slots, dim),
+            accumulators=decode_accumulators([row.accumulators for row in rows], slots, dim),
             weight_sums=np.frombuffer(
                 b"".join(row.weight_sums for row in rows), dtype=np.float64
             ).reshape(users, slots),

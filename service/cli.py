@@ -383,16 +383,24 @@ def purge_sessions(app: App, older_than_days: float) -> None:
 
 
 @cli.command()
-@click.option("--tolerance", default=1e-5, show_default=True, help="Largest relative error.")
+@click.option(
+    "--tolerance",
+    type=float,
+    help="Largest relative error of a profile's accumulators [default: 1e-4, room for their "
+    "float32 storage].",
+)
 @pass_app
-def verify(app: App, tolerance: float) -> None:
+def verify(app: App, tolerance: float | None) -> None:
     """Check every stored profile against the one rebuilt from its events (exit 1 on drift)."""
-    from interest.rebuild import verify_profiles
+    from interest.rebuild import VERIFY_TOLERANCE, verify_profiles
     from store.models import User
 
     runtime = app.runtime
     report = verify_profiles(
-        runtime.db, runtime.profile_config, app.settings.embedder_model, tolerance=tolerance
+        runtime.db,
+        runtime.profile_config,
+        app.settings.embedder_model,
+        tolerance=VERIFY_TOLERANCE if tolerance is None else tolerance,
     )
     click.echo(f"profiles checked={report.checked} drifted={len(report.drifted)}")
     if report.drifted:

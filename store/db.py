@@ -250,7 +250,7 @@ class WalCheckpointer:
 
     SQLite otherwise checkpoints in the commit that takes the WAL past 1,000 pages: that
     transaction writes the pages into the database file and syncs it before it returns. In a
-    server every event commit rewrites its users' 18 KB profiles, so about one event batch in
+    server every event commit rewrites its users' profiles (9 KB each; 18 KB then), so about one event batch in
     twenty carried a checkpoint and held its worker 18-20 ms instead of 4-8 (batches of 10;
     the 100k soak's load: recommendations waited for a free worker meanwhile). A passive
     checkpoint takes no lock that writers or readers wait for; the WAL still restarts from its

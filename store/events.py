@@ -477,7 +477,7 @@ def _profile_rows(
 
 def profile_versions(session: Session, ids: Iterable[int]) -> dict[int, int]:
     """The version of each of these users' profiles (those that exist), in the session's
-    transaction; on SQLite from `store.models.PROFILE_VERSIONS_INDEX`, not the 18 KB rows."""
+    transaction; on SQLite from `store.models.PROFILE_VERSIONS_INDEX`, not the 9 KB rows."""
     wanted = sorted(set(ids))
     if not wanted:
         return {}

@@ -95,7 +95,7 @@ Index(
 #: why, and why not on PostgreSQL, in migration 0011. Not in this metadata (it exists on one
 #: dialect).
 ITEM_NAMES_INDEX = "ix_items_names"
-#: Profiles' versions without their 18 KB rows (`store.events.profile_versions`), on SQLite only:
+#: Profiles' versions without their 9-18 KB rows (`store.events.profile_versions`), on SQLite only:
 #: why in migration 0013. Left out of this metadata, as `ITEM_NAMES_INDEX`.
 PROFILE_VERSIONS_INDEX = "ix_profiles_version"
 #: The indexes above, which exist on SQLite only (migrations/env.py leaves them out of
@@ -163,7 +163,8 @@ class Profile(Base):
     dim: Mapped[int]
     # Seconds; ``inf`` is stored as 0 (no decay). One accumulator per half-life.
     half_lives: Mapped[list[float]] = mapped_column(JSON)
-    # float64 array of shape (len(half_lives), dim), at the reference time.
+    # float32 array of shape (len(half_lives), dim), at the reference time (float64 in rows
+    # written before 2026-12-02; `interest.profile.decode_accumulators` reads both).
     accumulators: Mapped[bytes] = mapped_column(LargeBinary)
     # float64 array (len(half_lives),): the decayed sum of weights of each accumulator.
     weight_sums: Mapped[bytes] = mapped_column(LargeBinary)
@@ -182,7 +183,7 @@ class Profile(Base):
 class PendingEvent(Base):
     """An event stored but not yet folded into its user's stored profile (`Profile`).
 
-    An event on a user who has a profile is kept here instead of rewriting the profile (18 KB
+    An event on a user who has a profile is kept here instead of rewriting the profile (9 KB
     at the default settings) while the user has at most ``DRIFTREC_PROFILE_PENDING_MAX`` such
     events; readers fold them into the stored state (`interest.pending`). The event past the
     bound folds them all in and clears them. Rows are added and removed only by

@@ -106,6 +106,22 @@ def test_absorbing_blocks_equals_absorbing_each_users_state():
     assert len(absorbed[users[5]].recent) == min(8, sizes[5])  # no new events: kept as stored
 
 
+def test_rows_stored_as_float64_read_beside_float32_ones():
+    """Profiles written before accumulators were stored as float32 hold float64 bytes: a block
+    mixing both kinds, and each row alone, reads every one at its stored precision."""
+    data = _groups([5, 8, 2], seed=8)
+    states = [_apply(_events_of(g, *data), buffer_size=3) for g in range(3)]
+    rows = [_stored(state, user) for user, state in enumerate(states)]
+    rows[1].accumulators = states[1].accumulators.astype("<f8").tobytes()  # a legacy row
+    assert len(rows[1].accumulators) == 2 * len(rows[0].accumulators)
+
+    block = StateBlock.from_rows(rows, HALF_LIVES, DIM).states()
+    for user, state in enumerate(states):
+        stored = state.accumulators if user == 1 else state.accumulators.astype(np.float32)
+        np.testing.assert_array_equal(block[user].accumulators, stored)
+        np.testing.assert_array_equal(state_from_row(rows[user]).accumulators, stored)
+
+
 def test_values_are_the_stored_columns_of_each_state():
     data = _groups([3, 12], seed=6)
     matrix, bounds, rows, weights, times, item_ids = data
