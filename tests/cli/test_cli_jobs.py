@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cli_helpers import REPO_ROOT, fields, invoke, ok, write_items_jsonl, write_movielens
 from sqlalchemy import select, update
@@ -84,6 +85,20 @@ def test_import_reindex_verify(tmp_path, blank_env, movielens_dir):
     assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
 
 
+def _scale_accumulators(env: dict[str, str], user_id: int, factor: float) -> None:
+    """Multiply a stored profile's accumulators (float32) by ``factor``."""
+    db = Database(env["DRIFTREC_DATABASE_URL"])
+    try:
+        with db.write() as session:
+            stored = session.scalar(select(Profile.accumulators).where(Profile.user_id == user_id))
+            scaled = (np.frombuffer(stored, dtype="<f4") * factor).astype("<f4").tobytes()
+            session.execute(
+                update(Profile).where(Profile.user_id == user_id).values(accumulators=scaled)
+            )
+    finally:
+        db.dispose()
+
+
 def test_verify_reports_drift_and_rebuild_profiles_repairs_it(tmp_path, blank_env, movielens_dir):
     env = blank_env
     directory = write_movielens(movielens_dir, tmp_path / "ml", 0, MOVIES)
@@ -111,6 +126,13 @@ def test_verify_reports_drift_and_rebuild_profiles_repairs_it(tmp_path, blank_en
     repaired = ok(invoke(env, "rebuild-profiles", "--user", name)).stdout
     assert fields(repaired, "profiles") == {"rebuilt": "1"}
     assert fields(ok(invoke(env, "verify")).stdout, "profiles")["drifted"] == "0"
+
+    # A 1% error: past the default tolerance (1e-4, room for float32 storage), not past 0.1.
+    _scale_accumulators(env, user_id, 1.01)
+    assert fields(invoke(env, "verify").output, "profiles")["drifted"] == "1"
+    loose = ok(invoke(env, "verify", "--tolerance", "0.1")).stdout
+    assert fields(loose, "profiles")["drifted"] == "0"
+    ok(invoke(env, "rebuild-profiles", "--user", name))
 
     # Other decay settings: every stored profile differs from what they make of its events
     # until all are rebuilt with them.
