@@ -35,6 +35,7 @@ from store.events import (
     user_event_columns,
 )
 from store.models import User
+from store.settings import VERIFY_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +255,6 @@ class VectorCache:
 class VerifyReport:
     checked: int = 0
     drifted: list[tuple[int, float]] = field(default_factory=list)  # (user id, max abs error)
-
-
-#: Largest relative error of a stored profile that is not drift. Stored float32 accumulators
-#: (`interest.profile.ACCUMULATOR_DTYPE`) err by ~1e-6 after 10,000 events written one at a
-#: time and ~2e-5 after 100,000; a lost or repeated event also changes the exact event count.
-VERIFY_TOLERANCE = 1e-4
 
 
 def verify_profiles(

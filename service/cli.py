@@ -38,7 +38,7 @@ from service.cli_model import model_group, train_command
 from store import migrate
 from store.db import make_engine
 from store.errors import SchemaOutOfDate, StoreError
-from store.settings import Settings, SettingsError, load_settings
+from store.settings import VERIFY_TOLERANCE, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -385,14 +385,14 @@ def purge_sessions(app: App, older_than_days: float) -> None:
 @cli.command()
 @click.option(
     "--tolerance",
-    type=float,
-    help="Largest relative error of a profile's accumulators [default: 1e-4, room for their "
-    "float32 storage].",
+    default=VERIFY_TOLERANCE,
+    show_default=True,
+    help="Largest relative error of a profile's accumulators (room for their float32 storage).",
 )
 @pass_app
-def verify(app: App, tolerance: float | None) -> None:
+def verify(app: App, tolerance: float) -> None:
     """Check every stored profile against the one rebuilt from its events (exit 1 on drift)."""
-    from interest.rebuild import VERIFY_TOLERANCE, verify_profiles
+    from interest.rebuild import verify_profiles
     from store.models import User
 
     runtime = app.runtime
@@ -400,7 +400,7 @@ def verify(app: App, tolerance: float | None) -> None:
         runtime.db,
         runtime.profile_config,
         app.settings.embedder_model,
-        tolerance=VERIFY_TOLERANCE if tolerance is None else tolerance,
+        tolerance=tolerance,
     )
     click.echo(f"profiles checked={report.checked} drifted={len(report.drifted)}")
     if report.drifted:
