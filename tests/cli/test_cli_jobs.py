@@ -107,15 +107,11 @@ def test_verify_reports_drift_and_rebuild_profiles_repairs_it(tmp_path, blank_en
     ok(invoke(env, "import", "movielens", str(directory)))
     db = Database(env["DRIFTREC_DATABASE_URL"])
     try:
-        with db.write() as session:  # one stored profile no longer matches its events
+        with db.read() as session:
             user_id, name = session.execute(select(User.id, User.external_id).limit(1)).one()
-            stored = session.scalar(select(Profile.accumulators).where(Profile.user_id == user_id))
-            zeros = bytes(len(stored))
-            session.execute(
-                update(Profile).where(Profile.user_id == user_id).values(accumulators=zeros)
-            )
     finally:
         db.dispose()
+    _scale_accumulators(env, user_id, 0.0)  # one stored profile no longer matches its events
 
     drifted = invoke(env, "verify")
     assert drifted.exit_code == 1, drifted.output
