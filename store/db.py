@@ -254,8 +254,8 @@ class WalCheckpointer:
     9 KB since), so about one event batch in twenty carried a checkpoint and held its worker
     18-20 ms instead of 4-8 (batches of 10; the 100k soak's load: recommendations waited for a
     free worker meanwhile). A passive checkpoint takes no lock that writers or readers wait
-    for; the WAL still restarts from its beginning once every frame is copied. Started with its `Database`: in a server, each
-    gunicorn worker builds its own after the fork.
+    for; the WAL still restarts from its beginning once every frame is copied. Started with
+    its `Database`: in a server, each gunicorn worker builds its own after the fork.
     """
 
     def __init__(self, path: str, interval_s: float = CHECKPOINT_INTERVAL_S) -> None:
