@@ -397,10 +397,7 @@ def verify(app: App, tolerance: float) -> None:
 
     runtime = app.runtime
     report = verify_profiles(
-        runtime.db,
-        runtime.profile_config,
-        app.settings.embedder_model,
-        tolerance=tolerance,
+        runtime.db, runtime.profile_config, app.settings.embedder_model, tolerance=tolerance
     )
     click.echo(f"profiles checked={report.checked} drifted={len(report.drifted)}")
     if report.drifted:
